@@ -1,0 +1,1 @@
+"""Sub-commands of the `hyperrep` CLI: each module has `register(subparsers)`."""

@@ -1,0 +1,242 @@
+"""Architectures of model zoos, in a registry with the names users type (`cnn-s`, `resnet18`).
+
+Every architecture is a function `(**kwargs) -> nn.Module` registered under a name. The module's
+state_dict names are stable: zoo rows store weights flattened in state_dict order, so a row plus
+its architecture name and arguments rebuild a working model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+INITS = ("default", "uniform", "normal", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_architecture(name: str):
+    """Decorator: make `fn(**kwargs) -> nn.Module` available as `build_model(name, ...)`."""
+
+    def wrap(fn):
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture {name!r} is already registered")
+        ARCHITECTURES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+@register_architecture("cnn-s")
+def cnn_s(in_channels: int = 1, num_classes: int = 10, activation: str = "tanh", dropout: float = 0.0) -> nn.Module:
+    """The Model Zoos CNN-s for 28x28 inputs: 2,464 parameters (1 input channel), 2,864 (3).
+
+    Input [batch, in_channels, 28, 28] -> logits [batch, num_classes].
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 5),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Dropout(dropout),
+        nn.Conv2d(8, 6, 5),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Dropout(dropout),
+        nn.Conv2d(6, 4, 2),
+        _activation(activation),
+        nn.Flatten(),
+        nn.Linear(36, 20),
+        _activation(activation),
+        nn.Linear(20, num_classes),
+    )
+
+
+@register_architecture("cnn-l")
+def cnn_l(in_channels: int = 3, num_classes: int = 10, activation: str = "gelu", dropout: float = 0.0) -> nn.Module:
+    """The Model Zoos CNN-l for 32x32 inputs: 10,853 parameters (3 input channels, 10 classes).
+
+    Input [batch, in_channels, 32, 32] -> logits [batch, num_classes].
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Dropout(dropout),
+        nn.Conv2d(16, 32, 3),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Dropout(dropout),
+        nn.Conv2d(32, 15, 3),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Flatten(),
+        nn.Linear(60, 20),
+        _activation(activation),
+        nn.Linear(20, num_classes),
+    )
+
+
+@register_architecture("cnn-digits")
+def cnn_digits(in_channels: int = 1, num_classes: int = 10, activation: str = "tanh", dropout: float = 0.0) -> nn.Module:
+    """A small CNN for scikit-learn's 8x8 digits, shaped like CNN-s: 988 parameters.
+
+    Input [batch, in_channels, 8, 8] -> logits [batch, num_classes].
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3),
+        nn.MaxPool2d(2),
+        _activation(activation),
+        nn.Dropout(dropout),
+        nn.Conv2d(8, 6, 2),
+        _activation(activation),
+        nn.Flatten(),
+        nn.Linear(24, 20),
+        _activation(activation),
+        nn.Linear(20, num_classes),
+    )
+
+
+@register_architecture("mlp")
+def mlp(
+    in_features: int = 784,
+    hidden: tuple[int, ...] | list[int] = (32, 32),
+    num_classes: int = 10,
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """A plain MLP on flattened inputs: [batch, *] -> [batch, num_classes]."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), _activation(activation), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with BatchNorm and an identity or 1x1 shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks, global average pool."""
+
+    def __init__(self, num_blocks=(2, 2, 2, 2), in_channels: int = 3, num_classes: int = 10, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes, in_planes, stages = width, width, []
+        for i, n in enumerate(num_blocks):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+            planes *= 2
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+        return self.linear(out)
+
+
+@register_architecture("resnet18")
+def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Module:
+    """ResNet-18 (BasicBlock, 3x3 stem, no max-pool): 11,173,962 parameters for 10 classes."""
+    return ResNet((2, 2, 2, 2), in_channels, num_classes, width)
+
+
+@register_architecture("vgg-s")
+def vgg_s(in_channels: int = 3, num_classes: int = 10, widths=(16, 32, 64), batch_norm: bool = True) -> nn.Module:
+    """A small VGG-style net for 32x32 inputs: [conv3x3 -> BN -> ReLU -> maxpool] per width, then FC."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for w in widths:
+        layers.append(nn.Conv2d(c, w, 3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(w))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        c = w
+    side = 32 // 2 ** len(widths)
+    layers += [nn.Flatten(), nn.Linear(c * side * side, 64), nn.ReLU(), nn.Linear(64, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture by name, e.g. `build_model("cnn-s", activation="gelu")`."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name](**kwargs)
+
+
+def init_weights(model: nn.Module, method: str = "default", generator: torch.Generator | None = None, bias: float = 0.01) -> nn.Module:
+    """Initialise conv and linear layers in place, as in the Model Zoos: biases filled with `bias`,
+    weights by `method` (one of INITS; "uniform" is U(0,1), "normal" N(0,1)). "default" keeps
+    PyTorch's own initialisation. BatchNorm layers keep weight 1, bias 0."""
+    if method not in INITS:
+        raise ValueError(f"unknown init {method!r}; choose one of {list(INITS)}")
+    if method == "default":
+        return model
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                continue
+            w = m.weight
+            if method == "uniform":
+                w.uniform_(0.0, 1.0, generator=generator)
+            elif method == "normal":
+                w.normal_(0.0, 1.0, generator=generator)
+            elif method == "kaiming_uniform":
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+            elif method == "kaiming_normal":
+                nn.init.kaiming_normal_(w, generator=generator)
+            elif method == "xavier_uniform":
+                nn.init.xavier_uniform_(w, generator=generator)
+            elif method == "xavier_normal":
+                nn.init.xavier_normal_(w, generator=generator)
+            if m.bias is not None:
+                m.bias.fill_(bias)
+    return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
