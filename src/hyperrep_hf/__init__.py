@@ -3,8 +3,14 @@
 Importing the package registers its Auto classes and pipelines with transformers.
 """
 
+# SANE model: registered with the Auto classes so AutoConfig/AutoModel load "sane" checkpoints.
+from transformers import AutoConfig as _AutoConfig
+
+from .configuration_sane import SaneConfig
 from .layout import WeightEntry, WeightLayout
+
+_AutoConfig.register("sane", SaneConfig, exist_ok=True)
 
 __version__ = "0.1.0"
 
-__all__ = ["WeightEntry", "WeightLayout", "__version__"]
+__all__ = ["SaneConfig", "WeightEntry", "WeightLayout", "__version__"]
