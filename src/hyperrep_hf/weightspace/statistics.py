@@ -1,0 +1,56 @@
+"""The s(W) baseline features (METHOD.md §6, after Unterthiner et al. 2020, "LayerQuintiles").
+
+For every entry of the weight layout (each weight, bias and BatchNorm tensor on its own, running
+statistics included) seven numbers: mean, variance (population, ddof=0) and the 1st, 25th, 50th,
+75th and 99th percentiles (linear interpolation, as numpy.percentile's default). Computed for a
+whole zoo batch at once: one sort per entry, no loop over models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import WeightLayout
+
+STATISTICS = ("mean", "var", "p1", "p25", "p50", "p75", "p99")
+_QUANTILES = (0.01, 0.25, 0.50, 0.75, 0.99)
+
+
+def statistics_names(layout: WeightLayout) -> list[str]:
+    """Feature names in column order, e.g. "0.weight/mean", "0.weight/p99", "0.bias/mean"."""
+    return [f"{name}/{stat}" for name in layout.names for stat in STATISTICS]
+
+
+def _quantiles(values: torch.Tensor) -> torch.Tensor:
+    """values [M, n] -> [M, 5] percentiles with numpy's linear interpolation."""
+    ordered = values.sort(dim=1).values
+    pos = torch.tensor(_QUANTILES, dtype=torch.float64, device=values.device) * (values.shape[1] - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    frac = (pos - lo).to(values.dtype)
+    return ordered[:, lo] + (ordered[:, hi] - ordered[:, lo]) * frac
+
+
+def weight_statistics(flat: torch.Tensor, layout: WeightLayout, max_elements: int = 2**25) -> tuple[torch.Tensor, list[str]]:
+    """s(W): flat weights [M, P] (or [P]) -> (features [M, 7 * len(layout)] float32, names).
+
+    Statistics are computed in float64; models are processed in chunks of at most `max_elements`
+    values per entry to bound memory on large models.
+    """
+    squeeze = flat.dim() == 1
+    flat = flat[None] if squeeze else flat
+    if flat.dim() != 2 or flat.shape[1] != layout.num_weights:
+        raise ValueError(f"expected flat weights [M, P] with P = {layout.num_weights}, got shape {list(flat.shape)}")
+    columns = []
+    for entry, offset in zip(layout.entries, layout.offsets):
+        n = entry.numel
+        chunk = max(1, max_elements // max(n, 1))
+        parts = []
+        for start in range(0, flat.shape[0], chunk):
+            values = flat[start : start + chunk, offset : offset + n].to(torch.float64)
+            mean = values.mean(dim=1, keepdim=True)
+            var = values.var(dim=1, correction=0, keepdim=True)
+            parts.append(torch.cat([mean, var, _quantiles(values)], dim=1))
+        columns.append(torch.cat(parts, dim=0))
+    features = torch.cat(columns, dim=1).to(torch.float32)
+    return (features[0] if squeeze else features), statistics_names(layout)
