@@ -1,0 +1,403 @@
+"""SANE: a transformer autoencoder over weight tokens (Schürholt et al., ICML 2024; METHOD.md §2).
+
+A model's weights arrive as a sequence of tokens [N, token_size] with positions (n, l, k) = (index in
+the sequence, layer, output channel). The encoder maps every token to a latent vector; the decoder
+maps latents back to tokens. Embeddings of whole models are pooled latents.
+
+This file imports only torch, transformers and its sibling modules (copied with a checkpoint as
+remote code), so a saved checkpoint loads with `trust_remote_code=True` without hyperrep_hf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_sane import SaneConfig
+from .losses import SIGMA_FLOOR, masked_reconstruction_mse, nt_xent, sane_loss
+
+
+@dataclass
+class SaneOutput(ModelOutput):
+    """Output of `SaneModel.forward`.
+
+    Attributes:
+        loss: 0-d total loss, only when `targets` were given.
+        latents: [B, N, latent_dim] per-token latents (zero at padded tokens).
+        reconstruction: [B, N, token_size] decoded tokens (zero at padded tokens).
+        projection: [B, projection_dim] contrastive projection; None when N > window_size.
+        reconstruction_loss: 0-d masked (layer-normalised) reconstruction MSE, with `targets`.
+        contrastive_loss: 0-d NT-Xent over the two views, with `targets` and `num_views=2`.
+    """
+
+    loss: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    projection: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+
+
+class SanePositionEmbedding(nn.Module):
+    """(n, l, k) -> [pe_n(n) + pe_l(l), pe_k(k)]: each table is d_model/2 wide."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        half = config.d_model // 2
+        max_n, max_l, max_k = config.max_positions
+        self.pe_n = nn.Embedding(max_n, half)
+        self.pe_l = nn.Embedding(max_l, half)
+        self.pe_k = nn.Embedding(max_k, half)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions [B, N, 3] long -> [B, N, d_model]."""
+        n, layer, k = positions.unbind(-1)
+        return torch.cat([self.pe_n(n) + self.pe_l(layer), self.pe_k(k)], dim=-1)
+
+
+class SaneAttention(nn.Module):
+    """Non-causal multi-head self-attention with one fused QKV projection and torch SDPA."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, N, d]; attn_mask None or bool [B, 1, 1, N] (True = key may be attended) -> [B, N, d]."""
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class SaneBlock(nn.Module):
+    """GPT-2 style pre-LayerNorm block: x + attn(LN(x)), then x + MLP(LN(x)) with a 4x GELU MLP."""
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.d_model
+        self.ln_attn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.attn = SaneAttention(config)
+        self.ln_mlp = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, config.d_model),
+            nn.Dropout(config.dropout),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_attn(x), attn_mask))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class SaneTransformer(nn.Module):
+    """Input projection + positions -> pre-LN blocks -> final LayerNorm -> output projection.
+
+    The encoder maps token_size -> latent_dim, the decoder latent_dim -> token_size.
+    """
+
+    def __init__(self, config: SaneConfig, in_features: int, out_features: int):
+        super().__init__()
+        self.embed = nn.Linear(in_features, config.d_model)
+        self.positions = SanePositionEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(SaneBlock(config) for _ in range(config.num_layers))
+        self.ln_final = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.d_model, out_features)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, N, in_features], positions [B, N, 3] -> [B, N, out_features]."""
+        h = self.dropout(self.embed(x) + self.positions(positions))
+        for block in self.blocks:
+            h = block(h, attn_mask)
+        return self.head(self.ln_final(h))
+
+
+class SaneProjectionHead(nn.Module):
+    """[B, window_size * latent_dim] flattened window of latents -> [B, projection_dim].
+
+    Linear -> LN -> ReLU -> Linear -> LN -> ReLU, as published. Flattening keeps which slot of the
+    window a latent sits in. Windows shorter than window_size (small models, sequence ends) are
+    zero-padded to it, and padded tokens' latents are zero, so padding adds nothing to the first
+    Linear; longer sequences get no projection (the contrastive loss works on training windows).
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__()
+        p = config.projection_dim
+        self.net = nn.Sequential(
+            nn.Linear(config.window_size * config.latent_dim, p),
+            nn.LayerNorm(p, eps=config.layer_norm_eps),
+            nn.ReLU(),
+            nn.Linear(p, p),
+            nn.LayerNorm(p, eps=config.layer_norm_eps),
+            nn.ReLU(),
+        )
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.net(flat)
+
+
+class SanePreTrainedModel(PreTrainedModel):
+    config_class = SaneConfig
+    config: SaneConfig
+    base_model_prefix = "sane"
+    main_input_name = "tokens"
+    _supports_sdpa = True
+    _no_split_modules = ["SaneBlock"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Every parameter and buffer is set here: transformers 5 builds models on the meta device."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SaneModel):
+            init.ones_(module.layer_sigma)
+
+
+class SaneModel(SanePreTrainedModel):
+    """SANE encoder-decoder with a contrastive projection head.
+
+    Inputs (as produced by the weight tokenizer):
+        tokens: [B, N, token_size] float, standardised weight tokens.
+        positions: [B, N, 3] integer (n, l, k), each below config.max_positions.
+        attention_mask: [B, N], 1/True for real tokens, 0/False for sequence padding; None = all real.
+        value_mask: [B, N, token_size] bool, True for real values inside a token (token padding False).
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__(config)
+        self.encoder = SaneTransformer(config, config.token_size, config.latent_dim)
+        self.decoder = SaneTransformer(config, config.latent_dim, config.token_size)
+        self.projection_head = SaneProjectionHead(config)
+        # sigma_l of every layer l for layer-wise loss normalisation; saved with the checkpoint.
+        self.register_buffer("layer_sigma", torch.ones(config.max_positions[1]), persistent=True)
+        self.post_init()
+
+    # ----------------------------------------------------------------- input checks
+
+    def _check_inputs(
+        self, tokens: torch.Tensor | None, positions: torch.Tensor, attention_mask: torch.Tensor | None, width: int, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate shapes and ranges; return (positions as long, bool key mask [B, N] or None)."""
+        if tokens.dim() != 3 or tokens.shape[-1] != width:
+            raise ValueError(f"{what} must have shape [batch, tokens, {width}], got {tuple(tokens.shape)}.")
+        batch, length = tokens.shape[:2]
+        if positions.shape != (batch, length, 3):
+            raise ValueError(f"positions must have shape [{batch}, {length}, 3] (n, l, k), got {tuple(positions.shape)}.")
+        if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
+            raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}.")
+        positions = positions.long()
+        limits = torch.tensor(self.config.max_positions, device=positions.device)
+        if bool((positions < 0).any()) or bool((positions >= limits).any()):
+            found = positions.reshape(-1, 3).amax(0).tolist()
+            raise ValueError(
+                f"positions (n, l, k) must lie in [0, max_positions) = [0, {tuple(self.config.max_positions)}); "
+                f"found min {positions.reshape(-1, 3).amin(0).tolist()}, max {found}. Use a config with larger "
+                "max_positions (or shorter windows)."
+            )
+        if attention_mask is None:
+            return positions, None
+        if attention_mask.shape != (batch, length):
+            raise ValueError(f"attention_mask must have shape [{batch}, {length}], got {tuple(attention_mask.shape)}.")
+        mask = attention_mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("attention_mask marks a sequence without any real token; drop empty sequences.")
+        return positions, mask
+
+    @staticmethod
+    def _attention_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, N] key mask -> SDPA mask [B, 1, 1, N]; None when nothing is padded (lets SDPA use its fast path)."""
+        if mask is None or bool(mask.all()):
+            return None
+        return mask[:, None, None, :]
+
+    # ----------------------------------------------------------------- public API
+
+    def encode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens [B, N, token_size] -> latents [B, N, latent_dim] (zero at padded tokens)."""
+        positions, mask = self._check_inputs(tokens, positions, attention_mask, self.config.token_size, "tokens")
+        return self._encode(tokens, positions, mask)
+
+    def decode(
+        self, latents: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """latents [B, N, latent_dim] -> tokens [B, N, token_size] (zero at padded tokens)."""
+        positions, mask = self._check_inputs(latents, positions, attention_mask, self.config.latent_dim, "latents")
+        return self._decode(latents, positions, mask)
+
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pooling: str = "mean",
+    ) -> torch.Tensor:
+        """One vector per model for probing.
+
+        pooling="mean": mean of the latents of the real tokens -> [B, latent_dim].
+        pooling="full": all token latents concatenated (padded ones zero) -> [B, N * latent_dim].
+        """
+        if pooling not in ("mean", "full"):
+            raise ValueError(f"pooling must be 'mean' or 'full', got {pooling!r}.")
+        latents = self.encode(tokens, positions, attention_mask)
+        if pooling == "full":
+            return latents.flatten(1)
+        if attention_mask is None:
+            return latents.mean(dim=1)
+        weight = attention_mask.to(latents.dtype).unsqueeze(-1)
+        return (latents * weight).sum(dim=1) / weight.sum(dim=1)
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """latents [B, N, latent_dim] (padded ones zero) -> [B, projection_dim], None if N > window_size."""
+        batch, length, _ = latents.shape
+        window = self.config.window_size
+        if length > window:
+            return None
+        if length < window:
+            latents = F.pad(latents, (0, 0, 0, window - length))
+        return self.projection_head(latents.flatten(1))
+
+    def set_layer_sigma(self, sigma) -> None:
+        """Set sigma_l for layer-wise loss normalisation from a per-layer std (e.g. the tokenizer's).
+
+        sigma: sequence or tensor [L] with L <= max_positions[1]; layers beyond L keep sigma 1.
+        Values are floored at 1e-4.
+        """
+        sigma = torch.as_tensor(sigma, dtype=self.layer_sigma.dtype).flatten()
+        if sigma.numel() > self.layer_sigma.numel():
+            raise ValueError(
+                f"Got {sigma.numel()} layer stds but the model has position slots for "
+                f"{self.layer_sigma.numel()} layers (max_positions[1])."
+            )
+        if not bool(torch.isfinite(sigma).all()):
+            raise ValueError("layer stds must be finite.")
+        with torch.no_grad():
+            self.layer_sigma.fill_(1.0)
+            self.layer_sigma[: sigma.numel()] = sigma.clamp_min(SIGMA_FLOOR).to(self.layer_sigma.device)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        value_mask: torch.Tensor | None = None,
+        num_views: int = 1,
+        return_dict: bool | None = None,
+    ) -> SaneOutput | tuple:
+        """Encode, decode and project a batch of token sequences; with `targets`, also the loss.
+
+        Args:
+            tokens: [B, N, token_size]; positions: [B, N, 3]; attention_mask: [B, N] (see class doc).
+            targets: [B, N, token_size] tokens to reconstruct (usually the un-augmented tokens).
+            value_mask: [B, N, token_size] real values of each token; default all values of real tokens.
+            num_views: 1, or 2 when rows i and i + B/2 are two views of the same model; then the loss
+                is gamma * NT-Xent(projections of the halves) + (1 - gamma) * reconstruction.
+
+        Returns:
+            SaneOutput(loss, latents [B, N, latent], reconstruction [B, N, T], projection [B, proj]).
+        """
+        positions, mask = self._check_inputs(tokens, positions, attention_mask, self.config.token_size, "tokens")
+        batch = tokens.shape[0]
+        if num_views not in (1, 2):
+            raise ValueError(f"num_views must be 1 or 2, got {num_views}.")
+        if num_views == 2 and batch % 2:
+            raise ValueError(f"num_views=2 needs an even batch (two halves of views), got batch {batch}.")
+        latents = self._encode(tokens, positions, mask)
+        reconstruction = self._decode(latents, positions, mask)
+        projection = self.project(latents)
+
+        loss = rec_loss = con_loss = None
+        if targets is not None:
+            if targets.shape != tokens.shape:
+                raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, got {tuple(targets.shape)}.")
+            loss_mask = self._value_mask(value_mask, mask, tokens)
+            sigma = self.layer_sigma[positions[..., 1]] if self.config.layer_loss_norm else None
+            rec_loss = masked_reconstruction_mse(reconstruction, targets, loss_mask, sigma)
+            loss = rec_loss
+            if num_views == 2:
+                if projection is None:
+                    raise ValueError(
+                        f"The contrastive loss needs windows of at most window_size={self.config.window_size} "
+                        f"tokens, got {tokens.shape[1]}."
+                    )
+                half = batch // 2
+                con_loss = nt_xent(projection[:half], projection[half:], self.config.contrastive_temperature)
+                loss = sane_loss(con_loss, rec_loss, self.config.gamma)
+
+        output = SaneOutput(
+            loss=loss,
+            latents=latents,
+            reconstruction=reconstruction,
+            projection=projection,
+            reconstruction_loss=rec_loss,
+            contrastive_loss=con_loss,
+        )
+        use_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if use_dict else output.to_tuple()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' from_pretrained, but a checkpoint whose keys do not match the model is an
+        error (transformers only warns and leaves random weights). Pass `strict=False` to allow it."""
+        strict = kwargs.pop("strict", True)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+        if strict and (missing or unexpected):
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"The checkpoint {source!s} does not match SaneModel({model.config.model_type}, "
+                f"d_model={model.config.d_model}, num_layers={model.config.num_layers}): "
+                f"missing keys (expected by the model, not found in the checkpoint): {missing or 'none'}; "
+                f"unexpected keys (found in the checkpoint, not expected): {unexpected or 'none'}. "
+                "Is config.json from the same training run as the weights? Pass strict=False to load anyway."
+            )
+        return (model, info) if want_info else model
+
+    # ----------------------------------------------------------------- internals
+
+    def _encode(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        latents = self.encoder(tokens, positions, self._attention_bias(mask))
+        return latents if mask is None else latents * mask.unsqueeze(-1).to(latents.dtype)
+
+    def _decode(self, latents: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        tokens = self.decoder(latents, positions, self._attention_bias(mask))
+        return tokens if mask is None else tokens * mask.unsqueeze(-1).to(tokens.dtype)
+
+    def _value_mask(self, value_mask: torch.Tensor | None, mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N, T] bool: real values of real tokens."""
+        if value_mask is None:
+            value_mask = torch.ones_like(tokens, dtype=torch.bool)
+        elif value_mask.shape != tokens.shape:
+            raise ValueError(
+                f"value_mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(value_mask.shape)}."
+            )
+        value_mask = value_mask.bool()
+        return value_mask if mask is None else value_mask & mask.unsqueeze(-1)
+
+
+__all__ = ["SaneModel", "SaneOutput", "SanePreTrainedModel"]
