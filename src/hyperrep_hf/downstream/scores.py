@@ -1,0 +1,46 @@
+"""Scores for property prediction: R^2 and Kendall's tau as plain functions.
+
+The local `evaluate` modules in hyperrep_hf/metrics/ call these, so both routes give the same number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def _as_1d(values, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: a score needs at least two values")
+    return arr
+
+
+def r_squared(references, predictions) -> float:
+    """Coefficient of determination R^2 = 1 - MSE / Var(references).
+
+    references, predictions: array-likes of shape [n]. 1.0 is perfect, 0.0 is as good as predicting
+    the mean of the references, negative is worse than that. Constant references give -inf for any
+    error (nan when the predictions are exact too), since their variance is 0.
+    """
+    y, p = _as_1d(references, "references"), _as_1d(predictions, "predictions")
+    if y.shape != p.shape:
+        raise ValueError(f"references ({y.size}) and predictions ({p.size}) differ in length")
+    mse = float(np.mean((y - p) ** 2))
+    var = float(np.var(y))
+    if var == 0.0:
+        return float("nan") if mse == 0.0 else float("-inf")
+    return 1.0 - mse / var
+
+
+def kendall_tau(references, predictions) -> float:
+    """Kendall's rank correlation (tau-b, ties handled) between references and predictions, in [-1, 1].
+
+    It asks only whether the predictions order the models as the references do (e.g. ranking by accuracy).
+    """
+    y, p = _as_1d(references, "references"), _as_1d(predictions, "predictions")
+    if y.shape != p.shape:
+        raise ValueError(f"references ({y.size}) and predictions ({p.size}) differ in length")
+    if y.size < 2:
+        raise ValueError("Kendall's tau needs at least two values")
+    return float(stats.kendalltau(y, p).statistic)

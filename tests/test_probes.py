@@ -1,0 +1,93 @@
+"""Linear probes: closed-form ridge with a penalty grid, a linear classifier, saved probe sets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hyperrep_hf.downstream.probes import PENALTIES, ProbeSet, ridge_path
+
+
+def _toy(n, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 5.0, 1.0])
+    acc = (0.5 + 0.1 * x[:, 0] - 0.01 * x[:, 1] + 0.01 * torch.randn(n, generator=g)).tolist()
+    act = ["relu" if v > 0 else "tanh" for v in x[:, 3].tolist()]
+    return x, {"test_acc": acc, "activation": act}
+
+
+def test_penalty_grid_is_the_published_one():
+    assert len(PENALTIES) == 17
+    assert PENALTIES[0] == pytest.approx(1e3) and PENALTIES[-1] == pytest.approx(1e-5)
+
+
+def test_ridge_path_matches_normal_equations_and_leaves_bias_unpenalised():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 4, generator=g, dtype=torch.float64), torch.randn(30, 2, generator=g, dtype=torch.float64) + 5
+    coefs, biases = ridge_path(x, y, [0.0, 3.0])
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    for coef, bias, lam in zip(coefs, biases, [0.0, 3.0]):
+        expected = torch.linalg.solve(xc.T @ xc + lam * torch.eye(4, dtype=torch.float64), xc.T @ yc)
+        torch.testing.assert_close(coef, expected)
+        torch.testing.assert_close(bias, y.mean(0) - x.mean(0) @ expected)
+    # Huge penalty: the weights vanish, the bias alone predicts the mean.
+    coefs, biases = ridge_path(x, y, [1e12])
+    assert coefs.abs().max() < 1e-8
+    torch.testing.assert_close(biases[0], y.mean(0))
+
+
+def test_probe_set_predicts_numeric_and_categorical_properties():
+    (xt, yt), (xv, yv), (xs, ys) = _toy(200, seed=0), _toy(60, seed=1), _toy(80, seed=2)
+    probes = ProbeSet.fit("weights", xt, yt, xv, yv)
+    assert probes.probes["test_acc"].kind == "regression"
+    assert probes.probes["activation"].kind == "classification"
+    assert probes.probes["activation"].classes == ["relu", "tanh"]
+    assert probes.probes["test_acc"].penalty in PENALTIES
+    scores = probes.evaluate(xs, ys)
+    assert scores["test_acc"]["r2"] > 0.95
+    assert scores["test_acc"]["kendall_tau"] > 0.85
+    assert scores["activation"]["accuracy"] > 0.9
+    pred = probes.predict(xs[:3])
+    assert set(pred) == {"test_acc", "activation"} and len(pred["test_acc"]) == 3
+    assert all(a in ("relu", "tanh") for a in pred["activation"])
+
+
+def test_validation_picks_a_strong_penalty_for_pure_noise():
+    g = torch.Generator().manual_seed(3)
+    x, xv = torch.randn(40, 30, generator=g), torch.randn(40, 30, generator=g)
+    probes = ProbeSet.fit("stats", x, {"y": torch.randn(40, generator=g).tolist()}, xv, {"y": torch.randn(40, generator=g).tolist()})
+    # Fitting noise with 30 features on 40 rows overfits: validation R^2 prefers the largest penalties.
+    assert probes.probes["y"].penalty >= 10
+
+
+def test_rows_with_nan_targets_are_left_out():
+    (xt, yt), (xv, yv) = _toy(100, seed=0), _toy(40, seed=1)
+    yt = {"test_acc": [float("nan")] + yt["test_acc"][1:]}
+    probes = ProbeSet.fit("weights", xt, yt, xv, {"test_acc": yv["test_acc"]})
+    assert np.isfinite(probes.predict(xv)["test_acc"]).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    (xt, yt), (xv, yv) = _toy(100, seed=0), _toy(40, seed=1)
+    probes = ProbeSet.fit("sane", xt, yt, xv, yv, info={"pooling": "mean"})
+    path = probes.save(tmp_path)
+    assert path == tmp_path / "probes" / "sane.json"
+    assert json.loads(path.read_text())["info"]["pooling"] == "mean"
+    assert not list((tmp_path / "probes").glob("*.tmp"))
+    loaded = ProbeSet.load(tmp_path, "sane")
+    assert loaded.predict(xv) == probes.predict(xv)
+    assert loaded.info["pooling"] == "mean"
+
+
+def test_bad_input_names_the_fix(tmp_path):
+    (xt, yt), (xv, yv) = _toy(50, seed=0), _toy(20, seed=1)
+    probes = ProbeSet.fit("sane", xt, {"test_acc": yt["test_acc"]}, xv, {"test_acc": yv["test_acc"]})
+    with pytest.raises(ValueError, match="no probe for property 'epoch'.*hyperrep probe fit"):
+        probes.predict(xv, ["epoch"])
+    with pytest.raises(ValueError, match="fitted on 6 'sane' features, got 5"):
+        probes.predict(xv[:, :5])
+    with pytest.raises(FileNotFoundError, match="hyperrep probe fit"):
+        ProbeSet.load(tmp_path, "stats")
+    with pytest.raises(ValueError, match="NaN"):
+        ProbeSet.fit("sane", xt * float("nan"), yt, xv, yv)
