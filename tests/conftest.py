@@ -1,0 +1,76 @@
+"""Shared test fixtures.
+
+The whole test session talks to a local Hub (tests/hub_server.py) instead of huggingface.co:
+the environment below is set before anything imports huggingface_hub / transformers / datasets
+(they read HF_ENDPOINT and friends at import time), and subprocesses inherit it.
+"""
+
+# ruff: noqa: E402 - the environment must be set before the imports below the block.
+import os
+import shutil
+import sys
+import tempfile
+
+from hub_server import HubServer
+
+# Bound now, so the port is ours for the whole session; it serves from the first request on,
+# so a test (or a subprocess) that forgets the fixture still never hangs or reaches the real Hub.
+_HUB = HubServer().start()
+_HF_HOME = tempfile.mkdtemp(prefix="hyperrep-test-hf-home-")
+
+# Variables that would send the clients elsewhere (other caches, stored tokens) or offline.
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+for _name in (*_OFFLINE_VARS, "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE",
+              "TRANSFORMERS_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE", "HF_TOKEN_PATH",
+              "HF_STORED_TOKENS_PATH", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_CO_STAGING",
+              "HF_MODULES_CACHE", "HF_EVALUATE_CACHE"):
+    os.environ.pop(_name, None)
+os.environ.update({
+    "HF_ENDPOINT": _HUB.endpoint,
+    "HF_HOME": _HF_HOME,
+    "HF_TOKEN": _HUB.token,
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+})
+
+_already = sys.modules.get("huggingface_hub.constants")
+if _already is not None and _already.ENDPOINT != _HUB.endpoint:
+    raise RuntimeError(
+        "huggingface_hub was imported before tests/conftest.py set HF_ENDPOINT "
+        f"(it points at {_already.ENDPOINT}); a pytest plugin must not import it early."
+    )
+
+import pytest
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _HUB.stop()
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub_server() -> HubServer:
+    """The session's local Hub: ``.endpoint``, ``.token``, ``.user``, ``.new_repo_id(name)``,
+    ``.repo_files(repo_id, repo_type)``, ``.is_lfs(repo_id, path)``, ``.requests``."""
+    return _HUB
+
+
+@pytest.fixture
+def hub_repo_id(hub_server, request) -> str:
+    """A fresh, unused repo id named after the test, e.g. ``hyperrep-tester/test_x-3-1a2b3c``."""
+    return hub_server.new_repo_id(request.node.name.split("[")[0][:40])
+
+
+@pytest.fixture(autouse=True)
+def _hub_stays_online():
+    """Fail a test that leaves an offline switch in os.environ (it would break later tests'
+    downloads from the local Hub); monkeypatch.setenv is the way to go offline in one test."""
+    yield
+    leaked = [name for name in _OFFLINE_VARS if name in os.environ]
+    for name in leaked:
+        del os.environ[name]
+    if leaked:
+        pytest.fail(f"test left {leaked} set in os.environ; use monkeypatch.setenv instead",
+                    pytrace=False)

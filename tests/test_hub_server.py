@@ -1,0 +1,191 @@
+"""Round trips through the local Hub (tests/hub_server.py) with the real clients.
+
+These tests pin down that the server speaks the protocol huggingface_hub, transformers and
+datasets expect, so other tests can rely on push_to_hub -> from_pretrained / load_dataset.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from huggingface_hub import (
+    HfApi,
+    hf_hub_download,
+    snapshot_download,
+)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+
+@pytest.fixture
+def api(hub_server):
+    return HfApi()
+
+
+def test_session_points_every_client_at_the_local_hub(hub_server):
+    from huggingface_hub import constants
+
+    assert os.environ["HF_ENDPOINT"] == hub_server.endpoint
+    assert constants.ENDPOINT == hub_server.endpoint
+    assert constants.HF_HUB_CACHE.startswith(os.environ["HF_HOME"])
+    assert not constants.HF_HUB_OFFLINE
+    assert HfApi().whoami()["name"] == hub_server.user
+
+
+def test_whoami_rejects_a_wrong_token(hub_server):
+    with pytest.raises(HfHubHTTPError) as info:
+        HfApi(token="hf_not_the_right_one").whoami()
+    assert info.value.response.status_code == 401
+
+
+def test_upload_file_then_download_it_into_the_cache(api, hub_repo_id, hub_server):
+    url = api.create_repo(hub_repo_id)
+    assert url.repo_id == hub_repo_id
+    info = api.upload_file(path_or_fileobj=b'{"a": 1}', path_in_repo="sub/cfg.json",
+                           repo_id=hub_repo_id, commit_message="add cfg")
+
+    path = hf_hub_download(hub_repo_id, "sub/cfg.json")
+    assert json.load(open(path)) == {"a": 1}
+    # Cache layout: snapshots/<commit>/..., refs/main holds the commit of `main`.
+    assert f"snapshots/{info.oid}/sub/cfg.json" in path
+    refs_main = os.path.join(path.split("/snapshots/")[0], "refs", "main")
+    assert open(refs_main).read() == info.oid
+    assert api.list_repo_files(hub_repo_id) == [".gitattributes", "sub/cfg.json"]
+    assert [c.title for c in api.list_repo_commits(hub_repo_id)] == ["add cfg", "initial commit"]
+
+
+def test_safetensors_go_through_lfs_and_come_back_identical(api, hub_repo_id, hub_server,
+                                                             tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors",
+                    path_in_repo="model.safetensors", repo_id=hub_repo_id)
+
+    assert hub_server.is_lfs(hub_repo_id, "model.safetensors")
+    (entry,) = api.get_paths_info(hub_repo_id, ["model.safetensors"])
+    assert entry.lfs is not None and entry.lfs.size == (tmp_path / "model.safetensors").stat().st_size
+    back = load_file(hf_hub_download(hub_repo_id, "model.safetensors"))
+    assert torch.equal(back["w"], tensors["w"])
+
+
+def test_upload_folder_snapshot_download_and_missing_files(api, hub_repo_id, tmp_path):
+    folder = tmp_path / "model"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "config.json").write_text('{"k": 2}')
+    (folder / "nested" / "notes.txt").write_text("hello")
+    api.create_repo(hub_repo_id)
+    api.upload_folder(folder_path=folder, repo_id=hub_repo_id)
+
+    local = snapshot_download(hub_repo_id)
+    assert open(os.path.join(local, "nested", "notes.txt")).read() == "hello"
+    assert api.file_exists(hub_repo_id, "config.json")
+    assert not api.file_exists(hub_repo_id, "missing.json")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(hub_repo_id, "missing.json")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(hub_repo_id + "-absent", "config.json")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(hub_repo_id, "config.json", revision="no-such-branch")
+    names = sorted(e.path for e in api.list_repo_tree(hub_repo_id, recursive=True))
+    assert names == [".gitattributes", "config.json", "nested", "nested/notes.txt"]
+
+
+def test_revisions_branches_and_tags(api, hub_repo_id):
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id=hub_repo_id)
+    api.create_tag(hub_repo_id, tag="v1")
+    api.create_branch(hub_repo_id, branch="dev")
+    api.upload_file(path_or_fileobj=b"dev", path_in_repo="f.txt", repo_id=hub_repo_id,
+                    revision="dev")
+    api.upload_file(path_or_fileobj=b"v2", path_in_repo="f.txt", repo_id=hub_repo_id)
+
+    def read(revision):
+        return open(hf_hub_download(hub_repo_id, "f.txt", revision=revision)).read()
+
+    assert (read("main"), read("v1"), read("dev")) == ("v2", "v1", "dev")
+    first = api.list_repo_commits(hub_repo_id, revision="v1")[0].commit_id
+    assert read(first) == "v1"
+    assert api.model_info(hub_repo_id, revision="v1").sha == first
+    refs = api.list_repo_refs(hub_repo_id)
+    assert {b.name for b in refs.branches} == {"main", "dev"}
+    assert [t.name for t in refs.tags] == ["v1"]
+
+
+def test_delete_repo(api, hub_repo_id):
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    assert api.repo_exists(hub_repo_id, repo_type="dataset")
+    assert not api.repo_exists(hub_repo_id)  # same id, other repo type
+    api.delete_repo(hub_repo_id, repo_type="dataset")
+    assert not api.repo_exists(hub_repo_id, repo_type="dataset")
+    with pytest.raises(RepositoryNotFoundError):
+        api.delete_repo(hub_repo_id, repo_type="dataset")
+    api.delete_repo(hub_repo_id, repo_type="dataset", missing_ok=True)
+
+
+def test_transformers_push_to_hub_then_from_pretrained_in_a_fresh_process(hub_repo_id,
+                                                                          hub_server):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16)
+    model = BertModel(config)
+    model.push_to_hub(hub_repo_id)
+    assert hub_server.is_lfs(hub_repo_id, "model.safetensors")
+
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained(sys.argv[1])\n"
+        "print(type(m).__name__, repr(m.embeddings.word_embeddings.weight.sum().item()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, hub_repo_id], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    name, total = out.stdout.split()
+    assert name == "BertModel"
+    with torch.no_grad():
+        assert float(total) == model.embeddings.word_embeddings.weight.sum().item()
+
+
+def test_datasets_push_to_hub_then_load_dataset(hub_repo_id, hub_server):
+    from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
+
+    dim = 6
+    features = Features({"weights": List(Value("float32"), length=dim),
+                         "accuracy": Value("float32")})
+    rng = np.random.default_rng(0)
+
+    def zoo(n):
+        return Dataset.from_dict({"weights": rng.random((n, dim), dtype=np.float32),
+                                  "accuracy": rng.random(n, dtype=np.float32)},
+                                 features=features)
+
+    zoos = DatasetDict(train=zoo(12), test=zoo(5))
+    zoos.push_to_hub(hub_repo_id)
+    files = hub_server.repo_files(hub_repo_id, repo_type="dataset")
+    parquet = [p for p in files if p.endswith(".parquet")]
+    assert len(parquet) == 2 and all(
+        hub_server.is_lfs(hub_repo_id, p, repo_type="dataset") for p in parquet)
+
+    loaded = load_dataset(hub_repo_id)
+    assert set(loaded) == {"train", "test"}
+    assert loaded["train"].features == features
+    np.testing.assert_array_equal(np.asarray(loaded["test"]["weights"][:]),
+                                  np.asarray(zoos["test"]["weights"][:]))
+
+    # A second version on a branch leaves `main` as it was.
+    DatasetDict(train=zoo(3), test=zoo(2)).push_to_hub(hub_repo_id, revision="v2")
+    assert load_dataset(hub_repo_id, revision="v2")["train"].num_rows == 3
+    assert load_dataset(hub_repo_id)["train"].num_rows == 12
