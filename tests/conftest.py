@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from hub_server import HubServer
+from olah_mirror import OlahMirror
 
 # Bound now, so the port is ours for the whole session; it serves from the first request on,
 # so a test (or a subprocess) that forgets the fixture still never hangs or reaches the real Hub.
@@ -61,6 +62,15 @@ def hub_server() -> HubServer:
 def hub_repo_id(hub_server, request) -> str:
     """A fresh, unused repo id named after the test, e.g. ``hyperrep-tester/test_x-3-1a2b3c``."""
     return hub_server.new_repo_id(request.node.name.split("[")[0][:40])
+
+
+@pytest.fixture(scope="session")
+def olah_mirror(tmp_path_factory):
+    """An offline olah mirror (started once, on first use): ``.add_repo(repo_id, folder,
+    repo_type="model")`` serves a local folder; point a client at it with ``HF_ENDPOINT=.endpoint``
+    (in a subprocess: this session's HF_ENDPOINT is the local Hub)."""
+    with OlahMirror(tmp_path_factory.mktemp("olah")) as mirror:
+        yield mirror
 
 
 @pytest.fixture(autouse=True)
