@@ -138,4 +138,7 @@ class SaneConfig(PretrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
+# Written into config.json's `auto_map` (with the file copied) for remote-code loading.
+SaneConfig.register_for_auto_class()
+
 __all__ = ["PRESETS", "SaneConfig"]

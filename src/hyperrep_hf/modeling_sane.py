@@ -400,4 +400,8 @@ class SaneModel(SanePreTrainedModel):
         return value_mask if mask is None else value_mask & mask.unsqueeze(-1)
 
 
+# save_pretrained copies this file and its relative imports next to the weights and writes
+# `auto_map`, so checkpoints load with trust_remote_code=True where hyperrep_hf is not installed.
+SaneModel.register_for_auto_class("AutoModel")
+
 __all__ = ["SaneModel", "SaneOutput", "SanePreTrainedModel"]
