@@ -227,23 +227,42 @@ def _tree_oid(entries: list[tuple[str, str]]) -> str:
     return hashlib.sha1(repr(sorted(entries)).encode()).hexdigest()
 
 
-def file_info(path: str, ref: FileRef, commit: Commit | None = None) -> dict:
-    """The Hub's JSON for one file (tree / paths-info)."""
+def last_change(repo: Repo, commit: Commit, path: str) -> Commit:
+    """The newest commit (from ``commit`` back) that changed the file or folder ``path``."""
+    def state(files):
+        prefix = path + "/"
+        return files.get(path), sorted((p, f) for p, f in files.items() if p.startswith(prefix))
+
+    current, value = commit, state(commit.files)
+    while current.parent is not None:
+        parent = repo.commits[current.parent]
+        if state(parent.files) != value:
+            break
+        current = parent
+    return current
+
+
+def _last_commit_json(commit: Commit) -> dict:
+    return {"id": commit.oid, "title": commit.title, "date": commit.date}
+
+
+def file_info(path: str, ref: FileRef, last: Commit | None = None) -> dict:
+    """The Hub's JSON for one file (tree / paths-info); ``last``: its last change, if expanded."""
     info = {"type": "file", "oid": ref.git_oid, "size": ref.size, "path": path}
     if ref.lfs:
         pointer_size = len(lfs_pointer(ref.sha256, ref.size))
         info["lfs"] = {"oid": ref.sha256, "size": ref.size, "pointerSize": pointer_size}
-    if commit is not None:
-        info["lastCommit"] = {"id": commit.oid, "title": commit.title, "date": commit.date}
+    if last is not None:
+        info["lastCommit"] = _last_commit_json(last)
     return info
 
 
-def folder_info(path: str, files: dict[str, FileRef], commit: Commit | None = None) -> dict:
+def folder_info(path: str, files: dict[str, FileRef], last: Commit | None = None) -> dict:
     prefix = path + "/"
     inside = [(p, f.git_oid) for p, f in files.items() if p.startswith(prefix)]
     info = {"type": "directory", "oid": _tree_oid(inside), "size": 0, "path": path}
-    if commit is not None:
-        info["lastCommit"] = {"id": commit.oid, "title": commit.title, "date": commit.date}
+    if last is not None:
+        info["lastCommit"] = _last_commit_json(last)
     return info
 
 
@@ -486,21 +505,22 @@ class _Handler(BaseHTTPRequestHandler):
         if path and not is_folder(commit.files, path):
             raise HubError(404, "EntryNotFound", f"{path} is not a folder at {revision}")
         recursive = self.query.get("recursive", ["false"])[0].lower() == "true"
-        last = commit if self._expand() else None
-        entries = [
-            file_info(p, commit.files[p], last) if kind == "file"
-            else folder_info(p, commit.files, last)
-            for kind, p in list_tree(commit.files, path, recursive)
-        ]
+        expand = self._expand()
+        entries = []
+        for kind, p in list_tree(commit.files, path, recursive):
+            last = last_change(repo, commit, p) if expand else None
+            entries.append(file_info(p, commit.files[p], last) if kind == "file"
+                           else folder_info(p, commit.files, last))
         self._json(entries)
 
     def _paths_info(self, repo: Repo, revision: str) -> None:
         commit = repo.resolve(revision)
         form = parse_qs(self.body.decode())
-        last = commit if form.get("expand", ["false"])[0].lower() == "true" else None
+        expand = form.get("expand", ["false"])[0].lower() == "true"
         out = []
         for path in form.get("paths", []):
             path = path.strip("/")
+            last = last_change(repo, commit, path) if expand else None
             if path in commit.files:
                 out.append(file_info(path, commit.files[path], last))
             elif is_folder(commit.files, path):
@@ -617,8 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
             start, end = _parse_range(byte_range, len(content))
             if start >= len(content):
                 headers["Content-Range"] = f"bytes */{len(content)}"
-                raise_range = HubError(416, "", "Requested range not satisfiable")
-                return self._send(416, json.dumps({"error": raise_range.message}).encode(), headers)
+                return self._json({"error": "Requested range not satisfiable"}, 416, headers)
             status, body = 206, content[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(content)}"
         self._send(status, body, headers, content_type="application/octet-stream")

@@ -221,3 +221,108 @@ def test_olah_mirror_serves_a_model_folder_to_the_hub_clients(olah_mirror, tmp_p
     assert out.returncode == 0, out.stderr[-3000:]
     # olah answers 401 (not 404 EntryNotFound) for a missing file: see tests/olah_mirror.py.
     assert out.stdout.split("\n")[0] == "['config.json', 'weights.bin'] True 401 bert 8"
+
+
+def test_error_answers_leave_the_keep_alive_connection_usable(hub_server):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", hub_server.port, timeout=10)
+    body = json.dumps({"name": "x" * 5000})
+    conn.request("POST", "/api/repos/create", body=body,
+                 headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"})
+    first = conn.getresponse()
+    first.read()
+    conn.request("POST", "/api/no/such/route", body=b"y" * 5000)
+    second = conn.getresponse()
+    second.read()
+    conn.request("GET", "/api/whoami-v2", headers={"Authorization": f"Bearer {hub_server.token}"})
+    third = conn.getresponse()
+    assert (first.status, second.status, third.status) == (401, 404, 200)
+    assert json.loads(third.read())["name"] == hub_server.user
+    conn.close()
+
+
+def test_resolve_answers_range_requests(api, hub_repo_id, hub_server):
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import HfFileSystem
+
+    data = bytes(range(200))
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj=data, path_in_repo="blob.bin", repo_id=hub_repo_id)
+    url = f"{hub_server.endpoint}/{hub_repo_id}/resolve/main/blob.bin"
+
+    def get(byte_range):
+        request = urllib.request.Request(url, headers={"Range": byte_range})
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.headers["Content-Range"], response.read()
+
+    assert get("bytes=10-19") == (206, "bytes 10-19/200", data[10:20])
+    assert get("bytes=195-") == (206, "bytes 195-199/200", data[195:])
+    assert get("bytes=-3") == (206, "bytes 197-199/200", data[-3:])
+    with pytest.raises(urllib.error.HTTPError) as info:
+        get("bytes=500-")
+    assert info.value.code == 416
+    with HfFileSystem().open(f"{hub_repo_id}/blob.bin", "rb") as handle:
+        handle.seek(50)
+        assert handle.read(5) == data[50:55]
+
+
+def test_big_files_use_lfs_and_unchanged_files_make_no_commit(api, hub_repo_id, hub_server):
+    api.create_repo(hub_repo_id)
+    big = b"0123456789abcdef" * (10 * 1024 * 1024 // 16)  # exactly 10 MiB of text
+    api.upload_file(path_or_fileobj=big, path_in_repo="big.txt", repo_id=hub_repo_id)
+    api.upload_file(path_or_fileobj=b"small", path_in_repo="small.txt", repo_id=hub_repo_id)
+    assert hub_server.is_lfs(hub_repo_id, "big.txt")
+    assert not hub_server.is_lfs(hub_repo_id, "small.txt")
+    before = len(api.list_repo_commits(hub_repo_id))
+
+    # The client skips files whose remote oid (from preupload) matches: no empty commit.
+    api.upload_file(path_or_fileobj=big, path_in_repo="big.txt", repo_id=hub_repo_id)
+    api.upload_file(path_or_fileobj=b"small", path_in_repo="small.txt", repo_id=hub_repo_id)
+    assert len(api.list_repo_commits(hub_repo_id)) == before
+    assert hub_server.repo_files(hub_repo_id)["big.txt"] == big
+
+
+def test_delete_files_and_folders_and_last_commit_info(api, hub_repo_id):
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj=b"a", path_in_repo="keep.txt", repo_id=hub_repo_id,
+                    commit_message="add keep")
+    api.upload_file(path_or_fileobj=b"b", path_in_repo="dir/x.txt", repo_id=hub_repo_id)
+    api.upload_file(path_or_fileobj=b"c", path_in_repo="dir/y.txt", repo_id=hub_repo_id)
+    api.delete_file("dir/x.txt", repo_id=hub_repo_id)
+    assert api.list_repo_files(hub_repo_id) == [".gitattributes", "dir/y.txt", "keep.txt"]
+    api.delete_folder("dir", repo_id=hub_repo_id)
+    assert api.list_repo_files(hub_repo_id) == [".gitattributes", "keep.txt"]
+    with pytest.raises(EntryNotFoundError):
+        api.delete_file("dir/y.txt", repo_id=hub_repo_id)
+
+    (entry,) = api.get_paths_info(hub_repo_id, ["keep.txt"], expand=True)
+    assert entry.last_commit.title == "add keep"  # the commit that changed it, not the head
+
+
+def test_private_repos_and_writes_need_the_token(api, hub_repo_id):
+    api.create_repo(hub_repo_id, private=True)
+    api.upload_file(path_or_fileobj=b"secret", path_in_repo="f.txt", repo_id=hub_repo_id)
+    anonymous = HfApi(token=False)
+    with pytest.raises(RepositoryNotFoundError):
+        anonymous.model_info(hub_repo_id)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(hub_repo_id, "f.txt", token=False)
+    assert api.model_info(hub_repo_id).private
+    with pytest.raises(HfHubHTTPError) as info:
+        anonymous.create_repo(hub_repo_id + "-anon")
+    assert info.value.response.status_code == 401
+
+
+def test_commit_on_a_stale_parent_is_refused(api, hub_repo_id):
+    from huggingface_hub import CommitOperationAdd
+
+    api.create_repo(hub_repo_id)
+    stale = api.model_info(hub_repo_id).sha
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="f.txt", repo_id=hub_repo_id)
+    with pytest.raises(HfHubHTTPError) as info:
+        api.create_commit(hub_repo_id, [CommitOperationAdd("g.txt", b"2")],
+                          commit_message="late", parent_commit=stale)
+    assert info.value.response.status_code == 412
