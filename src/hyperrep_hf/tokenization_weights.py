@@ -1,0 +1,765 @@
+"""The SANE weight tokenizer: model weights <-> sequences of same-size tokens, exactly.
+
+Each weight tensor is viewed as rows [c_out, rest] (one row per output neuron / channel; conv kernels
+flattened per output channel; ConvTranspose keeps its output channels on dim 1 and is handled as
+such), the matching bias is appended as one extra column, rows longer than `token_size` are split
+into ceil(len / token_size) chunks and every token is zero-padded to `token_size`. Each token has a
+position (n, l, k): n = index in the model's sequence, l = layer index, k = output channel within
+the layer (the chunks of one channel share k).
+
+A "layer" (one l) is one `LayerSpec`: a weight tensor plus an optional bias. BatchNorm gives three
+layers: the affine pair (weight, bias: one 2-value token per channel), running_mean and running_var
+(one 1-value token per channel each). They are separate layers because their scales differ by
+orders of magnitude, so each gets its own standardisation statistics; num_batches_tracked carries
+no information about the function and is restored as 0 on decode.
+
+Speed: for each layout the tokenizer precomputes where every layer's block of tokens starts; a
+layer's block of tokens, viewed as [models, c_out, n_chunks * token_size], takes the weight rows in
+one strided copy. So tokenizing costs one Python step per layer (never per channel or per model):
+a batch of a whole zoo [M, P] goes through the same code as one model (M = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+
+from .layout import WeightEntry, WeightLayout
+
+__all__ = ["LayerSpec", "TokenLayout", "WeightTokenizer", "register_layer_handler"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of the token sequence: a weight tensor viewed as rows, plus an optional bias column.
+
+    weight, bias: state_dict names (inside a layer handler: names local to the module).
+    channel_dim: the dim of `weight` that indexes output channels (1 for ConvTranspose).
+    groups: with channel_dim=1, the weight is [in, out / groups, *kernel] (ConvTranspose groups).
+    """
+
+    weight: str
+    bias: str | None = None
+    channel_dim: int = 0
+    groups: int = 1
+
+    def prefixed(self, prefix: str) -> LayerSpec:
+        p = f"{prefix}." if prefix else ""
+        return LayerSpec(p + self.weight, p + self.bias if self.bias else None, self.channel_dim, self.groups)
+
+    def to_list(self) -> list:
+        return [self.weight, self.bias, self.channel_dim, self.groups]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer handlers: module type -> fn(module) -> list[LayerSpec] with names local to the module.
+# ---------------------------------------------------------------------------------------------
+
+LayerHandler = Callable[[nn.Module], list[LayerSpec]]
+LAYER_HANDLERS: dict[type, LayerHandler] = {}
+
+
+def register_layer_handler(module_type: type, handler: LayerHandler) -> None:
+    """Teach the tokenizer a module type that holds parameters itself.
+
+    `handler(module)` returns the module's layers as LayerSpecs named locally, e.g.
+    `lambda m: [LayerSpec("weight", "bias")]`; every floating-point parameter and buffer the module
+    holds directly must appear in exactly one spec. Subclasses of `module_type` use it too.
+    """
+    if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
+        raise ValueError(f"register_layer_handler needs an nn.Module subclass, got {module_type!r}")
+    if not callable(handler):
+        raise ValueError("register_layer_handler needs a callable handler(module) -> list[LayerSpec]")
+    LAYER_HANDLERS[module_type] = handler
+
+
+def _weight_and_bias(m: nn.Module) -> list[LayerSpec]:
+    if getattr(m, "weight", None) is None:  # e.g. LayerNorm(elementwise_affine=False) with a bias only
+        return [LayerSpec("bias")] if getattr(m, "bias", None) is not None else []
+    return [LayerSpec("weight", "bias" if getattr(m, "bias", None) is not None else None)]
+
+
+def _conv_transpose(m: nn.Module) -> list[LayerSpec]:
+    # ConvTranspose weights are [in, out / groups, *kernel]: output channels sit on dim 1.
+    return [LayerSpec("weight", "bias" if m.bias is not None else None, channel_dim=1, groups=m.groups)]
+
+
+def _norm_with_stats(m: nn.Module) -> list[LayerSpec]:
+    specs = _weight_and_bias(m)
+    if getattr(m, "running_mean", None) is not None:
+        specs += [LayerSpec("running_mean"), LayerSpec("running_var")]
+    return specs
+
+
+def _multihead_attention(m: nn.MultiheadAttention) -> list[LayerSpec]:
+    # out_proj is a Linear child and handled there; this covers the parameters MHA holds itself.
+    specs = []
+    if m.in_proj_weight is not None:  # q, k, v stacked: rows are the 3 * embed_dim output neurons
+        specs.append(LayerSpec("in_proj_weight", "in_proj_bias" if m.in_proj_bias is not None else None))
+    else:  # kdim / vdim differ from embed_dim: three separate projections, one shared bias vector
+        specs += [LayerSpec("q_proj_weight"), LayerSpec("k_proj_weight"), LayerSpec("v_proj_weight")]
+        if m.in_proj_bias is not None:
+            specs.append(LayerSpec("in_proj_bias"))
+    if m.bias_k is not None:
+        specs += [LayerSpec("bias_k"), LayerSpec("bias_v")]
+    return specs
+
+
+for _t in (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm,
+           nn.RMSNorm, nn.Embedding, nn.EmbeddingBag, nn.PReLU):
+    register_layer_handler(_t, _weight_and_bias)
+register_layer_handler(nn.modules.conv._ConvTransposeNd, _conv_transpose)
+register_layer_handler(nn.modules.batchnorm._NormBase, _norm_with_stats)  # BatchNorm, InstanceNorm
+register_layer_handler(nn.MultiheadAttention, _multihead_attention)
+
+
+def _handler_for(module: nn.Module) -> LayerHandler | None:
+    for cls in type(module).__mro__:
+        if cls in LAYER_HANDLERS:
+            return LAYER_HANDLERS[cls]
+    return None
+
+
+def layers_from_model(model: nn.Module) -> list[LayerSpec]:
+    """The model's layers in state_dict order, from its module types.
+
+    Raises ValueError for a module type without a handler that holds floating-point tensors itself.
+    """
+    specs = []
+    for path, module in model.named_modules(remove_duplicate=False):
+        own = [n for n, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+               if t is not None and t.is_floating_point()]
+        if not own:
+            continue
+        handler = _handler_for(module)
+        if handler is None:
+            raise ValueError(
+                f"module {path or '<root>'!r} of type {type(module).__name__} holds weights {own} but the "
+                f"tokenizer has no handler for {type(module).__name__}; register one with "
+                f"WeightTokenizer.register_layer_handler({type(module).__name__}, "
+                f"lambda m: [LayerSpec('weight', 'bias')])"
+            )
+        local = handler(module)
+        claimed = [n for s in local for n in (s.weight, s.bias) if n]
+        missing = sorted(set(own) - set(claimed))
+        if missing:
+            raise ValueError(
+                f"the layer handler for {type(module).__name__} (module {path or '<root>'!r}) leaves "
+                f"{missing} out; every floating-point tensor must be in one LayerSpec"
+            )
+        specs += [s.prefixed(path) for s in local]
+    return specs
+
+
+def layers_from_state_dict(layout: WeightLayout) -> list[LayerSpec]:
+    """Layers inferred from names alone (no model): `<module>.weight` pairs with `<module>.bias`
+    when the bias has one value per row, `in_proj_weight` with `in_proj_bias`; every other entry
+    is a layer of its own. Rows are along dim 0, so a ConvTranspose read from a bare state_dict is
+    chunked by input channel (still exact); tokenize the model object to get its true channels."""
+    shapes = {e.name: e.shape for e in layout.entries}
+    specs, used = [], set()
+    for name, shape in shapes.items():
+        if name in used:
+            continue
+        prefix, _, leaf = name.rpartition(".")
+        bias = None
+        if leaf in ("weight", "in_proj_weight") and len(shape) >= 1:
+            cand = (f"{prefix}." if prefix else "") + leaf.replace("weight", "bias")
+            if cand in shapes and shapes[cand] == (shape[0],) and cand not in used:
+                bias = cand
+        specs.append(LayerSpec(name, bias))
+        used.update([name, bias])
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# TokenLayout: one architecture's token plan.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Block:
+    """Where one layer's tokens live: tokens[n0:n1] viewed as [c_out, n_chunks * token_size]."""
+
+    spec: LayerSpec
+    weight: WeightEntry
+    weight_offset: int
+    bias: WeightEntry | None
+    bias_offset: int
+    c_out: int
+    rest: int  # weight values per row
+    length: int  # real values per row: rest (+1 with a bias)
+    n_chunks: int
+    n0: int
+    n1: int
+
+
+class TokenLayout:
+    """Token plan of one architecture: the flat WeightLayout, its layers and the token size.
+
+    Attributes: num_tokens N, token_size T, positions [N, 3] int64 (n, l, k), value_mask [N, T]
+    bool (real values), layer_of_token [N] int64, names of layers, optional standardisation
+    statistics mean/std [num_layers] float64.
+    """
+
+    def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
+                 restored: list[list] | None = None, mean=None, std=None):
+        self.weights, self.layers, self.token_size = weights, list(layers), int(token_size)
+        self.restored = [list(r) for r in (restored or [])]  # [[name, shape, dtype]] of integer buffers
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64)
+        if self.token_size < 1:
+            raise ValueError(f"token_size must be a positive integer, got {token_size}")
+        entries = {e.name: (e, o) for e, o in zip(weights.entries, weights.offsets)}
+        claimed: dict[str, str] = {}
+        self.blocks, n = [], 0
+        for spec in self.layers:
+            for name in (spec.weight, spec.bias):
+                if name is None:
+                    continue
+                if name not in entries:
+                    raise ValueError(f"layer {spec.weight!r} names {name!r}, which is not a floating-point "
+                                     f"entry of the state_dict")
+                if name in claimed:
+                    raise ValueError(f"{name!r} is in two layers ({claimed[name]!r} and {spec.weight!r})")
+                claimed[name] = spec.weight
+            w, wo = entries[spec.weight]
+            shape = w.shape or (1,)
+            c_out = _channels(spec, shape)
+            rest = math.prod(shape) // c_out
+            b, bo = entries[spec.bias] if spec.bias else (None, 0)
+            if b is not None and b.numel != c_out:
+                raise ValueError(f"bias {spec.bias!r} has {b.numel} values, its layer {spec.weight!r} has "
+                                 f"{c_out} output channels")
+            length = rest + (b is not None)
+            n_chunks = -(-length // self.token_size)
+            self.blocks.append(_Block(spec, w, wo, b, bo, c_out, rest, length, n_chunks, n, n + c_out * n_chunks))
+            n += c_out * n_chunks
+        unclaimed = [e.name for e in weights.entries if e.name not in claimed]
+        if unclaimed:
+            raise ValueError(f"state_dict entries {unclaimed} belong to no layer")
+        self.num_tokens = n
+        if self.mean is not None and (len(self.mean) != len(self.blocks) or len(self.std) != len(self.blocks)):
+            raise ValueError(f"standardisation statistics hold {len(self.mean)} layers, the layout has "
+                             f"{len(self.blocks)}")
+        self._positions = self._value_mask = None
+
+    # -- derived constants (computed once, vectorised) --
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [b.spec.weight for b in self.blocks]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[N, 3] int64: (n, l, k) for every token."""
+        if self._positions is None:
+            l_idx = torch.cat([torch.full((b.n1 - b.n0,), i, dtype=torch.long) for i, b in enumerate(self.blocks)])
+            k_idx = torch.cat([torch.arange(b.c_out).repeat_interleave(b.n_chunks) for b in self.blocks])
+            self._positions = torch.stack([torch.arange(self.num_tokens), l_idx, k_idx], dim=1)
+        return self._positions
+
+    @property
+    def value_mask(self) -> torch.Tensor:
+        """[N, T] bool: True where a token holds a real value, False on padding."""
+        if self._value_mask is None:
+            mask = torch.zeros(self.num_tokens, self.token_size, dtype=torch.bool)
+            for b in self.blocks:
+                mask[b.n0:b.n1].view(b.c_out, -1)[:, : b.length] = True
+            self._value_mask = mask
+        return self._value_mask
+
+    @property
+    def max_row_length(self) -> int:
+        return max(b.length for b in self.blocks)
+
+    @property
+    def standardized(self) -> bool:
+        return self.mean is not None
+
+    def same_architecture(self, weights: WeightLayout) -> bool:
+        """Same names and shapes (dtypes may differ)."""
+        return [(e.name, e.shape) for e in weights.entries] == [(e.name, e.shape) for e in self.weights.entries]
+
+    # -- the two kernels: one Python step per layer, any number of models at once --
+    def encode_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
+                    standardize: bool) -> None:
+        """Fill tokens [M, N, T] (contiguous) from `tensor(entry, offset) -> [M, *entry.shape]`."""
+        M = tokens.shape[0]
+        for i, b in enumerate(self.blocks):
+            rows = tokens[:, b.n0:b.n1].view(M, b.c_out, b.n_chunks * self.token_size)
+            _weight_rows(rows[:, :, : b.rest], b).copy_(_weight_canonical(tensor(b.weight, b.weight_offset), b))
+            if b.bias is not None:
+                rows[:, :, b.rest].copy_(tensor(b.bias, b.bias_offset).reshape(M, b.c_out))
+            if b.length < rows.shape[2]:
+                rows[:, :, b.length:].zero_()
+            if standardize:
+                rows[:, :, : b.length].sub_(float(self.mean[i])).div_(float(self.std[i]))
+
+    def decode_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
+                    standardized: bool) -> None:
+        """Write every entry `tensor(entry, offset) -> [M, *entry.shape]` from tokens [M, N, T]."""
+        M = tokens.shape[0]
+        for i, b in enumerate(self.blocks):
+            rows = tokens[:, b.n0:b.n1].reshape(M, b.c_out, b.n_chunks * self.token_size)[:, :, : b.length]
+            if standardized:
+                rows = rows * float(self.std[i]) + float(self.mean[i])
+            _weight_canonical(tensor(b.weight, b.weight_offset), b).copy_(_weight_rows(rows[:, :, : b.rest], b))
+            if b.bias is not None:
+                tensor(b.bias, b.bias_offset).reshape(M, b.c_out).copy_(rows[:, :, b.rest])
+
+    # -- serialisation --
+    def to_dict(self) -> dict:
+        d = {"weights": self.weights.to_dict()["entries"], "layers": [s.to_list() for s in self.layers],
+             "restored": self.restored}
+        if self.standardized:
+            d["standardization"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping, token_size: int) -> TokenLayout:
+        try:
+            stats = d.get("standardization") or {}
+            return cls(WeightLayout.from_dict({"entries": d["weights"]}),
+                       [LayerSpec(w, b, int(c), int(g)) for w, b, c, g in d["layers"]], token_size,
+                       d.get("restored", []), stats.get("mean"), stats.get("std"))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"corrupt token layout record in the tokenizer file ({err!r}); re-save the "
+                             f"tokenizer with save_pretrained") from err
+
+
+def _channels(spec: LayerSpec, shape: tuple[int, ...]) -> int:
+    if spec.channel_dim == 0:
+        return shape[0]
+    if spec.channel_dim == 1 and len(shape) >= 2:
+        return shape[1] * spec.groups
+    raise ValueError(f"layer {spec.weight!r}: channel_dim {spec.channel_dim} is not supported for shape {list(shape)}")
+
+
+def _weight_canonical(w: torch.Tensor, b: _Block) -> torch.Tensor:
+    """A weight [M, *shape] (or [M, numel]) as rows in canonical form: [M, c_out, rest], or for
+    channel_dim 1 [M, groups, out/groups, in/groups, kernel]. Decoding writes through this, so for
+    destinations (always our own contiguous tensors or row slices) reshape must and does return a view."""
+    M = w.shape[0]
+    if b.spec.channel_dim == 0:
+        return w.reshape(M, b.c_out, b.rest)
+    g = b.spec.groups
+    shape = b.weight.shape
+    return w.reshape(M, g, shape[0] // g, shape[1], -1).transpose(2, 3)
+
+
+def _weight_rows(rows: torch.Tensor, b: _Block) -> torch.Tensor:
+    """Token rows [M, c_out, rest] in the same canonical form as _weight_canonical."""
+    if b.spec.channel_dim == 0:
+        return rows
+    g = b.spec.groups
+    shape = b.weight.shape
+    return rows.unflatten(1, (g, shape[1])).unflatten(3, (shape[0] // g, -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+class WeightTokenizer(FeatureExtractionMixin):
+    """SANE weight tokenizer: models / state_dicts / .safetensors files <-> token sequences.
+
+    Args:
+        token_size: values per token, or "auto": the longest row (fan-in, +1 with a bias) of the
+            first model tokenized, capped at `max_token_size` (CNN-s: 201).
+        max_token_size: cap for "auto".
+        allow_nonfinite: accept NaN / inf weights instead of raising.
+        min_std: floor of the per-layer standardisation sigma.
+        layouts: saved token layouts (filled by from_pretrained).
+
+    Usage:
+        tok = WeightTokenizer(token_size="auto")
+        enc = tok(model)                       # BatchFeature: tokens [1, N, T], positions [1, N, 3], ...
+        state_dict = tok.decode(enc)[0]        # bit-exact for float32
+        enc = tok.tokenize_flat(zoo_weights)   # [M, P] zoo rows -> tokens [M, N, T]
+    """
+
+    model_input_names = ["tokens", "positions", "attention_mask"]
+
+    def __init__(self, token_size: int | str = "auto", max_token_size: int = 288,
+                 allow_nonfinite: bool = False, min_std: float = 1e-4, layouts: list | None = None, **kwargs):
+        kwargs.pop("feature_extractor_type", None)
+        kwargs.pop("format_version", None)
+        super().__init__(**kwargs)
+        if not (isinstance(max_token_size, int) and not isinstance(max_token_size, bool) and max_token_size >= 1):
+            raise ValueError(f"max_token_size must be a positive integer, got {max_token_size!r}")
+        self.max_token_size = max_token_size
+        self.token_size = _check_token_size(token_size)
+        self.allow_nonfinite = bool(allow_nonfinite)
+        if not (isinstance(min_std, (int, float)) and min_std > 0):
+            raise ValueError(f"min_std must be a positive number, got {min_std!r}")
+        self.min_std = float(min_std)
+        self.layouts: list[TokenLayout] = []
+        if layouts:
+            if self.token_size == "auto":
+                raise ValueError("a tokenizer file with layouts must have an integer token_size, found 'auto'")
+            if not isinstance(layouts, list):
+                raise ValueError(f"'layouts' in the tokenizer file must be a list, got {type(layouts).__name__}")
+            self.layouts = [TokenLayout.from_dict(d, self.token_size) for d in layouts]
+
+    register_layer_handler = staticmethod(register_layer_handler)
+
+    # -- layouts --
+    def layout_of(self, model_or_state_dict) -> int:
+        """Index into `self.layouts` of this model's token layout (registering it if new)."""
+        return self._prepare(model_or_state_dict)[1]
+
+    def _resolve_token_size(self, layers: list[LayerSpec], weights: WeightLayout) -> int:
+        if self.token_size == "auto":
+            longest = TokenLayout(weights, layers, 1).max_row_length
+            self.token_size = min(longest, self.max_token_size)
+        return self.token_size
+
+    def _add_layout(self, weights: WeightLayout, layers: list[LayerSpec] | None, restored: list) -> int:
+        for i, tl in enumerate(self.layouts):
+            if tl.weights == weights:
+                return i
+        for tl in self.layouts:  # same architecture in another dtype: same plan and statistics
+            if tl.same_architecture(weights):
+                self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std))
+                return len(self.layouts) - 1
+        layers = layers if layers is not None else layers_from_state_dict(weights)
+        token_size = self._resolve_token_size(layers, weights)
+        self.layouts.append(TokenLayout(weights, layers, token_size, restored))
+        return len(self.layouts) - 1
+
+    def _prepare(self, item) -> tuple[Mapping[str, torch.Tensor], int]:
+        """A model, state_dict or .safetensors path -> (state_dict, layout index)."""
+        layers = None
+        if isinstance(item, nn.Module):
+            state_dict = item.state_dict()
+            if not any(t.is_floating_point() for t in state_dict.values()):
+                raise ValueError(f"the model {type(item).__name__} has no floating-point weights to tokenize (empty model?)")
+            weights = WeightLayout.from_state_dict(state_dict)
+            if not any(tl.weights == weights or tl.same_architecture(weights) for tl in self.layouts):
+                layers = layers_from_model(item)
+        elif isinstance(item, (str, os.PathLike)):
+            state_dict = _load_safetensors(item)
+        elif isinstance(item, Mapping):
+            state_dict = item
+        else:
+            raise ValueError(f"cannot tokenize a {type(item).__name__}: pass an nn.Module, a state_dict, a "
+                             f".safetensors path or a list of these")
+        if not state_dict:
+            raise ValueError("the state_dict is empty: nothing to tokenize")
+        restored = []
+        for name, t in state_dict.items():
+            if not torch.is_tensor(t):
+                raise ValueError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
+            if not t.is_floating_point():
+                if not name.endswith("num_batches_tracked"):
+                    raise ValueError(f"state_dict entry {name!r} has dtype {t.dtype}; only floating-point "
+                                     f"tensors (and BatchNorm's num_batches_tracked) can be tokenized")
+                restored.append([name, list(t.shape), str(t.dtype).removeprefix("torch.")])
+        weights = WeightLayout.from_state_dict(state_dict)
+        return state_dict, self._add_layout(weights, layers, restored)
+
+    # -- tokenize --
+    def __call__(self, models, return_tensors: str | None = "pt", standardize: bool | None = None,
+                 allow_nonfinite: bool | None = None) -> BatchFeature:
+        """Tokenize one model / state_dict / .safetensors path, or a list of them (padded batch).
+
+        Returns a BatchFeature: tokens [B, N, T] float32, positions [B, N, 3] int64 (n, l, k; zero on
+        padding), attention_mask [B, N] int64 (1 = real token), value_mask [B, N, T] bool (real values
+        inside each token), layout_id [B] int64 (index into `self.layouts`). With a fitted
+        standardisation the tokens are standardised per layer (standardize=False turns it off).
+        """
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported; tokens are torch tensors ('pt')")
+        items = list(models) if isinstance(models, (list, tuple)) else [models]
+        if not items:
+            raise ValueError("nothing to tokenize: the list of models is empty")
+        prepared = [self._prepare(it) for it in items]
+        ids = [i for _, i in prepared]
+        N = max(self.layouts[i].num_tokens for i in ids)
+        T = self.token_size
+        tokens = torch.empty(len(items), N, T)
+        for row, (state_dict, i) in enumerate(prepared):
+            tl = self.layouts[i]
+            std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+            tl.encode_into(tokens[row:row + 1], lambda e, _o, sd=state_dict: sd[e.name].detach().unsqueeze(0), std)
+            if tl.num_tokens < N:
+                tokens[row, tl.num_tokens:].zero_()
+            self._check_finite(tokens[row:row + 1], allow_nonfinite,
+                               lambda _m, sd=state_dict: sd, f"model {row} of the batch" if len(items) > 1 else "the model")
+        return self._encoding(tokens, ids)
+
+    def tokenize_flat(self, weights: torch.Tensor, layout_id: int = 0, standardize: bool | None = None,
+                      allow_nonfinite: bool | None = None) -> BatchFeature:
+        """Zoo rows [M, P] (flat weight vectors of one layout) -> BatchFeature with tokens [M, N, T]
+        (plus positions, attention_mask, value_mask, layout_id as in __call__). One vectorised pass."""
+        tl = self._layout(layout_id)
+        weights = torch.as_tensor(weights)
+        if weights.dim() == 1:
+            weights = weights.unsqueeze(0)
+        if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
+            raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
+                             f"got shape {list(weights.shape)}")
+        M = weights.shape[0]
+        std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+        tokens = torch.empty(M, tl.num_tokens, tl.token_size)
+        tl.encode_into(tokens, lambda e, o: weights[:, o:o + e.numel], std)
+        self._check_finite(tokens, allow_nonfinite, lambda m: tl.weights.unflatten(weights[m].float()), "zoo row")
+        return self._encoding(tokens, [layout_id] * M)
+
+    def _encoding(self, tokens: torch.Tensor, ids: list[int]) -> BatchFeature:
+        B, N, T = tokens.shape
+        if len(set(ids)) == 1 and self.layouts[ids[0]].num_tokens == N:
+            tl = self.layouts[ids[0]]
+            positions = tl.positions.unsqueeze(0).expand(B, N, 3).clone()
+            attention_mask = torch.ones(B, N, dtype=torch.long)
+            # a read-only view of the layout's constant mask: no copy of [N, T] per model
+            value_mask = tl.value_mask.unsqueeze(0).expand(B, N, T)
+        else:
+            positions = torch.zeros(B, N, 3, dtype=torch.long)
+            attention_mask = torch.zeros(B, N, dtype=torch.long)
+            value_mask = torch.zeros(B, N, T, dtype=torch.bool)
+            for row, i in enumerate(ids):
+                tl = self.layouts[i]
+                positions[row, : tl.num_tokens] = tl.positions
+                attention_mask[row, : tl.num_tokens] = 1
+                value_mask[row, : tl.num_tokens] = tl.value_mask
+        return BatchFeature({"tokens": tokens, "positions": positions, "attention_mask": attention_mask,
+                             "value_mask": value_mask, "layout_id": torch.tensor(ids, dtype=torch.long)})
+
+    def _check_finite(self, tokens: torch.Tensor, allow: bool | None, state_dict_of, what: str) -> None:
+        """One cheap sum per model; only a non-finite sum triggers the per-tensor search for a name."""
+        if (self.allow_nonfinite if allow is None else allow):
+            return
+        sums = tokens.reshape(tokens.shape[0], -1).sum(1)
+        for m in torch.nonzero(~torch.isfinite(sums)).flatten().tolist():
+            for name, t in state_dict_of(m).items():
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    where = f"{what} {m}" if what == "zoo row" else what
+                    raise ValueError(f"{where}: weight tensor {name!r} holds NaN or inf values; fix the weights "
+                                     f"or pass allow_nonfinite=True")
+
+    # -- decode --
+    def decode(self, encoding, standardized: bool | None = None) -> list[dict[str, torch.Tensor]]:
+        """A BatchFeature / dict from __call__ (or tokens [B, N, T] of layout 0) -> list of state_dicts.
+
+        Each entry comes back in its original dtype (float32 bit-exact; float16 / bfloat16 exact,
+        since float32 tokens hold them exactly; float64 rounded to float32 precision), with
+        num_batches_tracked restored as 0, so `model.load_state_dict(sd)` works strictly.
+        Standardised tokens are un-standardised (to float32 rounding; see fit_standardization).
+        """
+        tokens, ids, lengths, positions = self._unpack(encoding)
+        out = []
+        for row in range(tokens.shape[0]):
+            tl = self._layout(ids[row])
+            self._check_match(tl, tokens[row], lengths[row], None if positions is None else positions[row])
+            std = tl.standardized if standardized is None else bool(standardized and self._require_fitted(tl))
+            sd = {e.name: torch.empty(e.shape, dtype=getattr(torch, e.dtype)) for e in tl.weights.entries}
+            tl.decode_into(tokens[row:row + 1, : tl.num_tokens], lambda e, _o, sd=sd: sd[e.name].unsqueeze(0), std)
+            for name, shape, dtype in tl.restored:
+                sd[name] = torch.zeros(shape, dtype=getattr(torch, dtype))
+            out.append(sd)
+        return out
+
+    def decode_flat(self, tokens, layout_id: int = 0, standardized: bool | None = None) -> torch.Tensor:
+        """Tokens [M, N, T] of one layout (or a BatchFeature) -> flat float32 weights [M, P]."""
+        if isinstance(tokens, Mapping):
+            tokens, layout_id = tokens["tokens"], int(tokens["layout_id"][0]) if "layout_id" in tokens else layout_id
+        tl = self._layout(layout_id)
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(0)
+        self._check_match(tl, tokens[0], tokens.shape[1], None)
+        std = tl.standardized if standardized is None else bool(standardized and self._require_fitted(tl))
+        flat = torch.empty(tokens.shape[0], tl.weights.num_weights)
+        tl.decode_into(tokens.float(), lambda e, o: flat[:, o:o + e.numel], std)
+        return flat
+
+    def _unpack(self, encoding):
+        if isinstance(encoding, Mapping):
+            if "tokens" not in encoding:
+                raise ValueError("the encoding has no 'tokens'; pass what the tokenizer returned")
+            tokens = torch.as_tensor(encoding["tokens"])
+            positions = encoding.get("positions")
+            ids = encoding.get("layout_id")
+            mask = encoding.get("attention_mask")
+        else:
+            tokens, positions, ids, mask = torch.as_tensor(encoding), None, None, None
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(0)
+            positions = None if positions is None else torch.as_tensor(positions).unsqueeze(0)
+            mask = None if mask is None else torch.as_tensor(mask).unsqueeze(0)
+        if tokens.dim() != 3:
+            raise ValueError(f"tokens must be [batch, n_tokens, token_size], got shape {list(tokens.shape)}")
+        B = tokens.shape[0]
+        ids = [0] * B if ids is None else [int(i) for i in torch.as_tensor(ids).reshape(-1)]
+        if len(ids) != B:
+            raise ValueError(f"layout_id has {len(ids)} entries for a batch of {B}")
+        lengths = [tokens.shape[1]] * B if mask is None else [int(x) for x in torch.as_tensor(mask).sum(-1)]
+        return tokens.float(), ids, lengths, None if positions is None else torch.as_tensor(positions)
+
+    def _check_match(self, tl: TokenLayout, tokens: torch.Tensor, length: int, positions) -> None:
+        """Tokens [N', T'] of one model against its layout; the error names the first layer that differs."""
+        if tokens.shape[-1] != tl.token_size:
+            raise ValueError(f"tokens have token_size {tokens.shape[-1]}, this tokenizer's layout uses "
+                             f"{tl.token_size}")
+        if positions is not None:
+            found = positions[:length, 1:]
+            expected = tl.positions[: min(length, tl.num_tokens), 1:]
+            n = min(len(found), len(expected))
+            bad = torch.nonzero((found[:n] != expected[:n]).any(-1)).flatten()
+            first = int(bad[0]) if len(bad) else (n if length != tl.num_tokens else None)
+            if first is not None:
+                b = self._block_at(tl, min(first, tl.num_tokens - 1))
+                l_found = int(found[min(first, len(found) - 1), 0]) if len(found) else -1
+                n_found = int((found[:, 0] == l_found).sum()) if len(found) else 0
+                raise ValueError(
+                    f"the tokens do not match the layout from token {first} on: layer {b.spec.weight!r} "
+                    f"expects tokens of shape [{b.n1 - b.n0}, {tl.token_size}] (layer index "
+                    f"{tl.blocks.index(b)}), found [{n_found}, {tokens.shape[-1]}] with layer index {l_found}; "
+                    f"the sequence has {length} tokens, the layout {tl.num_tokens}")
+        elif length != tl.num_tokens:
+            b = self._block_at(tl, min(length, tl.num_tokens - 1))
+            found = max(0, min(length, b.n1) - b.n0)
+            raise ValueError(
+                f"the tokens do not match the layout: layer {b.spec.weight!r} expects tokens of shape "
+                f"[{b.n1 - b.n0}, {tl.token_size}] at {b.n0}..{b.n1 - 1}, found [{found}, {tokens.shape[-1]}]; "
+                f"the sequence has {length} tokens, the layout {tl.num_tokens}")
+
+    @staticmethod
+    def _block_at(tl: TokenLayout, n: int) -> _Block:
+        return next(b for b in tl.blocks if b.n0 <= n < b.n1)
+
+    def _layout(self, layout_id: int) -> TokenLayout:
+        if not self.layouts:
+            raise ValueError("the tokenizer has seen no model yet: tokenize one model (or load a saved "
+                             "tokenizer) so it knows the layout")
+        if not 0 <= int(layout_id) < len(self.layouts):
+            raise ValueError(f"layout_id {layout_id} is out of range; the tokenizer knows {len(self.layouts)} layouts")
+        return self.layouts[int(layout_id)]
+
+    # -- standardisation --
+    def fit_standardization(self, models, layout_id: int | None = None) -> WeightTokenizer:
+        """Fit per-layer statistics on the TRAIN split only.
+
+        `models`: a list of models / state_dicts, or flat weights [M, P] of `layout_id` (default 0).
+        For each layer l (weight and bias together; BatchNorm's affine pair, running_mean and
+        running_var are three layers): mu_l = mean over models of the per-model mean, sigma_l =
+        sqrt(mean over models of the per-model variance), floored at `min_std`. Tokenize then
+        applies (w - mu_l) / sigma_l to real values (padding stays 0); decode inverts it, which
+        returns the weights to within float32 rounding (about 1e-7 relative), not bit-exactly.
+        Layouts of the same architecture in another dtype share the statistics.
+        """
+        if torch.is_tensor(models):
+            groups = {0 if layout_id is None else layout_id: torch.as_tensor(models).reshape(len(models), -1).float()}
+        else:
+            items = list(models)
+            if not items:
+                raise ValueError("fit_standardization needs at least one model")
+            by_layout: dict[int, list] = {}
+            for it in items:
+                sd, i = self._prepare(it)
+                by_layout.setdefault(i, []).append(self.layouts[i].weights.flatten(sd))
+            groups = {i: torch.stack(rows) for i, rows in by_layout.items()}
+        for i, flat in groups.items():
+            tl = self._layout(i)
+            if flat.shape[1] != tl.weights.num_weights:
+                raise ValueError(f"flat weights have {flat.shape[1]} values, layout {i} has {tl.weights.num_weights}")
+            if not torch.isfinite(flat).all():
+                raise ValueError("fit_standardization got NaN or inf weights; clean the training zoo first")
+            mean, std = [], []
+            for b in tl.blocks:
+                parts = [flat[:, b.weight_offset:b.weight_offset + b.weight.numel]]
+                if b.bias is not None:
+                    parts.append(flat[:, b.bias_offset:b.bias_offset + b.bias.numel])
+                vals = torch.cat(parts, dim=1).double()
+                mean.append(vals.mean(1).mean().item())
+                std.append(max(vals.var(1, correction=0).mean().sqrt().item(), self.min_std))
+            for other in self.layouts:
+                if other.same_architecture(tl.weights):
+                    other.mean, other.std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        return self
+
+    def layer_std(self, layout_id: int = 0) -> torch.Tensor:
+        """The fitted per-layer sigma [num_layers] float32, indexed by the position's l (for
+        layer-wise loss normalisation: positions[..., 1] picks each token's sigma)."""
+        tl = self._layout(layout_id)
+        self._require_fitted(tl)
+        return tl.std.float()
+
+    def _require_fitted(self, tl: TokenLayout) -> bool:
+        if not tl.standardized:
+            raise ValueError("no standardisation is fitted for this layout; call fit_standardization on the "
+                             "training models first")
+        return True
+
+    # -- save / load --
+    def to_dict(self) -> dict:
+        return {"feature_extractor_type": type(self).__name__, "format_version": FORMAT_VERSION,
+                "token_size": self.token_size, "max_token_size": self.max_token_size,
+                "allow_nonfinite": self.allow_nonfinite, "min_std": self.min_std,
+                "layouts": [tl.to_dict() for tl in self.layouts]}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    def to_json_file(self, json_file_path) -> None:
+        """Atomic write: a temp file in the same folder, then os.replace."""
+        path = Path(json_file_path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json_string())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def from_dict(cls, feature_extractor_dict: dict, **kwargs):
+        if not isinstance(feature_extractor_dict, dict):
+            raise ValueError("the tokenizer file does not hold a JSON object")
+        version = feature_extractor_dict.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"tokenizer file format_version {version} is not supported (this library reads "
+                             f"{FORMAT_VERSION}); upgrade hyperrep_hf")
+        return super().from_dict(dict(feature_extractor_dict), **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"WeightTokenizer(token_size={self.token_size}, layouts={len(self.layouts)}, "
+                f"standardized={[tl.standardized for tl in self.layouts]})")
+
+
+def _check_token_size(token_size) -> int | str:
+    if token_size == "auto":
+        return token_size
+    if isinstance(token_size, bool) or not isinstance(token_size, int) or token_size < 1:
+        raise ValueError(f"token_size must be a positive integer or 'auto', got {token_size!r}")
+    return token_size
+
+
+def _load_safetensors(path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path} is not a .safetensors file; load it yourself and pass the state_dict")
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
