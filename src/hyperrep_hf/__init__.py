@@ -5,15 +5,20 @@ Importing the package registers its Auto classes and pipelines with transformers
 
 # SANE model: registered with the Auto classes so AutoConfig/AutoModel load "sane" checkpoints.
 from transformers import AutoConfig as _AutoConfig
+from transformers import AutoFeatureExtractor as _AutoFeatureExtractor
 from transformers import AutoModel as _AutoModel
 
 from .configuration_sane import SaneConfig
 from .layout import WeightEntry, WeightLayout
 from .modeling_sane import SaneModel, SaneOutput
+from .tokenization_weights import LayerSpec, WeightTokenizer
 
 _AutoConfig.register("sane", SaneConfig, exist_ok=True)
 _AutoModel.register(SaneConfig, SaneModel, exist_ok=True)
+# The weight tokenizer is a feature extractor (preprocessor_config.json). Not registered for remote
+# code: a class with "Tokenizer" in its name breaks transformers' remote-code saver (STACK.md).
+_AutoFeatureExtractor.register(SaneConfig, WeightTokenizer, exist_ok=True)
 
 __version__ = "0.1.0"
 
-__all__ = ["SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "__version__"]
+__all__ = ["LayerSpec", "SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__"]
