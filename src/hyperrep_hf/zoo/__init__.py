@@ -7,5 +7,43 @@ from .architectures import (
     num_parameters,
     register_architecture,
 )
+from .build import build_zoo
+from .dataset import Zoo, load_zoo
+from .hub import push_zoo
+from .importers import import_modelzoos
+from .population import (
+    LoopPopulation,
+    StackedPopulation,
+    TrainSettings,
+    evaluate_accuracy,
+    finetune,
+    make_population,
+    train_population,
+)
+from .spec import PRESETS, ZooSpec
+from .tasks import TASKS, TaskData, load_task
 
-__all__ = ["ARCHITECTURES", "build_model", "init_weights", "num_parameters", "register_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "TASKS",
+    "LoopPopulation",
+    "StackedPopulation",
+    "TaskData",
+    "TrainSettings",
+    "Zoo",
+    "ZooSpec",
+    "build_model",
+    "build_zoo",
+    "evaluate_accuracy",
+    "finetune",
+    "import_modelzoos",
+    "init_weights",
+    "load_task",
+    "load_zoo",
+    "make_population",
+    "num_parameters",
+    "push_zoo",
+    "register_architecture",
+    "train_population",
+]

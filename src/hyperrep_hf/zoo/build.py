@@ -1,0 +1,206 @@
+"""Build a zoo: plan chunks of models, train each chunk as a population, write its shards.
+
+Resumable: a chunk counts as done once its shards and its marker DIR/progress/chunk-XXXXX.json are
+written (each atomically); a rerun of the same command skips done chunks and retrains the rest, so
+no (model, epoch) row is missing or doubled. Scale-out: under `accelerate launch` / torchrun
+(WORLD_SIZE > 1) process r trains chunks r, r + world, ... and writes its own shards; the main
+process writes the card once all chunks are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..layout import WeightLayout
+from .architectures import build_model, init_weights
+from .card import finalize_zoo
+from .dataset import (
+    CONFIG_NAME,
+    FORMAT,
+    HYPERPARAMETER_TYPES,
+    METRICS,
+    Zoo,
+    atomic_write_text,
+    load_zoo,
+    write_shard,
+)
+from .population import make_population, train_population
+from .spec import ModelSpec, ZooSpec, resolve_spec
+from .tasks import TaskData, load_task
+
+PROGRESS_DIR = "progress"
+
+
+def init_model(spec: ZooSpec, model: ModelSpec, input_shape, num_classes) -> torch.nn.Module:
+    """A freshly initialised model: PyTorch's init drawn from the model's seed, then `init`."""
+    kwargs = spec.architecture_kwargs_for(input_shape, num_classes, model.hyperparameters)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model.seed)
+        net = build_model(spec.architecture, **kwargs)
+    return init_weights(net, model.hyperparameters["init"], generator=torch.Generator().manual_seed(model.seed))
+
+
+def plan_chunks(spec: ZooSpec, models: list[ModelSpec]) -> list[list[ModelSpec]]:
+    """Groups of models that train together: one activation per group (it cannot be stacked),
+    at most spec.population_size models per chunk. Deterministic, so a resumed build sees the same plan."""
+    stack_key = "activation" if "activation" in spec.architecture_parameters() else None
+    groups: dict[str, list[ModelSpec]] = {}
+    for m in models:
+        groups.setdefault(str(m.hyperparameters[stack_key]) if stack_key else "", []).append(m)
+    chunks = []
+    for key in sorted(groups):
+        ms = groups[key]
+        # spread each group evenly over its chunks instead of leaving one small remainder chunk
+        n_chunks = -(-len(ms) // spec.population_size)
+        chunks += [ms[i::n_chunks] for i in range(n_chunks)]
+    return [sorted(c, key=lambda m: m.model_id) for c in chunks]
+
+
+def train_chunk(spec: ZooSpec, chunk: list[ModelSpec], task: TaskData, bar=None) -> dict[str, dict[str, list]]:
+    """Train one chunk; returns the rows of each split (column -> list; weights as arrays)."""
+    device = task.train_x.device
+    models = [init_model(spec, m, task.input_shape, task.num_classes).to(device) for m in chunk]
+    population = make_population(models, [m.settings for m in chunk])
+    rows: dict[str, dict[str, list]] = {}
+
+    def on_checkpoint(epoch, metrics, weights):
+        for k, m in enumerate(chunk):
+            r = rows.setdefault(m.split, {c: [] for c in ("model_id", "epoch", "weights", *METRICS, "architecture", "diverged", *HYPERPARAMETER_TYPES)})
+            r["model_id"].append(m.model_id)
+            r["epoch"].append(epoch)
+            r["weights"].append(weights[k].numpy())
+            for name in METRICS:
+                r[name].append(float(metrics[name][k]))
+            r["architecture"].append(spec.architecture)
+            r["diverged"].append(bool(metrics["diverged"][k]))
+            r["seed"].append(m.seed)
+            for name in HYPERPARAMETER_TYPES:
+                if name != "seed":
+                    r[name].append(m.hyperparameters[name])
+
+    train_population(population, task, spec.epochs, spec.batch_size, on_checkpoint, spec.checkpoints, progress=bar if bar is not None else False)
+    return rows
+
+
+def _process_state():
+    """accelerate's PartialState when launched with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def zoo_info(spec: ZooSpec, task: TaskData) -> dict:
+    first = spec.models()[0]
+    kwargs = spec.architecture_kwargs_for(task.input_shape, task.num_classes, first.hyperparameters)
+    layout = WeightLayout.from_state_dict(build_model(spec.architecture, **kwargs).state_dict())
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "name": spec.name,
+        "architecture": spec.architecture,
+        "architecture_kwargs": kwargs,
+        "layout": layout.to_dict(),
+        "num_weights": layout.num_weights,
+        "task": spec.task,
+        "input_shape": list(task.input_shape),
+        "num_classes": task.num_classes,
+        "num_models": spec.total_models,
+        "checkpoint_epochs": spec.checkpoints,
+        "varied": spec.varied,
+        "config": spec.to_dict(),
+        "complete": False,
+    }
+
+
+def _claim_folder(out: Path, info: dict) -> None:
+    """Write the sidecar of a new build, or check that an existing one is the same zoo (resume)."""
+    sidecar = out / CONFIG_NAME
+    if sidecar.exists():
+        existing = json.loads(sidecar.read_text(encoding="utf-8"))
+        if existing.get("config") != json.loads(json.dumps(info["config"])):
+            raise ValueError(
+                f"{out} already holds a different zoo ({sidecar} has another config); "
+                "use a new --out folder, or the same preset/config and --num-models/--epochs to resume"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no {CONFIG_NAME}: choose an empty or new --out folder")
+    atomic_write_text(sidecar, json.dumps(info, indent=1))
+
+
+def build_zoo(
+    preset_or_spec,
+    out_dir: str | os.PathLike,
+    num_models: int | None = None,
+    epochs: int | None = None,
+    population_size: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> Zoo | None:
+    """Build (or resume building) a zoo into `out_dir` and return it loaded.
+
+    `preset_or_spec`: a preset name (see spec.PRESETS), a YAML/JSON config path, a dict or a
+    ZooSpec; num_models / epochs / population_size override it. Under a multi-process launch
+    every process trains its share; the main process returns the Zoo, the others None.
+    """
+    spec = resolve_spec(preset_or_spec, num_models=num_models, epochs=epochs, population_size=population_size)
+    out = Path(out_dir)
+    state = _process_state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    device = device or (str(state.device) if state else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world > 1 and device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+    sidecar = out / CONFIG_NAME
+    task = load_task(spec.task, **spec.task_kwargs)
+    spec.check_fits(task.input_shape, task.num_classes)
+    info = zoo_info(spec, task)
+    if rank == 0:
+        _claim_folder(out, info)
+    if state:
+        state.wait_for_everyone()
+    if json.loads(sidecar.read_text(encoding="utf-8")).get("complete"):
+        return load_zoo(out) if rank == 0 else None
+
+    task = task.to(device)
+    chunks = plan_chunks(spec, spec.models())
+    mine = [(cid, c) for cid, c in enumerate(chunks) if cid % world == rank]
+    todo = [(cid, c) for cid, c in mine if not (out / PROGRESS_DIR / f"chunk-{cid:05d}.json").exists()]
+    bar = tqdm(
+        total=sum(len(c) for _, c in todo) * spec.epochs,
+        desc=f"zoo {spec.name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+        unit="model-epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for cid, chunk in todo:
+        rows = train_chunk(spec, chunk, task, bar)
+        counts = {}
+        for split, cols in rows.items():
+            cols["weights"] = np.stack(cols["weights"])
+            counts[split] = write_shard(out / "data" / f"{split}-{cid:05d}.parquet", cols, info["num_weights"])
+        marker = {"chunk": cid, "models": [m.model_id for m in chunk], "rows": counts}
+        atomic_write_text(out / PROGRESS_DIR / f"chunk-{cid:05d}.json", json.dumps(marker))
+        bar.set_postfix(chunks=f"{cid + 1}/{len(chunks)}")
+    bar.close()
+
+    if state:
+        state.wait_for_everyone()
+    if rank == 0:
+        missing = [cid for cid in range(len(chunks)) if not (out / PROGRESS_DIR / f"chunk-{cid:05d}.json").exists()]
+        if missing:
+            raise RuntimeError(f"chunks {missing} of {out} were not written by their processes; rerun the build to finish them")
+        finalize_zoo(out, info)
+        shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+    if state:
+        state.wait_for_everyone()
+    return load_zoo(out) if rank == 0 else None

@@ -1,0 +1,84 @@
+"""The dataset card (README.md) of a zoo, rendered from model_cards/zoo_card.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .dataset import CONFIG_NAME, atomic_write_text, data_files_config
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "zoo_card.md"
+SPLITS = ("train", "validation", "test")
+
+
+def shard_metadata(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """model_id, epoch, test_acc and diverged of every split, read from the shards without weights."""
+    stats = {}
+    for split in SPLITS:
+        files = sorted((out / "data").glob(f"{split}-*.parquet"))
+        cols = {"model_id": [], "epoch": [], "test_acc": [], "diverged": []}
+        for f in files:
+            t = pq.read_table(f, columns=list(cols))
+            for c in cols:
+                cols[c].append(t.column(c).to_numpy(zero_copy_only=False))
+        stats[split] = {c: np.concatenate(v) if v else np.zeros(0) for c, v in cols.items()}
+    return stats
+
+
+def _spread(values: np.ndarray) -> str:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return "-"
+    return f"{values.min():.3f} / {np.median(values):.3f} / {values.max():.3f}"
+
+
+def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
+    """Write DIR/README.md with the zoo's YAML (data files, tags) and a summary of its splits."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    stats = shard_metadata(out)
+    rows, models, diverged = [], 0, 0
+    last_epoch = max((int(s["epoch"].max()) for s in stats.values() if len(s["epoch"])), default=0)
+    for split, s in stats.items():
+        n_models = len(np.unique(s["model_id"]))
+        models += n_models
+        diverged += len(np.unique(s["model_id"][s["diverged"].astype(bool)]))
+        first, last = s["test_acc"][s["epoch"] == 0], s["test_acc"][s["epoch"] == last_epoch]
+        rows.append(f"| {split} | {n_models} | {len(s['epoch'])} | {_spread(first)} | {_spread(last)} |")
+    total_rows = sum(len(s["epoch"]) for s in stats.values())
+    size = "n<1K" if total_rows < 1_000 else "1K<n<10K" if total_rows < 10_000 else "10K<n<100K" if total_rows < 100_000 else "100K<n<1M"
+    config = info.get("config", {})
+    card_data = DatasetCardData(
+        tags=["model-zoo", "weight-space-learning", "hyperrep_hf"],
+        size_categories=[size],
+        configs=data_files_config(),
+    )
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        zoo_name=info.get("name", out.name),
+        num_models=models,
+        architecture=info["architecture"],
+        task=info.get("task") or "an unnamed task",
+        checkpoint_epochs=info.get("checkpoint_epochs", "all"),
+        description=config.get("description", ""),
+        num_weights=info["num_weights"],
+        varied=", ".join(info.get("varied", [])) or "none",
+        last_epoch=last_epoch,
+        split_table="\n".join(rows),
+        num_diverged=diverged,
+        repo_hint=repo_hint or "path/to/zoo",
+        batch_size=config.get("batch_size", "unknown"),
+        config_json=json.dumps(config, indent=2, default=str),
+    )
+    atomic_write_text(out / "README.md", str(card))
+
+
+def finalize_zoo(out: Path, info: dict) -> None:
+    """Mark a zoo folder complete: card first, then the sidecar with complete=True."""
+    info = dict(info, complete=True)
+    write_card(out, info)
+    atomic_write_text(out / CONFIG_NAME, json.dumps(info, indent=1))

@@ -1,0 +1,201 @@
+"""A zoo on disk (and on the Hub): parquet shards, a JSON sidecar and a dataset card.
+
+    DIR/data/{split}-{chunk:05d}.parquet   one row per (model, epoch); splits train/validation/test
+    DIR/zoo_config.json                    architecture + kwargs, WeightLayout, task, generating config
+    DIR/README.md                          DatasetCard; its YAML `configs` name the data files
+
+`datasets.load_dataset(DIR)` (or the Hub repo id) loads the rows; `load_zoo` adds the layout and
+architecture, so a row turns back into a working model in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from datasets import Features, List, Value
+from torch import nn
+
+from ..layout import WeightLayout
+from .architectures import ARCHITECTURES, build_model
+
+CONFIG_NAME = "zoo_config.json"
+FORMAT = "hyperrep-zoo"
+METRICS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "ggap")
+HYPERPARAMETER_TYPES = {
+    "seed": "int64",
+    "activation": "string",
+    "init": "string",
+    "optimizer": "string",
+    "lr": "float64",
+    "weight_decay": "float64",
+    "dropout": "float64",
+    "momentum": "float64",
+}
+
+
+def zoo_features(num_weights: int) -> Features:
+    """The columns of every zoo dataset."""
+    cols = {"model_id": Value("int64"), "epoch": Value("int64"), "weights": List(Value("float32"), length=num_weights)}
+    cols.update({m: Value("float32") for m in METRICS})
+    cols.update({"architecture": Value("string"), "diverged": Value("bool")})
+    cols.update({k: Value(t) for k, t in HYPERPARAMETER_TYPES.items()})
+    return Features(cols)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, rows: Mapping[str, list | np.ndarray], num_weights: int) -> int:
+    """Write rows (column -> values; "weights" as [rows, P] float32) as one parquet shard, atomically.
+
+    The schema carries datasets' feature metadata, so load_dataset reads `weights` as
+    List(float32, length=P). Returns the number of rows.
+    """
+    features = zoo_features(num_weights)
+    weights = np.ascontiguousarray(rows["weights"], dtype=np.float32).reshape(-1, num_weights)
+    arrays = {}
+    for name, feature in features.items():
+        if name == "weights":
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(weights.reshape(-1)), num_weights)
+        else:
+            arrays[name] = pa.array(list(rows[name]), type=feature.pa_type)
+    table = pa.table(arrays, schema=features.arrow_schema)
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    # keep row groups near 32 MB so readers and the Hub viewer can stream them
+    pq.write_table(table, tmp, row_group_size=max(1, (32 << 20) // (4 * num_weights)))
+    os.replace(tmp, path)
+    return len(weights)
+
+
+def data_files_config() -> list[dict]:
+    return [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in ("train", "validation", "test")]}]
+
+
+def architecture_kwargs_for_row(architecture: str, base_kwargs: dict, row: Mapping | None) -> dict:
+    """build_model arguments for a row: the zoo's kwargs plus the row's activation / dropout."""
+    import inspect
+
+    kw = dict(base_kwargs)
+    if row is not None:
+        accepted = inspect.signature(ARCHITECTURES[architecture]).parameters
+        for key in ("activation", "dropout"):
+            if key in accepted and row.get(key) is not None:
+                kw[key] = row[key]
+    return kw
+
+
+class Zoo:
+    """A loaded zoo: `dataset` (DatasetDict), `layout`, `architecture`, `architecture_kwargs`,
+    `task`, `config` (the generating config) and `info` (the whole sidecar)."""
+
+    def __init__(self, path: Path, info: dict, dataset):
+        self.path, self.info, self.dataset = Path(path), info, dataset
+        self.layout = WeightLayout.from_dict(info["layout"])
+        self.architecture = info["architecture"]
+        self.architecture_kwargs = dict(info.get("architecture_kwargs", {}))
+        self.task = info.get("task")
+        self.config = info.get("config", {})
+
+    @property
+    def num_weights(self) -> int:
+        return self.layout.num_weights
+
+    def weights(self, split: str = "train") -> torch.Tensor:
+        """All weight vectors of a split as one tensor [rows, P], read as a whole column."""
+        ds = self.dataset[split]
+        column = ds.with_format("arrow")[:]["weights"]
+        flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        values = flat.flatten().to_numpy(zero_copy_only=False)
+        return torch.from_numpy(np.array(values, dtype=np.float32).reshape(len(ds), self.num_weights))
+
+    def metadata(self, split: str = "train", columns=None):
+        """The non-weight columns of a split as a pandas DataFrame (cheap: weights are not read)."""
+        ds = self.dataset[split]
+        columns = columns or [c for c in ds.column_names if c != "weights"]
+        return ds.select_columns(columns).to_pandas()
+
+    def build_model(self, weights_row_or_flat) -> nn.Module:
+        """A zoo row (dict with `weights` and hyperparameters) or a flat vector [P] -> nn.Module in eval mode."""
+        row = weights_row_or_flat if isinstance(weights_row_or_flat, Mapping) else None
+        flat = row["weights"] if row is not None else weights_row_or_flat
+        flat = torch.as_tensor(np.asarray(flat, dtype=np.float32)) if not torch.is_tensor(flat) else flat.float()
+        if flat.dim() != 1 or flat.numel() != self.num_weights:
+            raise ValueError(f"expected {self.num_weights} weights for {self.architecture}, got shape {list(flat.shape)}")
+        model = build_model(self.architecture, **architecture_kwargs_for_row(self.architecture, self.architecture_kwargs, row))
+        model.load_state_dict(self.layout.unflatten(flat), strict=False)
+        return model.eval()
+
+    def __repr__(self) -> str:
+        sizes = {k: len(v) for k, v in self.dataset.items()}
+        return f"Zoo({self.architecture}, task={self.task}, P={self.num_weights}, rows={sizes})"
+
+
+def read_zoo_info(path: Path) -> dict:
+    cfg = path / CONFIG_NAME
+    if not cfg.is_file():
+        raise ValueError(f"{path} is not a zoo: it has no {CONFIG_NAME} (build one with `hyperrep zoo build` or import one with `hyperrep zoo import`)")
+    try:
+        info = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg} is not valid JSON: {err}") from err
+    missing = [k for k in ("architecture", "architecture_kwargs", "layout") if k not in info]
+    if missing:
+        raise ValueError(f"{cfg} lacks {missing}; it is not a zoo sidecar")
+    return info
+
+
+def check_layout_fits(info: dict, where: Path) -> None:
+    """A zoo whose weights do not fit its architecture is refused here, not in a deep torch call."""
+    layout = WeightLayout.from_dict(info["layout"])
+    if info["architecture"] not in ARCHITECTURES:
+        raise ValueError(f"{where}: unknown architecture {info['architecture']!r}; registered: {sorted(ARCHITECTURES)}")
+    expected = WeightLayout.from_state_dict(build_model(info["architecture"], **info["architecture_kwargs"]).state_dict())
+    if [e.shape for e in layout.entries] != [e.shape for e in expected.entries]:
+        raise ValueError(
+            f"{where}: the zoo's weight layout ({layout.num_weights} weights) does not fit architecture "
+            f"{info['architecture']!r} with {info['architecture_kwargs']} ({expected.num_weights} weights)"
+        )
+
+
+def load_zoo(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Zoo:
+    """Load a zoo from a local folder or a Hub dataset repo id (downloaded with snapshot_download)."""
+    import datasets
+
+    path = Path(path_or_repo_id)
+    if not path.exists():
+        if str(path_or_repo_id).count("/") != 1 or str(path_or_repo_id).startswith((".", "/")):
+            raise FileNotFoundError(f"{path_or_repo_id} is neither a zoo folder nor a Hub repo id (org/name)")
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path_or_repo_id), repo_type="dataset", revision=revision))
+    info = read_zoo_info(path)
+    if not info.get("complete", True):
+        raise ValueError(f"{path} holds an unfinished zoo build; run the same build command again to finish it")
+    check_layout_fits(info, path / CONFIG_NAME)
+    if not list((path / "data").glob("*.parquet")):
+        raise ValueError(f"{path} is not a zoo: {path / 'data'} holds no parquet shards")
+    dataset = datasets.load_dataset(str(path))
+    for split, ds in dataset.items():
+        feature = ds.features.get("weights")
+        length = getattr(feature, "length", None)
+        if length != WeightLayout.from_dict(info["layout"]).num_weights:
+            raise ValueError(
+                f"{path}: split {split!r} stores weight vectors of length {length}, but {CONFIG_NAME} lays out "
+                f"{WeightLayout.from_dict(info['layout']).num_weights} weights for {info['architecture']!r}"
+            )
+    return Zoo(path, info, dataset)
