@@ -73,14 +73,25 @@ def olah_mirror(tmp_path_factory):
         yield mirror
 
 
+# Module-level offline flags the clients read at import: (module, attribute).
+_OFFLINE_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+                  ("datasets.config", "HF_HUB_OFFLINE"), ("datasets.config", "HF_DATASETS_OFFLINE"))
+
+
 @pytest.fixture(autouse=True)
 def _hub_stays_online():
-    """Fail a test that leaves an offline switch in os.environ (it would break later tests'
-    downloads from the local Hub); monkeypatch.setenv is the way to go offline in one test."""
+    """Fail a test that leaves the session offline (later tests' downloads from the local Hub
+    would break). Offline mode is never set globally; to test it in one test use
+    monkeypatch.setenv / monkeypatch.setattr, which undo themselves."""
     yield
     leaked = [name for name in _OFFLINE_VARS if name in os.environ]
     for name in leaked:
         del os.environ[name]
+    for module_name, attribute in _OFFLINE_FLAGS:
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, attribute, False):
+            setattr(module, attribute, False)
+            leaked.append(f"{module_name}.{attribute}")
     if leaked:
-        pytest.fail(f"test left {leaked} set in os.environ; use monkeypatch.setenv instead",
+        pytest.fail(f"test left offline mode on ({', '.join(leaked)}); use monkeypatch instead",
                     pytrace=False)

@@ -707,6 +707,8 @@ class HubServer:
         with self.store.lock:
             self._counter += 1
             n = self._counter
+        # Hub repo names: letters, digits, "_", "-", "." and no "--" or "..".
+        name = re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-")[:60] or "repo"
         return f"{namespace or self.user}/{name}-{n}-{uuid.uuid4().hex[:6]}"
 
     def repo_files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict:

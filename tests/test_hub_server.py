@@ -326,3 +326,44 @@ def test_commit_on_a_stale_parent_is_refused(api, hub_repo_id):
         api.create_commit(hub_repo_id, [CommitOperationAdd("g.txt", b"2")],
                           commit_message="late", parent_commit=stale)
     assert info.value.response.status_code == 412
+
+
+def test_new_repo_ids_are_unique_and_valid(hub_server):
+    from huggingface_hub.utils import validate_repo_id
+
+    ids = {hub_server.new_repo_id("odd name--[x]..v1") for _ in range(20)}
+    assert len(ids) == 20
+    for repo_id in ids:
+        validate_repo_id(repo_id)
+        assert repo_id.startswith(f"{hub_server.user}/odd-name-x-v1-")
+    assert hub_server.new_repo_id("zoo", namespace="hyperrep-org").startswith("hyperrep-org/zoo-")
+
+
+def test_conftest_guard_fails_tests_that_leave_offline_mode_on(tmp_path):
+    # A fresh pytest session with this conftest: it also checks the environment set-up from scratch.
+    here = os.path.dirname(__file__)
+    for name in ("conftest.py", "hub_server.py", "olah_mirror.py"):
+        (tmp_path / name).write_text(open(os.path.join(here, name)).read())
+    (tmp_path / "test_probe.py").write_text(
+        "import os\n"
+        "def test_fresh_session_uses_the_local_hub():\n"
+        "    from huggingface_hub import constants\n"
+        "    assert constants.ENDPOINT.startswith('http://127.0.0.1:')\n"
+        "def test_leaks_env():\n"
+        "    os.environ['HF_HUB_OFFLINE'] = '1'\n"
+        "def test_leaks_flag():\n"
+        "    import huggingface_hub.constants as constants\n"
+        "    constants.HF_HUB_OFFLINE = True\n"
+        "def test_monkeypatch_is_fine(monkeypatch):\n"
+        "    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')\n"
+        "def test_later_tests_are_online_again():\n"
+        "    import huggingface_hub.constants as constants\n"
+        "    assert 'HF_HUB_OFFLINE' not in os.environ and not constants.HF_HUB_OFFLINE\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the conftest must switch it off again
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert "5 passed, 2 errors" in out.stdout, out.stdout[-3000:]
+    assert "(HF_HUB_OFFLINE)" in out.stdout
+    assert "(huggingface_hub.constants.HF_HUB_OFFLINE)" in out.stdout
