@@ -95,3 +95,13 @@ def _hub_stays_online():
     if leaked:
         pytest.fail(f"test left offline mode on ({', '.join(leaked)}); use monkeypatch instead",
                     pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _hub_server_had_no_errors():
+    """Fail the test during which the local Hub hit a bug of its own (it answered 500)."""
+    before = len(_HUB.errors)
+    yield
+    if len(_HUB.errors) > before:
+        pytest.fail("tests/hub_server.py failed on a request:\n" + "\n".join(_HUB.errors[before:]),
+                    pytrace=False)

@@ -34,6 +34,7 @@ import hashlib
 import json
 import re
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -326,7 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), headers)
 
     def _error(self, err: HubError) -> None:
-        headers = {"X-Error-Message": err.message.replace("\n", " ")}
+        # Header values must be latin-1: escape anything else (e.g. a non-ASCII path).
+        message = err.message.replace("\n", " ").encode("ascii", "backslashreplace").decode()
+        headers = {"X-Error-Message": message}
         if err.code:
             headers["X-Error-Code"] = err.code
         self._json({"error": err.message}, err.status, headers)
@@ -344,6 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(err)
         except (KeyError, ValueError, TypeError) as err:
             self._error(HubError(400, "", f"Bad request: {type(err).__name__}: {err}"))
+        except Exception as err:  # a server bug: answer (so the client does not hang) and record it
+            self.server.errors.append(traceback.format_exc())
+            self._error(HubError(500, "", f"hub_server error: {type(err).__name__}: {err}"))
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
 
@@ -660,6 +666,7 @@ class _Server(ThreadingHTTPServer):
     token: str
     endpoint: str
     requests: list
+    errors: list
 
 
 class HubServer:
@@ -667,7 +674,8 @@ class HubServer:
 
     Binding happens in ``__init__`` (``port=0`` picks a free port), so the port is reserved at
     once; ``start()`` begins serving and ``stop()`` shuts down. ``requests`` records
-    ``(method, path)`` of every request, handy to assert what a client did.
+    ``(method, path)`` of every request, handy to assert what a client did; ``errors`` holds
+    the tracebacks of server bugs (answered with 500).
     """
 
     def __init__(self, port: int = 0, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER,
@@ -679,6 +687,7 @@ class HubServer:
         self.httpd.store = self.store = HubStore(user, orgs)
         self.httpd.token, self.httpd.endpoint = token, self.endpoint
         self.httpd.requests = self.requests = []
+        self.httpd.errors = self.errors = []
         self._thread: threading.Thread | None = None
         self._counter = 0
 

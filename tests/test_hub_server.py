@@ -101,6 +101,16 @@ def test_upload_folder_snapshot_download_and_missing_files(api, hub_repo_id, tmp
     assert names == [".gitattributes", "config.json", "nested", "nested/notes.txt"]
 
 
+def test_paths_with_spaces_and_non_ascii_characters(api, hub_repo_id):
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj="ü".encode(), path_in_repo="dir ä/naïve file.txt",
+                    repo_id=hub_repo_id)
+    assert open(hf_hub_download(hub_repo_id, "dir ä/naïve file.txt")).read() == "ü"
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(hub_repo_id, "dir ä/ständig.txt")
+    assert [e.path for e in api.list_repo_tree(hub_repo_id, "dir ä")] == ["dir ä/naïve file.txt"]
+
+
 def test_revisions_branches_and_tags(api, hub_repo_id):
     api.create_repo(hub_repo_id)
     api.upload_file(path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id=hub_repo_id)
@@ -184,6 +194,9 @@ def test_datasets_push_to_hub_then_load_dataset(hub_repo_id, hub_server):
     assert loaded["train"].features == features
     np.testing.assert_array_equal(np.asarray(loaded["test"]["weights"][:]),
                                   np.asarray(zoos["test"]["weights"][:]))
+
+    streamed = next(iter(load_dataset(hub_repo_id, split="train", streaming=True)))
+    np.testing.assert_array_equal(streamed["weights"], zoos["train"][0]["weights"])
 
     # A second version on a branch leaves `main` as it was.
     DatasetDict(train=zoo(3), test=zoo(2)).push_to_hub(hub_repo_id, revision="v2")
