@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from hyperrep_hf import WeightLayout
@@ -168,3 +170,42 @@ def test_an_unknown_model_class_asks_for_an_explicit_spec():
 
     with pytest.raises(ValueError, match="Net.*pass an explicit PermutationSpec"):
         permutation_spec(Net())
+
+
+@st.composite
+def sequential_stacks(draw):
+    """Random nn.Sequential CNN/MLP stacks: conv blocks (optional BatchNorm, pooling), Flatten,
+    Linear blocks; returns (model, input shape)."""
+    channels, side = draw(st.integers(1, 3)), draw(st.sampled_from([6, 8]))
+    input_shape = (2, channels, side, side)
+    layers: list[nn.Module] = []
+    c = channels
+    for _ in range(draw(st.integers(0, 2))):
+        out = draw(st.integers(2, 6))
+        layers.append(nn.Conv2d(c, out, 3, padding=1, bias=draw(st.booleans())))
+        if draw(st.booleans()):
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.GELU]))())
+        if draw(st.booleans()) and side >= 4:
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        c = out
+    layers.append(nn.Flatten())
+    width = c * side * side
+    for _ in range(draw(st.integers(1, 3))):
+        out = draw(st.integers(2, 7))
+        layers += [nn.Linear(width, out, bias=draw(st.booleans())), nn.Sigmoid(), nn.Dropout(0.1)]
+        width = out
+    layers.append(nn.Linear(width, 3))
+    return nn.Sequential(*layers), input_shape
+
+
+@settings(max_examples=30, deadline=None)
+@given(stack=sequential_stacks(), seed=st.integers(0, 2**16))
+def test_random_permutation_keeps_the_function_of_random_sequential_stacks(stack, seed):
+    model, input_shape = stack
+    model = randomised(model, seed)
+    permuted = random_permutation(model, generator=torch.Generator().manual_seed(seed)).eval()
+    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        assert (model(x) - permuted(x)).abs().max() < 1e-5

@@ -18,6 +18,7 @@ from ..layout import WeightLayout
 from .permutation import (
     Permutations,
     PermutationSpec,
+    expand_block,
     permutation_spec,
     permute_flat,
     permute_model,
@@ -29,11 +30,6 @@ def _rows(tensor: torch.Tensor, axis: int, block: int) -> torch.Tensor:
     """[..., n * block (at axis), ...] -> [n, everything else]: one row per permuted neuron."""
     moved = tensor.movedim(axis, 0)
     return moved.reshape(moved.shape[0] // block, -1)
-
-
-def _expand(perm: torch.Tensor, block: int) -> torch.Tensor:
-    """Permutation of n neurons -> index of the n * block elements along the axis."""
-    return (perm[:, None] * block + torch.arange(block)).reshape(-1)
 
 
 def weight_matching(
@@ -63,7 +59,7 @@ def weight_matching(
                 other = w[ax.entry]
                 for axis, other_group, block in by_entry[ax.entry]:
                     if axis != ax.axis:  # the other groups acting on this tensor, as they stand now
-                        other = other.index_select(axis, _expand(perms[other_group], block))
+                        other = other.index_select(axis, expand_block(perms[other_group], block))
                 # similarity[i, j] = <reference neuron i, model neuron j>
                 similarity += _rows(ref[ax.entry], ax.axis, ax.block) @ _rows(other, ax.axis, ax.block).T
             _, cols = linear_sum_assignment(similarity.numpy(), maximize=True)
