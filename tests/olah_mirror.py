@@ -3,7 +3,8 @@
 Offline, olah serves only repos it holds as plain git repositories under
 ``{mirrors}/{models,datasets}/{org}/{name}``; it never calls huggingface.co. Files are plain git
 blobs (no LFS). Unlike the Hub it answers 401, not 404 EntryNotFound, for a missing file, and
-401 for ``/api/models/{repo}`` without ``/revision/{rev}``.
+401 for ``/api/models/{repo}`` without ``/revision/{rev}``. So a data set repo needs a
+README.md: ``load_dataset`` probes it first and takes olah's 401 for "no such data set".
 
 Usage::
 
@@ -102,6 +103,8 @@ class OlahMirror:
         config = self._write_config()
         cli = Path(sys.executable).with_name("olah-cli")
         command = [str(cli)] if cli.exists() else [sys.executable, "-m", "olah.server"]
+        # The CLI default (600 s) would override the config file.
+        command += ["--metadata-cache-ttl", "0"]
         self.log = open(self.root / "olah.out", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [*command, "--config", str(config), "--log-path", str(self.root / "logs")],

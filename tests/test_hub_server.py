@@ -204,17 +204,25 @@ def test_datasets_push_to_hub_then_load_dataset(hub_repo_id, hub_server):
     assert load_dataset(hub_repo_id)["train"].num_rows == 12
 
 
-def test_olah_mirror_serves_a_model_folder_to_the_hub_clients(olah_mirror, tmp_path):
+def test_olah_mirror_serves_model_and_dataset_folders_to_the_hub_clients(olah_mirror, tmp_path):
+    from datasets import Dataset
     from transformers import BertConfig
 
-    folder = tmp_path / "tiny-bert"
+    model = tmp_path / "tiny-bert"
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=16, vocab_size=30).save_pretrained(folder)
-    (folder / "weights.bin").write_bytes(bytes(range(256)) * 4)
-    olah_mirror.add_repo("mirror-org/tiny-bert", folder)
+               intermediate_size=16, vocab_size=30).save_pretrained(model)
+    (model / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    olah_mirror.add_repo("mirror-org/tiny-bert", model)
+    zoo = tmp_path / "zoo"
+    (zoo / "data").mkdir(parents=True)
+    (zoo / "README.md").write_text("---\nlicense: mit\n---\n")  # see tests/olah_mirror.py
+    Dataset.from_dict({"weights": [[1.0, 2.0], [3.0, 4.0]]}).to_parquet(
+        zoo / "data" / "train-00000-of-00001.parquet")
+    olah_mirror.add_repo("mirror-org/zoo", zoo, repo_type="dataset")
 
     script = (
-        "import sys\n"
+        "import os\n"
+        "from datasets import load_dataset\n"
         "from huggingface_hub import hf_hub_download, snapshot_download\n"
         "from huggingface_hub.errors import HfHubHTTPError\n"
         "from transformers import AutoConfig\n"
@@ -225,15 +233,17 @@ def test_olah_mirror_serves_a_model_folder_to_the_hub_clients(olah_mirror, tmp_p
         "except HfHubHTTPError as err:\n"
         "    status = err.response.status_code\n"
         "config = AutoConfig.from_pretrained('mirror-org/tiny-bert')\n"
-        "print(sorted(__import__('os').listdir(local)), data == bytes(range(256)) * 4, status,\n"
+        "print(sorted(os.listdir(local)), data == bytes(range(256)) * 4, status,\n"
         "      config.model_type, config.hidden_size)\n"
+        "print(load_dataset('mirror-org/zoo', split='train')['weights'][:])\n"
     )
     env = {**os.environ, "HF_ENDPOINT": olah_mirror.endpoint}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     # olah answers 401 (not 404 EntryNotFound) for a missing file: see tests/olah_mirror.py.
-    assert out.stdout.split("\n")[0] == "['config.json', 'weights.bin'] True 401 bert 8"
+    assert out.stdout.splitlines()[:2] == ["['config.json', 'weights.bin'] True 401 bert 8",
+                                           "[[1.0, 2.0], [3.0, 4.0]]"]
 
 
 def test_error_answers_leave_the_keep_alive_connection_usable(hub_server):
