@@ -338,3 +338,14 @@ def test_round_trip_property(kinds, widths, token_size, seed):
     assert_same_state_dict(tok.decode(enc)[0], model)
     assert torch.equal(tok.decode_flat(tok.tokenize_flat(tok.layouts[0].weights.flatten(model.state_dict()))["tokens"])[0],
                        tok.layouts[0].weights.flatten(model.state_dict()))
+
+
+def test_cli_tokenize_checks_the_round_trip_and_saves(tmp_path, capsys):
+    from hyperrep_hf.cli import main
+
+    assert main(["tokenize", "--arch", "cnn-s", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "48 tokens of size 201" in out and "round trip: exact" in out and "layer l 0..4" in out
+    assert WeightTokenizer.from_pretrained(tmp_path).token_size == 201
+    assert main(["tokenize", "--arch", "nope"]) == 2
+    assert "unknown architecture 'nope'" in capsys.readouterr().err
