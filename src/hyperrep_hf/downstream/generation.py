@@ -1,0 +1,325 @@
+"""Generating new models from a trained SANE checkpoint (METHOD.md §6).
+
+Two steps:
+
+1. `prepare_sampling(checkpoint, zoo)` embeds the zoo's models (full token sequences of latents),
+   and stores them as sampling anchors with their validation accuracy, plus what a sampled model
+   needs to become a working nn.Module (architecture, its arguments, weight layout, task name), in
+   the checkpoint folder: `sampling/anchors.safetensors` + `sampling/sampling.json`.
+   (`hyperrep sample --prepare` and `hyperrep probe fit` run it.)
+2. `ModelGenerator` draws latents (KDE on the best anchors, SUB, BOOT, GAUSS, neighbours of prompt
+   models), decodes them with the SANE decoder and the tokenizer's de-standardisation, builds the
+   models and re-estimates BatchNorm statistics on task data (no weight update).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..layout import WeightLayout
+from ..zoo.architectures import build_model
+from ._files import atomic_write_bytes, atomic_write_json, resolve_file
+from .embedding import decode_flat, encode, encode_flat
+from .samplers import (
+    GaussianSampler,
+    KDESampler,
+    best_fraction,
+    boot_sample,
+    neighbour_sampler,
+    parse_method,
+    sub_sample,
+)
+
+SAMPLING_DIR = "sampling"
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def load_checkpoint(folder_or_repo):
+    """(SaneModel in eval mode, WeightTokenizer) from a checkpoint folder or Hub repo id."""
+    from ..modeling_sane import SaneModel
+    from ..tokenization_weights import WeightTokenizer
+
+    model = SaneModel.from_pretrained(str(folder_or_repo)).eval()
+    tokenizer = WeightTokenizer.from_pretrained(str(folder_or_repo))
+    return model, tokenizer
+
+
+def find_layout(tokenizer, layout: WeightLayout, what: str = "the zoo") -> int:
+    """Index of the tokenizer's token layout for a WeightLayout; a clear error when it has none."""
+    for i, tl in enumerate(tokenizer.layouts):
+        if tl.weights == layout or tl.same_architecture(layout):
+            return i
+    known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tokenizer.layouts]
+    raise ValueError(
+        f"the checkpoint's tokenizer cannot encode {what} ({len(layout)} tensors / {layout.num_weights} weights); "
+        f"it knows {known or 'no layout'}. Use a checkpoint trained on a zoo of this architecture."
+    )
+
+
+# ---------------------------------------------------------------------------------------- anchors
+@dataclass
+class SamplingAnchors:
+    """Anchor latents [A, N, latent_dim] of zoo models, their scores [A] (validation accuracy) and
+    `info`: architecture, architecture_kwargs, layout, task, score column, zoo, split, epochs."""
+
+    latents: torch.Tensor
+    scores: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> WeightLayout:
+        return WeightLayout.from_dict(self.info["layout"])
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        base = Path(folder) / SAMPLING_DIR
+        atomic_write_bytes(base / "anchors.safetensors", save({"latents": self.latents.float().contiguous(), "scores": self.scores.double().contiguous()}))
+        atomic_write_json(base / "sampling.json", self.info)
+        return base
+
+    @classmethod
+    def load(cls, folder_or_repo: str | os.PathLike) -> SamplingAnchors:
+        hint = f"store anchors first: `hyperrep sample --checkpoint {folder_or_repo} --zoo ZOO --prepare`"
+        info = json.loads(Path(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/sampling.json", hint)).read_text())
+        tensors = load_file(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/anchors.safetensors", hint))
+        return cls(tensors["latents"], tensors["scores"], info)
+
+
+def prepare_sampling(
+    checkpoint: str | os.PathLike,
+    zoo,
+    split: str = "train",
+    epochs: Sequence[int] | None = None,
+    score: str = "val_acc",
+    model=None,
+    tokenizer=None,
+    batch_size: int = 64,
+    save_to: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> SamplingAnchors:
+    """Embed a zoo's models as sampling anchors and save them into the checkpoint folder.
+
+    zoo: a loaded `Zoo` (hyperrep_hf.zoo.load_zoo). Rows of `split` at `epochs` (default: the last
+    epoch of the split) that did not diverge become anchors, scored by the `score` column
+    (validation accuracy by default: choosing by test accuracy would leak the test split).
+    Returns the anchors; writes them under `save_to` (default: the checkpoint folder).
+    """
+    if model is None or tokenizer is None:
+        model, tokenizer = load_checkpoint(checkpoint)
+    layout_id = find_layout(tokenizer, zoo.layout)
+    meta = zoo.metadata(split)
+    if score not in meta.columns:
+        raise ValueError(f"the zoo has no column {score!r} to score anchors by; columns: {list(meta.columns)}")
+    chosen_epochs = [int(meta["epoch"].max())] if epochs is None else [int(e) for e in epochs]
+    keep = meta["epoch"].isin(chosen_epochs).to_numpy().copy()
+    if "diverged" in meta.columns:
+        keep &= ~meta["diverged"].fillna(False).astype(bool).to_numpy()
+    keep &= np.isfinite(meta[score].to_numpy(dtype=np.float64))
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise ValueError(f"no usable rows in split {split!r} at epochs {chosen_epochs}; pick other --epochs")
+    weights = zoo.weights(split)[torch.as_tensor(rows)]
+    latents = encode_flat(model, tokenizer, weights, layout_id=layout_id, batch_size=batch_size, progress=progress)
+    info = {
+        "architecture": zoo.architecture,
+        "architecture_kwargs": zoo.architecture_kwargs,
+        "layout": zoo.layout.to_dict(),
+        "task": zoo.task,
+        "zoo": str(getattr(zoo, "path", "")),
+        "split": split,
+        "epochs": chosen_epochs,
+        "score": score,
+        "model_ids": meta["model_id"].to_numpy()[rows].tolist(),
+        "num_anchors": len(rows),
+    }
+    anchors = SamplingAnchors(latents, torch.as_tensor(meta[score].to_numpy(dtype=np.float64)[rows]), info)
+    anchors.save(save_to or checkpoint)
+    return anchors
+
+
+# ------------------------------------------------------------------------------------ BatchNorm
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BN_TYPES) for m in model.modules())
+
+
+@torch.no_grad()
+def condition_batchnorm(model: nn.Module, inputs: torch.Tensor, num_batches: int = 200, batch_size: int = 64,
+                        generator: torch.Generator | None = None) -> nn.Module:
+    """Re-estimate BatchNorm running statistics of a decoded model: forward passes over random
+    batches of `inputs` [n, ...] with only the BatchNorm layers in train mode; no weight changes.
+
+    Running statistics are reset and averaged over all batches (momentum None = cumulative mean),
+    so the result does not depend on the decoded (noisy) statistics. Dropout stays off, so the
+    statistics match what the model sees at evaluation. Returns the model in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return model.eval()
+    model.eval()
+    saved = []
+    for bn in bns:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    device = next(model.parameters()).device
+    n = len(inputs)
+    for _ in range(num_batches):
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
+        model(inputs[idx].to(device))
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ generator
+class ModelGenerator:
+    """Draw new models from a SANE checkpoint and its stored anchors.
+
+        gen = ModelGenerator.from_pretrained("checkpoints/sane-digits")
+        samples = gen.generate(num_samples=5, method="kde30", seed=0)
+        samples[0]["model"](x)           # a ready nn.Module of the zoo's architecture
+
+    task: TaskData for BatchNorm conditioning and SUB/BOOT scoring (default: the zoo's task,
+    loaded by name when first needed).
+    """
+
+    def __init__(self, model, tokenizer, anchors: SamplingAnchors, task=None):
+        self.model, self.tokenizer, self.anchors = model.eval(), tokenizer, anchors
+        self.layout = anchors.layout
+        self.layout_id = find_layout(tokenizer, self.layout, f"the {anchors.info.get('architecture')} models of the anchors")
+        self._task = task
+
+    @classmethod
+    def from_pretrained(cls, folder_or_repo, task=None) -> ModelGenerator:
+        anchors = SamplingAnchors.load(folder_or_repo)
+        model, tokenizer = load_checkpoint(folder_or_repo)
+        return cls(model, tokenizer, anchors, task)
+
+    @property
+    def task(self):
+        if self._task is None:
+            from ..zoo.tasks import load_task
+
+            name = self.anchors.info.get("task")
+            if not name:
+                raise ValueError("the anchors name no task; pass task=load_task(NAME) for BatchNorm conditioning and SUB scoring")
+            self._task = load_task(name)
+        elif isinstance(self._task, str):
+            from ..zoo.tasks import load_task
+
+            self._task = load_task(self._task)
+        return self._task
+
+    # -- latents --
+    def prompt_latents(self, prompts) -> torch.Tensor:
+        """Prompt models (nn.Modules / state_dicts / flat vectors [P] or a tensor [n, P]) -> latents [n, N, L]."""
+        if torch.is_tensor(prompts) and prompts.dim() == 2:
+            flat = prompts.float()
+        else:
+            items = prompts if isinstance(prompts, (list, tuple)) else [prompts]
+            rows = []
+            for p in items:
+                if isinstance(p, nn.Module):
+                    p = p.state_dict()
+                rows.append(torch.as_tensor(p).float() if not isinstance(p, dict) else self.layout.flatten(p))
+            flat = torch.stack(rows)
+        if flat.shape[1] != self.layout.num_weights:
+            raise ValueError(f"prompt models must be {self.anchors.info.get('architecture')} models with "
+                             f"{self.layout.num_weights} weights, got {flat.shape[1]}")
+        return encode(self.model, self.tokenizer.tokenize_flat(flat, layout_id=self.layout_id)).cpu()
+
+    def sampler(self, method: str = "kde30", prompts=None, bandwidth="silverman", spread: float = 0.1):
+        """The latent sampler of a method: (kind, sampler). "kdeNN", "subNN", "bootNN" fit a KDE on the
+        best NN% anchors; "gauss" a per-dimension Gaussian on them; "neighbours" a KDE around the prompts."""
+        kind, fraction = parse_method(method)
+        if kind == "neighbours":
+            if prompts is None:
+                raise ValueError("method 'neighbours' samples around prompt models: pass prompts=[model, ...]")
+            return kind, neighbour_sampler(self.prompt_latents(prompts), self.anchors.latents, spread)
+        best = best_fraction(self.anchors.latents, self.anchors.scores, fraction)
+        if kind == "gauss":
+            return kind, GaussianSampler(best)
+        return kind, KDESampler(best, bandwidth)
+
+    # -- latents -> models --
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [k, N, L] -> flat weights [k, P] (de-standardised)."""
+        return decode_flat(self.model, self.tokenizer, latents, layout_id=self.layout_id)
+
+    def build(self, flat: torch.Tensor, condition_bn: bool = True, generator: torch.Generator | None = None) -> list[nn.Module]:
+        """flat weights [k, P] -> k models of the anchors' architecture in eval mode (BatchNorm
+        statistics re-estimated on the task's training inputs when the model has BatchNorm)."""
+        models = []
+        for row in flat:
+            m = build_model(self.anchors.info["architecture"], **self.anchors.info.get("architecture_kwargs", {}))
+            missing, unexpected = m.load_state_dict(self.layout.unflatten(row), strict=False)
+            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            if missing or unexpected:
+                raise ValueError(f"decoded weights do not fit {self.anchors.info['architecture']}: missing {missing}, unexpected {unexpected}")
+            if condition_bn and has_batchnorm(m):
+                condition_batchnorm(m, self.task.train_x, generator=generator)
+            models.append(m.eval())
+        return models
+
+    def score(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Validation accuracy [k] of the models decoded from latents [k, N, L] (for SUB / BOOT)."""
+        from ..zoo.population import evaluate_accuracy
+
+        models = self.build(self.decode(latents), generator=generator)
+        acc = evaluate_accuracy(models, self.task, "validation").double()
+        # A decoded model can hold NaN weights; it must rank last, not break the sort.
+        return torch.nan_to_num(acc, nan=-1.0)
+
+    def generate(
+        self,
+        num_samples: int,
+        method: str = "kde30",
+        seed: int = 0,
+        prompts=None,
+        num_draws: int | None = None,
+        rounds: int = 2,
+        bandwidth="silverman",
+        spread: float = 0.1,
+        condition_bn: bool = True,
+        progress: bool = False,
+    ) -> list[dict]:
+        """Draw `num_samples` models. Each item: "model" (nn.Module, eval mode), "state_dict",
+        "latents" [N, L] and, for SUB/BOOT, "score" (validation accuracy).
+
+        method: "kde30" (KDE on the best 30% anchors), "sub" (draw num_draws, default 5 x
+        num_samples, keep the best), "boot" (SUB, refit on the kept, `rounds` times), "gauss",
+        "neighbours" (around `prompts`). Same seed, same models.
+        """
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}; ask for at least one model")
+        generator = torch.Generator().manual_seed(int(seed))
+        kind, sampler = self.sampler(method, prompts, bandwidth, spread)
+        scores = None
+        if kind in ("sub", "boot"):
+            draws = num_draws or 5 * num_samples
+            score_fn = lambda z: self.score(z, generator)  # noqa: E731
+            if kind == "sub":
+                latents, scores = sub_sample(sampler, score_fn, num_samples, draws, generator)
+            else:
+                latents, scores = boot_sample(sampler, score_fn, num_samples, draws, rounds, generator)
+        else:
+            latents = sampler.sample(num_samples, generator)
+        flat = self.decode(latents)
+        models = self.build(tqdm(flat, desc="build", disable=not progress), condition_bn, generator)
+        out = []
+        for i, m in enumerate(models):
+            item = {"model": m, "state_dict": m.state_dict(), "latents": latents[i]}
+            if scores is not None:
+                item["score"] = float(scores[i])
+            out.append(item)
+        return out
