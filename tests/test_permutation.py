@@ -155,6 +155,7 @@ def test_bad_permutations_are_refused():
         (nn.Sequential(nn.Linear(4, 6), nn.Softmax(dim=1), nn.Linear(6, 2)), r"'1' \(Softmax\)"),
         (nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)), r"'0' \(Conv2d\).*grouped"),
         (nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2)), r"'1' \(LayerNorm\)"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 2)), r"'2' \(Linear\).*without a Flatten"),
     ],
 )
 def test_models_the_derivation_cannot_handle_ask_for_an_explicit_spec(model, culprit):

@@ -306,6 +306,7 @@ def spec_from_sequential(model: nn.Sequential) -> PermutationSpec:
     current: str | None = None  # group of the features flowing between layers (None: not permuted)
     block = 1  # contiguous features per permuted neuron (H*W after Flatten of a conv map)
     flattened = False
+    spatial = False  # conv feature maps flow: a Linear needs a Flatten first
     for i, (name, module) in enumerate(leaves):
         has_bias = getattr(module, "bias", None) is not None
         if isinstance(module, _WEIGHT_LAYERS):
@@ -313,6 +314,8 @@ def spec_from_sequential(model: nn.Sequential) -> PermutationSpec:
                 raise _unsupported(name, module, "grouped convolutions tie input and output channels")
             transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
             in_axis, out_axis = (0, 1) if transposed else (1, 0)
+            if isinstance(module, nn.Linear) and spatial and current is not None:
+                raise _unsupported(name, module, "it reads a conv feature map without a Flatten before it")
             if current is not None:
                 size = groups[current][0]
                 fan_in = module.weight.shape[in_axis]
@@ -322,6 +325,7 @@ def spec_from_sequential(model: nn.Sequential) -> PermutationSpec:
                     block = fan_in // size
                 groups[current][1].append((f"{name}.weight", in_axis, block))
             current, block, flattened = None, 1, False
+            spatial = not isinstance(module, nn.Linear)
             if i != last:
                 current = name
                 groups[name] = (module.weight.shape[out_axis], [(f"{name}.weight", out_axis)])
@@ -341,6 +345,7 @@ def spec_from_sequential(model: nn.Sequential) -> PermutationSpec:
                 if module.start_dim != 1 or module.end_dim != -1:
                     raise _unsupported(name, module, "only Flatten(start_dim=1, end_dim=-1) is supported")
                 flattened = True
+            spatial = False
         elif isinstance(module, _CHANNELWISE) or (current is None and i > last and not any(True for _ in module.parameters())):
             continue  # commutes with channel permutations, or acts on the (never permuted) outputs
         else:
