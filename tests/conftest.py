@@ -2,14 +2,20 @@
 
 The whole test session talks to a local Hub (tests/hub_server.py) instead of huggingface.co:
 the environment below is set before anything imports huggingface_hub / transformers / datasets
-(they read HF_ENDPOINT and friends at import time), and subprocesses inherit it.
+(they read HF_ENDPOINT and friends at import time), and subprocesses inherit it. HF_HOME is a
+temporary folder, so caches start empty and nothing touches the user's.
+
+Fixtures: ``hub_server`` (session; the local Hub), ``hub_repo_id`` (a fresh repo id per test),
+``olah_mirror`` (session; an offline olah mirror serving local folders). Autouse guards fail a
+test that leaves offline mode on or during which the local Hub hit a bug of its own.
 """
 
-# ruff: noqa: E402 - the environment must be set before the imports below the block.
 import os
 import shutil
 import sys
 import tempfile
+
+import pytest
 
 from hub_server import HubServer
 from olah_mirror import OlahMirror
@@ -33,7 +39,6 @@ os.environ.update({
     "HF_HUB_DISABLE_XET": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 })
 
 _already = sys.modules.get("huggingface_hub.constants")
@@ -42,8 +47,6 @@ if _already is not None and _already.ENDPOINT != _HUB.endpoint:
         "huggingface_hub was imported before tests/conftest.py set HF_ENDPOINT "
         f"(it points at {_already.ENDPOINT}); a pytest plugin must not import it early."
     )
-
-import pytest
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -179,8 +179,8 @@ class HubStore:
             del self.repos[(repo_type, repo_id)]
 
     def _add_commit(self, repo, branch, parent, title, message, files) -> Commit:
-        seed = f"{repo.repo_id}\n{parent}\n{title}\n{uuid.uuid4()}\n{sorted(files.items())}"
-        commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, title, message, _now(), files)
+        oid = hashlib.sha1(f"{repo.repo_id}\n{parent}\n{uuid.uuid4()}".encode()).hexdigest()
+        commit = Commit(oid, parent, title, message, _now(), files)
         repo.commits[commit.oid] = commit
         repo.branches[branch] = commit.oid
         return commit
