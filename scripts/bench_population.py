@@ -1,0 +1,109 @@
+"""Population training vs one-at-a-time training of the same models, in the same run.
+
+    python scripts/bench_population.py [--models 32] [--train-images 1000] [--json out.json]
+
+For cnn-s on mnist-5k (28x28) and the digits CNN, times one training epoch (batch 10) of M models
+trained as a stacked population and of a subset trained one model at a time (plain nn.Module +
+torch.optim), and prints model-epochs/s and the ratio. Also times reading a saved zoo's weights
+(rows/s through Zoo.weights). Timings on a shared machine are noisy: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from hyperrep_hf.zoo import build_model, build_zoo, init_weights, load_task
+from hyperrep_hf.zoo.population import LoopPopulation, StackedPopulation, TrainSettings
+
+
+def models_for(arch: str, n: int) -> list[torch.nn.Module]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(init_weights(build_model(arch, activation="tanh"), "kaiming_uniform", generator=torch.Generator().manual_seed(seed)))
+    return out
+
+
+def bench_training(arch: str, task_name: str, num_models: int, num_single: int, train_images: int | None, device: str) -> dict:
+    task = load_task(task_name, limit=train_images).to(device)
+    models = [m.to(device) for m in models_for(arch, num_models)]
+    settings = [TrainSettings(seed=i, optimizer="adam", lr=1e-3) for i in range(num_models)]
+    stacked = StackedPopulation([copy.deepcopy(m) for m in models], settings)
+    stacked.train_epoch(task, 1, 10)  # warm-up (allocations, kernels)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    stacked.train_epoch(task, 2, 10)
+    sync()
+    t_stacked = time.perf_counter() - t0
+    loop = LoopPopulation([copy.deepcopy(m) for m in models[:num_single]], settings[:num_single])
+    loop.train_epoch(task, 1, 10)
+    sync()
+    t0 = time.perf_counter()
+    loop.train_epoch(task, 2, 10)
+    sync()
+    t_loop = time.perf_counter() - t0
+    pop_rate, single_rate = num_models / t_stacked, num_single / t_loop
+    return {
+        "architecture": arch,
+        "task": task_name,
+        "train_images": len(task.train_y),
+        "models": num_models,
+        "population_model_epochs_per_s": pop_rate,
+        "one_at_a_time_model_epochs_per_s": single_rate,
+        "one_at_a_time_s_per_model_epoch": 1 / single_rate,
+        "speedup": pop_rate / single_rate,
+    }
+
+
+def bench_reading(num_models: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        zoo = build_zoo("digits-seed", os.path.join(tmp, "zoo"), num_models=num_models, epochs=1, progress=False)
+        t0 = time.perf_counter()
+        w = zoo.weights("train")
+        t_column = time.perf_counter() - t0
+        ds = zoo.dataset["train"].with_format("torch")
+        t0 = time.perf_counter()
+        for s in range(0, len(ds), 64):
+            ds[s : s + 64]["weights"]
+        t_slices = time.perf_counter() - t0
+        return {"rows": int(w.shape[0]), "weights_per_row": int(w.shape[1]), "rows_per_s_whole_column": w.shape[0] / t_column, "rows_per_s_slices_of_64": len(ds) / t_slices}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=int, default=32, help="models in the population")
+    p.add_argument("--single", type=int, default=3, help="models timed one at a time")
+    p.add_argument("--train-images", type=int, default=1000, help="mnist-5k training images per epoch (4000 = all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    results = {
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "training": [
+            bench_training("cnn-s", "mnist-5k", args.models, args.single, args.train_images, args.device),
+            bench_training("cnn-digits", "digits", args.models, args.single, None, args.device),
+        ],
+        "reading": bench_reading(max(args.models, 20)),
+    }
+    print(f"device {args.device}, {results['threads']} threads, population of {args.models}, batch 10")
+    print(f"{'model':<11} {'task':<9} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8}")
+    for r in results["training"]:
+        print(f"{r['architecture']:<11} {r['task']:<9} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x")
+    rd = results["reading"]
+    print(f"reading a saved zoo ({rd['rows']} rows x {rd['weights_per_row']} weights): {rd['rows_per_s_whole_column']:,.0f} rows/s whole column, {rd['rows_per_s_slices_of_64']:,.0f} rows/s in slices of 64")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
