@@ -68,15 +68,20 @@ def test_all_checkpoints_of_a_model_follow_the_permutation_of_its_last_one():
     assert not torch.equal(permute_flat(run, layout, spec, found), run)
 
 
-def _train_mlp_on_digits(seed: int, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+def _train_mlp_on_digits(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 30) -> nn.Module:
+    """Full-batch Adam on scikit-learn's digits: about 95% training accuracy in a second."""
     torch.manual_seed(seed)
     model = build_model("mlp", in_features=64, hidden=(32, 32))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        for i in range(0, len(x), 128):
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # matrices this small train faster on one thread, above all on a busy machine
+    try:
+        for _ in range(steps):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i : i + 128]), y[i : i + 128]).backward()
+            nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -86,7 +91,8 @@ def test_aligning_two_independently_trained_models_lowers_their_distance_and_kee
     y = torch.tensor(digits.target)
     a, b = _train_mlp_on_digits(0, x, y), _train_mlp_on_digits(1, x, y)
     with torch.no_grad():
-        assert (a(x).argmax(1) == y).float().mean() > 0.8  # both actually learned the task
+        assert (a(x).argmax(1) == y).float().mean() > 0.9  # both actually learned the task
+        assert (b(x).argmax(1) == y).float().mean() > 0.9
 
     layout = WeightLayout.from_state_dict(a.state_dict())
     wa, wb = layout.flatten(a.state_dict()), layout.flatten(b.state_dict())
