@@ -19,6 +19,9 @@ _AutoModel.register(SaneConfig, SaneModel, exist_ok=True)
 # code: a class with "Tokenizer" in its name breaks transformers' remote-code saver (STACK.md).
 _AutoFeatureExtractor.register(SaneConfig, WeightTokenizer, exist_ok=True)
 
+# Pipelines "weight-embedding", "weight-property-prediction", "weight-generation" (registers on import).
+from . import pipelines  # noqa: E402, F401
+
 __version__ = "0.1.0"
 
 __all__ = ["LayerSpec", "SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__"]

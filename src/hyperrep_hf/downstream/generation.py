@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..layout import WeightLayout
 from ..zoo.architectures import build_model
@@ -280,7 +279,7 @@ class ModelGenerator:
         # A decoded model can hold NaN weights; it must rank last, not break the sort.
         return torch.nan_to_num(acc, nan=-1.0)
 
-    def generate(
+    def draw(
         self,
         num_samples: int,
         method: str = "kde30",
@@ -290,36 +289,50 @@ class ModelGenerator:
         rounds: int = 2,
         bandwidth="silverman",
         spread: float = 0.1,
-        condition_bn: bool = True,
-        progress: bool = False,
-    ) -> list[dict]:
-        """Draw `num_samples` models. Each item: "model" (nn.Module, eval mode), "state_dict",
-        "latents" [N, L] and, for SUB/BOOT, "score" (validation accuracy).
-
-        method: "kde30" (KDE on the best 30% anchors), "sub" (draw num_draws, default 5 x
-        num_samples, keep the best), "boot" (SUB, refit on the kept, `rounds` times), "gauss",
-        "neighbours" (around `prompts`). Same seed, same models.
-        """
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}; ask for at least one model")
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw latents [num_samples, N, L] with a method (see `generate`); returns (latents, scores),
+        scores [num_samples] (validation accuracy, best first) for SUB/BOOT, else None."""
+        check_num_samples(num_samples)
         generator = torch.Generator().manual_seed(int(seed))
         kind, sampler = self.sampler(method, prompts, bandwidth, spread)
-        scores = None
-        if kind in ("sub", "boot"):
-            draws = num_draws or 5 * num_samples
-            score_fn = lambda z: self.score(z, generator)  # noqa: E731
-            if kind == "sub":
-                latents, scores = sub_sample(sampler, score_fn, num_samples, draws, generator)
-            else:
-                latents, scores = boot_sample(sampler, score_fn, num_samples, draws, rounds, generator)
-        else:
-            latents = sampler.sample(num_samples, generator)
-        flat = self.decode(latents)
-        models = self.build(tqdm(flat, desc="build", disable=not progress), condition_bn, generator)
+        if kind not in ("sub", "boot"):
+            return sampler.sample(num_samples, generator), None
+        draws = num_draws or 5 * num_samples
+        # Scoring conditions BatchNorm on its own generator, so the draws do not depend on it.
+        bn_generator = torch.Generator().manual_seed(int(seed) + 1)
+        score_fn = lambda z: self.score(z, bn_generator)  # noqa: E731
+        if kind == "sub":
+            return sub_sample(sampler, score_fn, num_samples, draws, generator)
+        return boot_sample(sampler, score_fn, num_samples, draws, rounds, generator)
+
+    def items(self, flat: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor | None = None,
+              condition_bn: bool = True, seed: int = 0) -> list[dict]:
+        """Decoded flat weights [k, P] -> k result dicts: "model" (nn.Module, eval mode), "state_dict",
+        "latents" [N, L] and, for SUB/BOOT, "score"."""
+        models = self.build(flat, condition_bn, torch.Generator().manual_seed(int(seed) + 2))
         out = []
         for i, m in enumerate(models):
-            item = {"model": m, "state_dict": m.state_dict(), "latents": latents[i]}
+            item = {"model": m, "state_dict": m.state_dict(), "latents": latents[i].clone()}
             if scores is not None:
                 item["score"] = float(scores[i])
             out.append(item)
         return out
+
+    def generate(self, num_samples: int, method: str = "kde30", seed: int = 0, prompts=None,
+                 condition_bn: bool = True, **draw_options) -> list[dict]:
+        """Draw `num_samples` new models; a list of dicts as in `items`.
+
+        method: "kde30" (KDE on the best 30% anchors; "kde50" the best 50%, ...), "sub" (draw
+        num_draws, default 5 x num_samples, keep the best by validation accuracy), "boot" (SUB, then
+        refit on the kept, `rounds` times), "gauss" (per-dimension Gaussian), "neighbours" (around
+        `prompts`, noise `spread` x the anchors' std). Options: num_draws, rounds, bandwidth, spread.
+        Same seed, same models.
+        """
+        latents, scores = self.draw(num_samples, method, seed, prompts, **draw_options)
+        return self.items(self.decode(latents), latents, scores, condition_bn, seed)
+
+
+def check_num_samples(num_samples) -> int:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}; ask for at least one model")
+    return num_samples

@@ -1,0 +1,136 @@
+"""`pipeline("weight-embedding", model=CHECKPOINT)`: one embedding per model, from its weights.
+
+Inputs: an nn.Module, a state_dict, a .safetensors path, a zoo row (a dict with "weights") or a flat
+weight vector [P]; a list of them (batched with batch_size > 1); or a zoo split (datasets.Dataset),
+read in slices. Output per model: the mean of its token latents [latent_dim] (pooling="mean",
+default) or all token latents [num_tokens, latent_dim] (pooling="full"). Models longer than the
+SANE window are encoded in sliding windows with a halo (window_size, halo options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+from ..downstream.embedding import POOLINGS, encode, pool
+
+
+class WeightEmbeddingPipeline(Pipeline):
+    """Embed models with a SANE checkpoint; the checkpoint's WeightTokenizer is the feature extractor."""
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.feature_extractor is None:
+            raise ValueError(
+                "this pipeline needs the checkpoint's WeightTokenizer (preprocessor_config.json); save it next to "
+                "the model with tokenizer.save_pretrained(FOLDER) or pass feature_extractor=tokenizer"
+            )
+        # Layouts the checkpoint was trained with; a model that adds a new one is of an unknown family.
+        self._known_layouts = len(self.feature_extractor.layouts)
+
+    # ---- Pipeline API --------------------------------------------------------------------------
+    def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, **kwargs):
+        forward = {}
+        if pooling is not None:
+            if pooling not in POOLINGS:
+                raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+            forward["pooling"] = pooling
+        if window_size is not None:
+            forward["window_size"] = window_size
+        if halo is not None:
+            forward["halo"] = halo
+        return {}, forward, {}
+
+    def __call__(self, inputs, **kwargs):
+        import datasets
+
+        if isinstance(inputs, datasets.DatasetDict):
+            raise ValueError(f"got a DatasetDict with splits {list(inputs)}; pass one split, e.g. zoo.dataset['test']")
+        if isinstance(inputs, datasets.Dataset):
+            return self._embed_dataset(inputs, **kwargs)
+        if torch.is_tensor(inputs) and inputs.dim() == 2:
+            inputs = list(inputs)
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, item) -> dict:
+        enc = self._tokenize(item)
+        return {"tokens": enc["tokens"], "positions": enc["positions"], "attention_mask": enc["attention_mask"]}
+
+    def _forward(self, model_inputs, pooling="mean", window_size=None, halo=None):
+        latents = encode(self.model, model_inputs, window_size, halo)
+        if pooling == "full":
+            return {"latents": latents, "attention_mask": model_inputs["attention_mask"]}
+        return {"embedding": pool(latents, model_inputs["attention_mask"], "mean")}
+
+    def postprocess(self, model_outputs, **kwargs):
+        return self._unbatch(model_outputs)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _unbatch(model_outputs) -> torch.Tensor:
+        """One model's forward output (batch of 1) -> [latent_dim] or [its num_tokens, latent_dim]."""
+        if "embedding" in model_outputs:
+            return model_outputs["embedding"][0].cpu()
+        n = int(model_outputs["attention_mask"][0].sum())
+        return model_outputs["latents"][0, :n].cpu()
+
+    def layout_for_size(self, num_weights: int) -> int:
+        """The tokenizer layout of flat weight vectors of length `num_weights`."""
+        for i, tl in enumerate(self.feature_extractor.layouts[: self._known_layouts]):
+            if tl.weights.num_weights == num_weights:
+                return i
+        known = [tl.weights.num_weights for tl in self.feature_extractor.layouts[: self._known_layouts]]
+        raise ValueError(
+            f"flat weights of length {num_weights} match no architecture this checkpoint's tokenizer knows "
+            f"(weights per model: {known}); embed models of the zoo the checkpoint was trained on"
+        )
+
+    def _tokenize(self, item):
+        tok = self.feature_extractor
+        flat = None
+        if isinstance(item, Mapping) and "weights" in item:
+            flat = item["weights"]
+        elif torch.is_tensor(item) or isinstance(item, np.ndarray):
+            flat = item
+        if flat is not None:
+            flat = torch.as_tensor(np.asarray(flat, dtype=np.float32)).reshape(1, -1)
+            return tok.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
+        try:
+            enc = tok(item)
+        finally:
+            new = tok.layouts[self._known_layouts :]
+            del tok.layouts[self._known_layouts :]
+        if new:
+            known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tok.layouts]
+            raise ValueError(
+                f"the checkpoint's tokenizer cannot encode this model: its architecture ({len(new[0].weights)} tensors / "
+                f"{new[0].weights.num_weights} weights) is none of those the checkpoint was trained on ({known}); "
+                "use a checkpoint trained on a zoo of this architecture"
+            )
+        return enc
+
+    def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, **kwargs):
+        """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""
+        if "weights" not in ds.column_names:
+            raise ValueError(f"the dataset has no 'weights' column (columns: {ds.column_names}); is it a zoo split?")
+        pooling = pooling or "mean"
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        step = batch_size or self._batch_size or 64
+        out = []
+        for start in range(0, len(ds), step):
+            flat = torch.as_tensor(np.asarray(ds.with_format("numpy")[start : start + step]["weights"], dtype=np.float32))
+            flat = flat.reshape(flat.shape[0], -1)
+            enc = self.feature_extractor.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
+            with torch.no_grad():
+                res = self._forward(enc, pooling=pooling, window_size=window_size, halo=halo)
+            out.extend(self._unbatch({k: v[i : i + 1] for k, v in res.items()}) for i in range(flat.shape[0]))
+        return out
