@@ -106,20 +106,21 @@ def main():
     aligned, _ = align(shuffled, resnet)
     t_align = time.perf_counter() - start
     exact = all(torch.equal(aligned.state_dict()[k], v) for k, v in resnet.state_dict().items())
-    rows.append(("align a permuted ResNet-18 back" + (" (exact)" if exact else " (NOT exact)"), "-", t_align, float("nan")))
+    rows.append(("align a permuted ResNet-18 back" + (" (exact)" if exact else " (NOT exact)"), "-", t_align, None))
 
     print(f"CNN-s zoo batch: {args.models} models x {layout.num_weights} weights; ResNet-18: {r_layout.num_weights} weights; torch threads {torch.get_num_threads()}")
     print(f"{'operation':<48} {'ours (s)':>10} {'baseline':<28} {'baseline (s)':>12} {'speed-up':>9}")
     results = []
     for op, base, ours, baseline in rows:
-        ratio = baseline / ours if baseline == baseline else float("nan")
-        print(f"{op:<48} {ours:>10.4f} {base:<28} {baseline:>12.4f} {ratio:>8.1f}x")
+        ratio = None if baseline is None else baseline / ours
+        shown = ("-", "-") if baseline is None else (f"{baseline:.4f}", f"{ratio:.1f}x")
+        print(f"{op:<48} {ours:>10.4f} {base:<28} {shown[0]:>12} {shown[1]:>9}")
         results.append({"operation": op, "seconds": ours, "baseline": base, "baseline_seconds": baseline, "speedup": ratio})
     print(f"s(W): {args.models / t_stats:,.0f} models/s; zoo permutation: {args.models / t_gather:,.0f} models/s")
     if args.json:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)) or ".", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump({"models": args.models, "results": results}, f, indent=2, allow_nan=True)
+            json.dump({"models": args.models, "threads": torch.get_num_threads(), "results": results}, f, indent=2)
         os.replace(tmp, args.json)
 
 
