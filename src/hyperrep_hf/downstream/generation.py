@@ -219,6 +219,11 @@ class ModelGenerator:
             self._task = load_task(self._task)
         return self._task
 
+    @task.setter
+    def task(self, task) -> None:
+        """A TaskData or task name (loaded when first needed)."""
+        self._task = task
+
     # -- latents --
     def prompt_latents(self, prompts) -> torch.Tensor:
         """Prompt models (nn.Modules / state_dicts / flat vectors [P] or a tensor [n, P]) -> latents [n, N, L]."""

@@ -1,0 +1,213 @@
+"""Result tables: probes of SANE vs s(W) vs W on one split, and sampled vs from-scratch vs zoo models.
+
+    from hyperrep_hf.downstream.evaluation import probe_table, generation_table, format_table
+    rows = probe_table(zoo, checkpoint="checkpoints/sane")          # list of dicts
+    print(format_table(rows))                                        # markdown
+    rows = generation_table("checkpoints/sane", zoo, methods=("kde30", "sub"), epochs=(0, 1, 5))
+
+Every probe is fitted on the zoo's train split, its penalty chosen on validation, scored on test.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..zoo.architectures import build_model, init_weights
+from .embedding import embed_flat
+from .generation import ModelGenerator, find_layout, load_checkpoint
+from .probes import FEATURE_SETS, ProbeSet
+
+DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
+CATEGORICAL_HYPERPARAMETERS = ("activation", "init", "optimizer")
+NUMERIC_HYPERPARAMETERS = ("lr", "weight_decay", "dropout")
+
+
+# ------------------------------------------------------------------------------------ features
+def zoo_properties(zoo, properties: Sequence[str] | None = None) -> list[str]:
+    """The properties to probe: the given ones (checked against the zoo's columns), or test accuracy,
+    epoch, generalisation gap and every hyperparameter the zoo varies (activation, lr, ...)."""
+    columns = set(zoo.dataset["train"].column_names)
+    if properties is None:
+        varied = [v for v in zoo.info.get("varied", []) if v in CATEGORICAL_HYPERPARAMETERS + NUMERIC_HYPERPARAMETERS]
+        properties = [p for p in DEFAULT_PROPERTIES if p in columns] + varied
+    missing = [p for p in properties if p not in columns or p == "weights"]
+    if missing:
+        raise ValueError(f"the zoo has no column(s) {missing} to probe; columns: {sorted(columns - {'weights'})}")
+    return list(properties)
+
+
+def zoo_targets(zoo, split: str, properties: Sequence[str]) -> dict[str, list]:
+    """{property: one value per row of `split`} from the zoo's metadata columns."""
+    meta = zoo.metadata(split, list(properties))
+    return {p: meta[p].tolist() for p in properties}
+
+
+def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, pooling: str = "mean",
+                 batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """One feature vector per row of a zoo split: "sane" (embeddings; needs model and tokenizer),
+    "stats" (s(W) statistics) or "weights" (the flat weights W). Returns [rows, d]."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {features!r}; choose one of {list(FEATURE_SETS)}")
+    weights = zoo.weights(split)
+    if features == "weights":
+        return weights.float()
+    if features == "stats":
+        from ..weightspace.statistics import weight_statistics
+
+        return weight_statistics(weights, zoo.layout)[0]
+    if model is None or tokenizer is None:
+        raise ValueError("SANE features need the checkpoint: pass model and tokenizer (or checkpoint=FOLDER)")
+    layout_id = find_layout(tokenizer, zoo.layout)
+    return embed_flat(model, tokenizer, weights, pooling, layout_id, batch_size, progress=progress)
+
+
+def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokenizer=None,
+               properties: Sequence[str] | None = None, pooling: str = "mean", progress: bool = False) -> ProbeSet:
+    """Fit a ProbeSet of one feature set on the zoo's train split (penalties chosen on validation)."""
+    if features == "sane" and (model is None or tokenizer is None):
+        if checkpoint is None:
+            raise ValueError("SANE probes need a checkpoint: pass checkpoint=FOLDER (or model and tokenizer)")
+        model, tokenizer = load_checkpoint(checkpoint)
+    properties = zoo_properties(zoo, properties)
+    x = {s: zoo_features(zoo, s, features, model, tokenizer, pooling, progress=progress) for s in ("train", "validation")}
+    info = {"pooling": pooling if features == "sane" else None, "zoo": str(getattr(zoo, "path", "")),
+            "checkpoint": None if checkpoint is None else str(checkpoint)}
+    return ProbeSet.fit(features, x["train"], zoo_targets(zoo, "train", properties),
+                        x["validation"], zoo_targets(zoo, "validation", properties), info=info)
+
+
+def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS, properties: Sequence[str] | None = None,
+                pooling: str = "mean", split: str = "test", progress: bool = False) -> list[dict]:
+    """Fit probes on train (penalty chosen on validation) for each feature set, score them on `split`.
+
+    Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
+    "validation"}. "sane" needs `checkpoint` (it is skipped when None, so the baselines alone work).
+    """
+    model = tokenizer = None
+    rows = []
+    properties = zoo_properties(zoo, properties)
+    for features in feature_sets:
+        if features == "sane":
+            if checkpoint is None:
+                continue
+            model, tokenizer = load_checkpoint(checkpoint)
+        probes = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress)
+        x = zoo_features(zoo, split, features, model, tokenizer, pooling, progress=progress)
+        scores = probes.evaluate(x, zoo_targets(zoo, split, properties))
+        for name in properties:
+            probe, score = probes.probes[name], scores[name]
+            metric = "accuracy" if probe.kind == "classification" else "r2"
+            rows.append({
+                "features": features, "property": name, "metric": metric, "value": score[metric],
+                "kendall_tau": score.get("kendall_tau"), "penalty": probe.penalty,
+                "validation": next(iter(probe.validation.values())),
+            })
+    return rows
+
+
+# ----------------------------------------------------------------------------------- generation
+def _zoo_hyperparameter(zoo, name: str, default):
+    values = zoo.config.get("hyperparameters", {}).get(name)
+    return values[0] if values else default
+
+
+def finetune_accuracy(models: Sequence[nn.Module], task, epochs: Sequence[int] = (0, 1, 5), seed: int = 0,
+                      **finetune_options) -> dict[int, torch.Tensor]:
+    """Test accuracy [M] of each model after fine-tuning for each number of `epochs` on `task`
+    (0 = as given). The models are copied, not changed. finetune_options: lr, optimizer,
+    weight_decay, batch_size (zoo.population.finetune)."""
+    from ..zoo.population import evaluate_accuracy, finetune
+
+    epochs = sorted({int(e) for e in epochs})
+    if not epochs or epochs[0] < 0:
+        raise ValueError(f"epochs must be non-negative integers, got {epochs}")
+    copies = [copy.deepcopy(m) for m in models]
+    if epochs[-1] == 0:
+        return {0: evaluate_accuracy(copies, task, "test").cpu()}
+    history = finetune(copies, task, epochs[-1], seed=seed, **finetune_options)
+    return {e: history["test_acc"][e].cpu() for e in epochs}
+
+
+def scratch_models(zoo, num_models: int, seed: int = 0) -> list[nn.Module]:
+    """Fresh models of the zoo's architecture, initialised like the zoo's (its "init" hyperparameter)."""
+    init = _zoo_hyperparameter(zoo, "init", "default")
+    out = []
+    for i in range(num_models):
+        g = torch.Generator().manual_seed(seed + i)
+        torch.manual_seed(seed + i)  # layers without an explicit init use the global generator
+        out.append(init_weights(build_model(zoo.architecture, **zoo.architecture_kwargs), init, generator=g))
+    return out
+
+
+def zoo_models(zoo, num_models: int, split: str = "test") -> list[nn.Module]:
+    """The zoo's own models of `split` at its last epoch (not diverged), the first `num_models`."""
+    meta = zoo.metadata(split, ["epoch", "diverged"])
+    rows = np.flatnonzero((meta["epoch"] == meta["epoch"].max()).to_numpy() & ~meta["diverged"].astype(bool).to_numpy())
+    weights = zoo.weights(split)
+    return [zoo.build_model(weights[int(r)]) for r in rows[:num_models]]
+
+
+def _summary(source: str, task_name: str, accs: dict[int, torch.Tensor]) -> list[dict]:
+    rows = []
+    for epoch, acc in accs.items():
+        acc = acc.double()
+        rows.append({"source": source, "task": task_name, "epoch": epoch, "mean_acc": float(acc.mean()),
+                     "std_acc": float(acc.std()) if len(acc) > 1 else 0.0, "num_models": len(acc)})
+    return rows
+
+
+def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_samples: int = 5,
+                     epochs: Sequence[int] = (0, 1, 5), task=None, num_scratch: int | None = None,
+                     num_zoo: int | None = None, seed: int = 0, generator: ModelGenerator | None = None,
+                     **finetune_options) -> list[dict]:
+    """Accuracy of sampled models vs the same architecture from scratch vs the zoo's own models,
+    after fine-tuning for each of `epochs` on `task` (default: the zoo's task; another task name or
+    TaskData measures transfer, e.g. a digits zoo prompting a Fashion-MNIST task).
+
+    Rows: {"source" (a method, "scratch" or "zoo"), "task", "epoch", "mean_acc", "std_acc",
+    "num_models"}. Fine-tuning uses the zoo's optimizer and learning rate unless given.
+    """
+    from ..zoo.tasks import TaskData, load_task
+
+    task = task or zoo.task
+    task = task if isinstance(task, TaskData) else load_task(task)
+    finetune_options.setdefault("optimizer", _zoo_hyperparameter(zoo, "optimizer", "adam"))
+    finetune_options.setdefault("lr", _zoo_hyperparameter(zoo, "lr", 1e-3))
+    if generator is None:
+        from .generation import SamplingAnchors
+
+        model, tokenizer = load_checkpoint(checkpoint)
+        generator = ModelGenerator(model, tokenizer, SamplingAnchors.load(checkpoint), task)
+    rows = []
+    for method in methods:
+        # BatchNorm conditioning and SUB scoring use the evaluation task, as a user would.
+        generator.task = task
+        samples = generator.generate(num_samples, method, seed)
+        rows += _summary(method, task.name, finetune_accuracy([s["model"] for s in samples], task, epochs, seed, **finetune_options))
+    rows += _summary("scratch", task.name, finetune_accuracy(scratch_models(zoo, num_scratch or num_samples, seed), task, epochs, seed, **finetune_options))
+    own = zoo_models(zoo, num_zoo or num_samples)
+    if own:
+        rows += _summary("zoo", task.name, finetune_accuracy(own, task, epochs, seed, **finetune_options))
+    return rows
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """Rows of dicts -> a markdown table (floats rounded to `digits`)."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+
+    def cell(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
