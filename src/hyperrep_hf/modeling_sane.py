@@ -336,7 +336,8 @@ class SaneModel(SanePreTrainedModel):
                 raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, got {tuple(targets.shape)}.")
             loss_mask = self._value_mask(value_mask, mask, tokens)
             sigma = self.layer_sigma[positions[..., 1]] if self.config.layer_loss_norm else None
-            rec_loss = masked_reconstruction_mse(reconstruction, targets, loss_mask, sigma)
+            # Losses in fp32 even under autocast: bf16 squared errors and cosine logits lose digits.
+            rec_loss = masked_reconstruction_mse(reconstruction.float(), targets.float(), loss_mask, sigma)
             loss = rec_loss
             if num_views == 2:
                 if projection is None:
@@ -345,7 +346,8 @@ class SaneModel(SanePreTrainedModel):
                         f"tokens, got {tokens.shape[1]}."
                     )
                 half = batch // 2
-                con_loss = nt_xent(projection[:half], projection[half:], self.config.contrastive_temperature)
+                projection32 = projection.float()
+                con_loss = nt_xent(projection32[:half], projection32[half:], self.config.contrastive_temperature)
                 loss = sane_loss(con_loss, rec_loss, self.config.gamma)
 
         output = SaneOutput(
