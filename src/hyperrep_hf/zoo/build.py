@@ -199,7 +199,7 @@ def build_zoo(
         missing = [cid for cid in range(len(chunks)) if not (out / PROGRESS_DIR / f"chunk-{cid:05d}.json").exists()]
         if missing:
             raise RuntimeError(f"chunks {missing} of {out} were not written by their processes; rerun the build to finish them")
-        finalize_zoo(out, info)
+        finalize_zoo(out, dict(info, processes=world))
         shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
     if state:
         state.wait_for_everyone()

@@ -187,9 +187,13 @@ def load_zoo(path_or_repo_id: str | os.PathLike, revision: str | None = None) ->
     if not info.get("complete", True):
         raise ValueError(f"{path} holds an unfinished zoo build; run the same build command again to finish it")
     check_layout_fits(info, path / CONFIG_NAME)
-    if not list((path / "data").glob("*.parquet")):
-        raise ValueError(f"{path} is not a zoo: {path / 'data'} holds no parquet shards")
-    dataset = datasets.load_dataset(str(path))
+    files = {s: sorted(str(f) for f in (path / "data").glob(f"{s}-*.parquet")) for s in ("train", "validation", "test")}
+    files = {s: f for s, f in files.items() if f}
+    if not files:
+        raise ValueError(f"{path} is not a zoo: {path / 'data'} holds no parquet shards ({{split}}-NNNNN.parquet)")
+    # explicit absolute file lists: datasets' cache key for a folder's YAML patterns does not tell
+    # two zoo folders of the same name apart
+    dataset = datasets.load_dataset("parquet", data_files=files)
     for split, ds in dataset.items():
         feature = ds.features.get("weights")
         length = getattr(feature, "length", None)

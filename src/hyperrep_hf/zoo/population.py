@@ -118,6 +118,9 @@ class StackedPopulation:
         if not isinstance(template, nn.Sequential):
             raise NotStackable(f"{type(template).__name__} is not an nn.Sequential")
         self.M, self.settings, self.channels_last = len(models), list(settings), channels_last
+        shapes = {structure(m) for m in models}
+        if len(shapes) > 1:
+            raise NotStackable("the models differ in a layer other than dropout (e.g. activation): group them first")
         self.layout = WeightLayout.from_state_dict(template.state_dict())
         self.layers: list[tuple[str, nn.Module, int]] = []
         self.dropout: dict[int, torch.Tensor] = {}
@@ -285,6 +288,19 @@ class LoopPopulation:
                 dst.load_state_dict(src.state_dict())
 
 
+def structure(model: nn.Module) -> tuple:
+    """What must agree for models to stack: every module's type and settings, dropout rates aside."""
+    return tuple((name, type(m).__name__, "" if isinstance(m, nn.Dropout) else m.extra_repr()) for name, m in model.named_modules())
+
+
+def group_by_structure(models: Sequence[nn.Module]) -> list[list[int]]:
+    """Indices of the models, grouped so that each group stacks (same structure)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(structure(m), []).append(i)
+    return list(groups.values())
+
+
 def make_population(models: Sequence[nn.Module], settings: Sequence[TrainSettings], stacked: bool = True):
     """A StackedPopulation when the models stack (and `stacked`), else a LoopPopulation."""
     if not models:
@@ -348,9 +364,12 @@ def train_population(
 
 
 def evaluate_accuracy(models: Sequence[nn.Module], task_data: TaskData, split: str = "test") -> torch.Tensor:
-    """Accuracy [M] of each model on a split of the task (stacked when the models stack)."""
-    population = make_population(models, [TrainSettings() for _ in models])
-    return population.evaluate(*task_data.split(split))[1]
+    """Accuracy [M] of each model on a split of the task (models of one structure evaluated stacked)."""
+    acc = torch.zeros(len(models))
+    for idx in group_by_structure(models):
+        population = make_population([models[i] for i in idx], [TrainSettings() for _ in idx])
+        acc[idx] = population.evaluate(*task_data.split(split))[1].cpu()
+    return acc
 
 
 def finetune(
@@ -364,13 +383,20 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune same-architecture models together; the modules are updated in place.
+    """Fine-tune models (grouped by structure, each group as one population); updated in place.
 
-    Returns per-epoch metrics as tensors [epochs + 1, M] (row 0: before fine-tuning), keys
-    train_acc, val_acc, test_acc, train_loss, val_loss, test_loss, ggap, diverged.
+    Model i sees the data in the order of seed + i. Returns per-epoch metrics as tensors
+    [epochs + 1, M] (row 0: before fine-tuning), keys train_acc, val_acc, test_acc, train_loss,
+    val_loss, test_loss, ggap, diverged.
     """
-    settings = [TrainSettings(seed=seed + i, optimizer=optimizer, lr=lr, weight_decay=weight_decay) for i in range(len(models))]
-    population = make_population(models, settings)
-    history = train_population(population, task, epochs, batch_size, progress=progress, desc="fine-tune")
-    population.load_into(models)
-    return {k: torch.stack([h[k] for h in history]) for k in history[0]}
+    out: dict[str, torch.Tensor] = {}
+    for idx in group_by_structure(models):
+        group = [models[i] for i in idx]
+        settings = [TrainSettings(seed=seed + i, optimizer=optimizer, lr=lr, weight_decay=weight_decay) for i in idx]
+        population = make_population(group, settings)
+        history = train_population(population, task, epochs, batch_size, progress=progress, desc="fine-tune")
+        population.load_into(group)
+        for k in history[0]:
+            col = torch.stack([h[k] for h in history])
+            out.setdefault(k, torch.zeros(epochs + 1, len(models), dtype=col.dtype))[:, idx] = col
+    return out
