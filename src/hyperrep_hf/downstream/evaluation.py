@@ -165,13 +165,14 @@ def _summary(source: str, task_name: str, accs: dict[int, torch.Tensor]) -> list
 def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_samples: int = 5,
                      epochs: Sequence[int] = (0, 1, 5), task=None, num_scratch: int | None = None,
                      num_zoo: int | None = None, seed: int = 0, generator: ModelGenerator | None = None,
-                     **finetune_options) -> list[dict]:
+                     samples: dict[str, Sequence[nn.Module]] | None = None, **finetune_options) -> list[dict]:
     """Accuracy of sampled models vs the same architecture from scratch vs the zoo's own models,
     after fine-tuning for each of `epochs` on `task` (default: the zoo's task; another task name or
     TaskData measures transfer, e.g. a digits zoo prompting a Fashion-MNIST task).
 
     Rows: {"source" (a method, "scratch" or "zoo"), "task", "epoch", "mean_acc", "std_acc",
     "num_models"}. Fine-tuning uses the zoo's optimizer and learning rate unless given.
+    `samples` ({label: models}) adds models sampled beforehand (e.g. by the pipeline).
     """
     from ..zoo.tasks import TaskData, load_task
 
@@ -179,12 +180,14 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     task = task if isinstance(task, TaskData) else load_task(task)
     finetune_options.setdefault("optimizer", _zoo_hyperparameter(zoo, "optimizer", "adam"))
     finetune_options.setdefault("lr", _zoo_hyperparameter(zoo, "lr", 1e-3))
-    if generator is None:
+    if generator is None and methods:
         from .generation import SamplingAnchors
 
         model, tokenizer = load_checkpoint(checkpoint)
         generator = ModelGenerator(model, tokenizer, SamplingAnchors.load(checkpoint), task)
     rows = []
+    for label, models in (samples or {}).items():
+        rows += _summary(label, task.name, finetune_accuracy(list(models), task, epochs, seed, **finetune_options))
     for method in methods:
         # BatchNorm conditioning and SUB scoring use the evaluation task, as a user would.
         generator.task = task

@@ -1,0 +1,124 @@
+"""`hyperrep probe fit|predict|eval`: linear probes of model properties on SANE, s(W) or W features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="fit, apply and score linear probes of model properties",
+        description="Linear probes (closed-form ridge, penalty chosen on validation; a linear classifier for "
+        "categorical hyperparameters) on SANE embeddings, s(W) statistics or flat weights W. `fit` saves "
+        "them into the checkpoint folder (probes/<features>.json), where the weight-property-prediction "
+        "pipeline finds them.",
+    )
+    sub = p.add_subparsers(dest="probe_command", required=True, metavar="{fit,predict,eval}")
+
+    fit = sub.add_parser("fit", help="fit probes on a zoo's train split (penalty chosen on validation) and save them")
+    _common(fit)
+    fit.add_argument("--pooling", choices=("mean", "full"), default="mean", help="SANE embedding pooling (default mean)")
+    fit.set_defaults(func=run_fit)
+
+    pred = sub.add_parser("predict", help="predict properties of zoo rows or .safetensors models with saved probes")
+    pred.add_argument("--checkpoint", required=True, help="checkpoint folder (or Hub repo id) holding the probes")
+    src = pred.add_mutually_exclusive_group(required=True)
+    src.add_argument("--zoo", help="zoo folder or Hub dataset id")
+    src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files")
+    pred.add_argument("--split", default="test", help="zoo split (default: test)")
+    pred.add_argument("--properties", nargs="+", default=None, help="properties to predict (default: all fitted)")
+    pred.add_argument("--out", default=None, help="write predictions as JSON here (default: print JSON lines)")
+    pred.set_defaults(func=run_predict)
+
+    ev = sub.add_parser("eval", help="score saved probes on a zoo split: R^2 / Kendall tau / accuracy table")
+    _common(ev)
+    ev.add_argument("--split", default="test", help="zoo split to score on (default: test)")
+    ev.add_argument("--json", default=None, help="also write the table rows as JSON here")
+    ev.set_defaults(func=run_eval)
+
+
+def _common(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder; probes are saved in / read from it")
+    p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset id")
+    p.add_argument("--features", nargs="+", choices=("sane", "stats", "weights"), default=["sane"],
+                   help="feature sets (default: sane); stats = s(W), weights = flat W")
+    p.add_argument("--properties", nargs="+", default=None,
+                   help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
+
+
+def _checkpoint_parts(args, features):
+    if "sane" not in features:
+        return None, None
+    from ..downstream.generation import load_checkpoint
+
+    return load_checkpoint(args.checkpoint)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from ..downstream.evaluation import fit_probes
+    from ..zoo import load_zoo
+
+    zoo = load_zoo(args.zoo)
+    model, tokenizer = _checkpoint_parts(args, args.features)
+    for features in args.features:
+        probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling, progress=True)
+        path = probes.save(args.checkpoint)
+        scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
+        print(f"{features}: validation {scores}; saved to {path}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from transformers import pipeline
+
+    from ..downstream._files import atomic_write_json
+
+    pipe = pipeline("weight-property-prediction", model=args.checkpoint)
+    if args.zoo:
+        from ..zoo import load_zoo
+
+        zoo = load_zoo(args.zoo)
+        if args.split not in zoo.dataset:
+            raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
+        predictions = pipe(zoo.dataset[args.split], properties=args.properties)
+        ids = zoo.metadata(args.split, ["model_id", "epoch"]).to_dict("records")
+        records = [{**i, **p} for i, p in zip(ids, predictions)]
+    else:
+        predictions = pipe(list(args.models), properties=args.properties)
+        records = [{"model": m, **p} for m, p in zip(args.models, predictions)]
+    if args.out:
+        atomic_write_json(args.out, records)
+        print(f"{len(records)} predictions written to {args.out}")
+    else:
+        for r in records:
+            print(json.dumps(r))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..downstream._files import atomic_write_json
+    from ..downstream.evaluation import format_table, zoo_features, zoo_targets
+    from ..downstream.probes import ProbeSet
+    from ..zoo import load_zoo
+
+    zoo = load_zoo(args.zoo)
+    if args.split not in zoo.dataset:
+        raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
+    model, tokenizer = _checkpoint_parts(args, args.features)
+    rows = []
+    for features in args.features:
+        probes = ProbeSet.load(args.checkpoint, features)
+        properties = args.properties or probes.properties
+        x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean")
+        scores = probes.evaluate(x, zoo_targets(zoo, args.split, properties))
+        for name in properties:
+            s = scores[name]
+            metric = "r2" if "r2" in s else "accuracy"
+            rows.append({"features": features, "property": name, "metric": metric, "value": s[metric],
+                         "kendall_tau": s.get("kendall_tau")})
+    print(format_table(rows))
+    if args.json:
+        atomic_write_json(args.json, rows)
+    return 0

@@ -1,0 +1,87 @@
+"""`hyperrep sample`: store sampling anchors in a checkpoint, draw new models, evaluate them."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="generate new models from a SANE checkpoint (and store its sampling anchors)",
+        description="Draw new models with the weight-generation pipeline. --prepare first embeds a zoo's "
+        "models as sampling anchors into the checkpoint folder (needed once). --evaluate prints accuracy "
+        "after fine-tuning epochs for sampled, from-scratch and zoo models.",
+    )
+    p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder (or Hub repo id)")
+    p.add_argument("--prepare", action="store_true", help="embed --zoo as sampling anchors into the checkpoint folder")
+    p.add_argument("--zoo", default=None, help="zoo folder or Hub dataset id (for --prepare and --evaluate)")
+    p.add_argument("--split", default="train", help="zoo split the anchors come from (default: train)")
+    p.add_argument("--anchor-epochs", nargs="+", type=int, default=None,
+                   help="zoo epochs the anchors come from (default: the last one)")
+    p.add_argument("--num-samples", type=int, default=0, help="models to generate (default 0: only --prepare)")
+    p.add_argument("--method", default="kde30", help="kde30 (default), sub, boot, gauss, neighbours (with --prompts)")
+    p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
+    p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
+    p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same models)")
+    p.add_argument("--task", default=None, help="task for BatchNorm conditioning, SUB scoring and --evaluate "
+                   "(default: the zoo's; another task measures transfer)")
+    p.add_argument("--out", default=None, help="folder for sample-NNN.safetensors state_dicts + samples.json")
+    p.add_argument("--evaluate", action="store_true", help="fine-tune samples, from-scratch and zoo models and print accuracy")
+    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5], help="epochs for --evaluate (default 0 1 5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save
+    from transformers import pipeline
+
+    from ..downstream._files import atomic_write_bytes, atomic_write_json
+
+    if args.num_samples < 0 or (args.num_samples == 0 and not args.prepare):
+        raise ValueError(f"--num-samples must be positive (got {args.num_samples}); or pass --prepare to only store anchors")
+    zoo = None
+    if args.prepare or args.evaluate:
+        if not args.zoo:
+            raise ValueError("--prepare and --evaluate need --zoo")
+        from ..zoo import load_zoo
+
+        zoo = load_zoo(args.zoo)
+    if args.prepare:
+        if not Path(args.checkpoint).is_dir():
+            raise ValueError(f"--prepare writes into the checkpoint folder; {args.checkpoint} is not a local folder")
+        from ..downstream.generation import prepare_sampling
+
+        anchors = prepare_sampling(args.checkpoint, zoo, args.split, args.anchor_epochs)
+        print(f"{len(anchors.scores)} anchors (epochs {anchors.info['epochs']}) stored in {args.checkpoint}/sampling/")
+    if args.num_samples == 0:
+        return 0
+
+    pipe = pipeline("weight-generation", model=args.checkpoint, task_data=args.task)
+    prompts = [load_file(f) for f in args.prompts] if args.prompts else None
+    options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
+    samples = pipe(prompts, num_samples=args.num_samples, method=args.method, seed=args.seed, **options)
+    print(f"{len(samples)} models sampled with {args.method} (seed {args.seed})")
+    if args.out:
+        out = Path(args.out)
+        for i, s in enumerate(samples):
+            state = {k: v.contiguous() for k, v in s["state_dict"].items()}
+            atomic_write_bytes(out / f"sample-{i:03d}.safetensors", save(state))
+        atomic_write_json(out / "samples.json", {
+            "checkpoint": str(args.checkpoint), "method": args.method, "seed": args.seed,
+            "architecture": pipe.generator.anchors.info["architecture"],
+            "architecture_kwargs": pipe.generator.anchors.info.get("architecture_kwargs", {}),
+            "files": [f"sample-{i:03d}.safetensors" for i in range(len(samples))],
+            "scores": [s.get("score") for s in samples],
+        })
+        print(f"state_dicts written to {out}/")
+    if args.evaluate:
+        from ..downstream.evaluation import format_table, generation_table
+
+        rows = generation_table(args.checkpoint, zoo, methods=(), samples={args.method: [s["model"] for s in samples]},
+                                num_samples=len(samples), epochs=args.finetune_epochs, task=args.task, seed=args.seed)
+        print(format_table(rows))
+    return 0
