@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
         embeddings = pipe(zoo.dataset[args.split], **options)
         meta = zoo.metadata(args.split, ["model_id", "epoch"])
-        tensors["model_id"] = torch.as_tensor(meta["model_id"].to_numpy())
-        tensors["epoch"] = torch.as_tensor(meta["epoch"].to_numpy())
+        tensors["model_id"] = torch.tensor(meta["model_id"].to_numpy())
+        tensors["epoch"] = torch.tensor(meta["epoch"].to_numpy())
     else:
         embeddings = pipe(list(args.models), **options)
     shapes = {tuple(e.shape) for e in embeddings}

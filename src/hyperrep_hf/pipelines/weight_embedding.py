@@ -9,10 +9,13 @@ SANE window are encoded in sliding windows with a halo (window_size, halo option
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from torch import nn
 from transformers import Pipeline
 
 from ..downstream.embedding import POOLINGS, encode, pool
@@ -33,7 +36,7 @@ class WeightEmbeddingPipeline(Pipeline):
                 "this pipeline needs the checkpoint's WeightTokenizer (preprocessor_config.json); save it next to "
                 "the model with tokenizer.save_pretrained(FOLDER) or pass feature_extractor=tokenizer"
             )
-        # Layouts the checkpoint was trained with; a model that adds a new one is of an unknown family.
+        # Layouts the checkpoint was trained with; models of any other family are refused.
         self._known_layouts = len(self.feature_extractor.layouts)
 
     # ---- Pipeline API --------------------------------------------------------------------------
@@ -94,28 +97,38 @@ class WeightEmbeddingPipeline(Pipeline):
         )
 
     def _tokenize(self, item):
+        """One model -> the tokenizer's encoding, through its flat fast path: the state_dict is matched
+        by entry names and shapes (not order: safetensors files store keys sorted) to a layout the
+        checkpoint knows, so a model of another family is refused instead of silently tokenized."""
         tok = self.feature_extractor
-        flat = None
-        if isinstance(item, Mapping) and "weights" in item:
-            flat = item["weights"]
-        elif torch.is_tensor(item) or isinstance(item, np.ndarray):
-            flat = item
-        if flat is not None:
-            flat = torch.as_tensor(np.asarray(flat, dtype=np.float32)).reshape(1, -1)
+        if isinstance(item, Mapping) and "weights" in item:  # a zoo row
+            item = item["weights"]
+        if torch.is_tensor(item) or isinstance(item, (np.ndarray, list)):
+            flat = torch.as_tensor(np.asarray(item, dtype=np.float32)).reshape(1, -1)
             return tok.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
-        try:
-            enc = tok(item)
-        finally:
-            new = tok.layouts[self._known_layouts :]
-            del tok.layouts[self._known_layouts :]
-        if new:
-            known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tok.layouts]
-            raise ValueError(
-                f"the checkpoint's tokenizer cannot encode this model: its architecture ({len(new[0].weights)} tensors / "
-                f"{new[0].weights.num_weights} weights) is none of those the checkpoint was trained on ({known}); "
-                "use a checkpoint trained on a zoo of this architecture"
-            )
-        return enc
+        if isinstance(item, nn.Module):
+            state_dict = item.state_dict()
+        elif isinstance(item, (str, os.PathLike)):
+            if not str(item).endswith(".safetensors") or not os.path.isfile(item):
+                raise ValueError(f"{item} is not a .safetensors file; pass a model, a state_dict or a .safetensors path")
+            state_dict = load_file(str(item))
+        elif isinstance(item, Mapping):
+            state_dict = item
+        else:
+            raise ValueError(f"cannot embed a {type(item).__name__}: pass an nn.Module, a state_dict, a .safetensors "
+                             "path, a zoo row or a flat weight vector")
+        names = {k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()}
+        for i, tl in enumerate(tok.layouts[: self._known_layouts]):
+            layout = tl.weights
+            if set(layout.names) == names and all(tuple(state_dict[e.name].shape) == e.shape for e in layout.entries):
+                return tok.tokenize_flat(layout.flatten(state_dict).unsqueeze(0), layout_id=i)
+        known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tok.layouts[: self._known_layouts]]
+        size = sum(state_dict[k].numel() for k in names)
+        raise ValueError(
+            f"the checkpoint's tokenizer cannot encode this model: its architecture ({len(names)} tensors / {size} "
+            f"weights) is none of those the checkpoint was trained on ({known}); use a checkpoint trained on a zoo "
+            "of this architecture"
+        )
 
     def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, **kwargs):
         """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""

@@ -1,0 +1,220 @@
+"""The weight-embedding, weight-property-prediction and weight-generation pipelines, the result tables
+and the embed / probe / sample commands, on a small digits zoo with a randomly initialised SANE
+checkpoint (mechanics, not quality)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import pipeline
+
+from hyperrep_hf import SaneConfig, SaneModel, WeightTokenizer
+from hyperrep_hf.cli import main as cli
+from hyperrep_hf.downstream.embedding import decode, embed_flat, encode
+from hyperrep_hf.downstream.evaluation import (
+    fit_probes,
+    format_table,
+    generation_table,
+    probe_table,
+)
+from hyperrep_hf.downstream.generation import ModelGenerator, SamplingAnchors, prepare_sampling
+from hyperrep_hf.downstream.probes import ProbeSet
+from hyperrep_hf.zoo import build_zoo, evaluate_accuracy
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return build_zoo("digits-seed", tmp_path_factory.mktemp("zoo"), num_models=8, epochs=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(zoo, tmp_path_factory):
+    """A SANE checkpoint folder: random tiny model (window 16 < the 44 tokens of the digits CNN, so
+    sliding windows are used), a tokenizer fitted on the zoo's train split, probes and anchors."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    train = zoo.weights("train")
+    tok = WeightTokenizer()
+    tok.layout_of(zoo.build_model(train[0]))
+    tok.fit_standardization(train)
+    torch.manual_seed(0)
+    model = SaneModel(SaneConfig.from_preset("tiny", token_size=tok.token_size, window_size=16)).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    fit_probes(zoo, "sane", folder, model, tok, ["test_acc", "epoch"]).save(folder)
+    prepare_sampling(folder, zoo, model=model, tokenizer=tok, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def embedder(checkpoint):
+    return pipeline("weight-embedding", model=str(checkpoint))
+
+
+def test_embedding_takes_every_input_kind_and_batches_without_mixing(zoo, embedder, tmp_path):
+    weights = zoo.weights("test")
+    m0, m1 = zoo.build_model(weights[0]), zoo.build_model(weights[1])
+    save_file(m1.state_dict(), tmp_path / "m1.safetensors")
+    single = embedder(m0)
+    assert single.shape == (embedder.model.config.latent_dim,)
+    batch = embedder([m0, m1.state_dict(), str(tmp_path / "m1.safetensors"), dict(zoo.dataset["test"][0]), weights[1]], batch_size=2)
+    torch.testing.assert_close(batch[0], single)
+    torch.testing.assert_close(batch[3], single)
+    for e in batch[1:3] + batch[4:]:
+        torch.testing.assert_close(e, embedder(m1))
+    # a whole zoo split, read in slices, agrees with the row-by-row route
+    split = embedder(zoo.dataset["test"], batch_size=3)
+    assert len(split) == len(weights)
+    torch.testing.assert_close(split[0], single)
+    torch.testing.assert_close(torch.stack(split), embed_flat(embedder.model, embedder.feature_extractor, weights))
+
+
+def test_full_sequence_pooling_and_sliding_windows(zoo, embedder):
+    model = zoo.build_model(zoo.weights("test")[0])
+    full = embedder(model, pooling="full")
+    n_tokens = embedder.feature_extractor.layouts[0].num_tokens
+    assert full.shape == (n_tokens, embedder.model.config.latent_dim)
+    torch.testing.assert_close(full.mean(0), embedder(model))
+    # One window as long as the model: exactly the SANE encoder on the whole sequence.
+    enc = embedder.feature_extractor(model)
+    whole = embedder.model.encode(enc["tokens"], enc["positions"], enc["attention_mask"])
+    torch.testing.assert_close(embedder(model, pooling="full", window_size=64), whole[0])
+    # Sliding windows (16 tokens, halo 4): each kept centre is the encoder's output on its own window.
+    windowed = encode(embedder.model, enc, window_size=16, halo=4)[0]
+    second = embedder.model.encode(enc["tokens"][:, 4:20], enc["positions"][:, 4:20])[0]
+    torch.testing.assert_close(windowed[8:16], second[4:12])
+    assert not torch.allclose(windowed, whole[0])
+
+
+def test_embedding_refuses_other_families_and_dataset_dicts(zoo, embedder):
+    before = len(embedder.feature_extractor.layouts)
+    with pytest.raises(ValueError, match="cannot encode this model.*checkpoint trained on a zoo of this architecture"):
+        embedder(torch.nn.Linear(3, 4))
+    assert len(embedder.feature_extractor.layouts) == before
+    with pytest.raises(ValueError, match="length 5 match no architecture"):
+        embedder(torch.zeros(5))
+    with pytest.raises(ValueError, match="pass one split"):
+        embedder(zoo.dataset)
+
+
+def test_property_prediction_returns_zoo_columns(zoo, checkpoint, embedder):
+    pipe = pipeline("weight-property-prediction", model=str(checkpoint))
+    weights = zoo.weights("test")
+    out = pipe(zoo.build_model(weights[0]))
+    assert set(out) == {"test_acc", "epoch"}
+    expected = ProbeSet.load(checkpoint, "sane").predict(embed_flat(embedder.model, embedder.feature_extractor, weights))
+    assert out["test_acc"] == pytest.approx(expected["test_acc"][0])
+    rows = pipe(zoo.dataset["test"], properties=["epoch"])
+    assert [r["epoch"] for r in rows] == pytest.approx(expected["epoch"])
+    with pytest.raises(ValueError, match="no probe for property 'lr'.*hyperrep probe fit"):
+        pipe(zoo.build_model(weights[0]), properties=["lr"])
+
+
+def test_property_prediction_without_probes_names_the_fix(zoo, checkpoint, tmp_path):
+    SaneModel.from_pretrained(checkpoint).save_pretrained(tmp_path)
+    WeightTokenizer.from_pretrained(checkpoint).save_pretrained(tmp_path)
+    pipe = pipeline("weight-property-prediction", model=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="hyperrep probe fit"):
+        pipe(zoo.build_model(zoo.weights("test")[0]))
+    gen = pipeline("weight-generation", model=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="hyperrep sample .*--prepare"):
+        gen(num_samples=1)
+
+
+def test_generation_gives_working_models_reproducibly(zoo, checkpoint):
+    pipe = pipeline("weight-generation", model=str(checkpoint))
+    samples = pipe(num_samples=3, method="kde30", seed=0)
+    assert len(samples) == 3
+    x = torch.randn(2, 1, 8, 8)
+    for s in samples:
+        assert type(s["model"]) is type(zoo.build_model(zoo.weights("train")[0]))
+        assert s["model"](x).shape == (2, 10)
+        for k, v in s["model"].state_dict().items():
+            assert torch.equal(s["state_dict"][k], v)
+    again = pipe(num_samples=3, method="kde30", seed=0)
+    other = pipe(num_samples=3, method="kde30", seed=1)
+    same = ModelGenerator.from_pretrained(checkpoint).generate(3, "kde30", seed=0)
+    for a, b, c in zip(samples, again, same):
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        assert all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
+    assert not torch.equal(samples[0]["state_dict"]["0.weight"], other[0]["state_dict"]["0.weight"])
+    with pytest.raises(ValueError, match="positive integer"):
+        pipe(num_samples=0)
+
+
+def test_decoding_inverts_the_tokenizer_standardisation(checkpoint):
+    gen = ModelGenerator.from_pretrained(checkpoint)
+    latents = gen.anchors.latents[:2]
+    positions = gen.tokenizer.layouts[0].positions.expand(2, -1, -1)
+    tokens = decode(gen.model, latents, positions)
+    raw = gen.tokenizer.decode_flat(tokens, standardized=False)
+    std = gen.tokenizer.layouts[0].std
+    flat = gen.decode(latents)
+    # a weight of layer 0: standardised value * sigma_0 + mu_0
+    torch.testing.assert_close(flat[:, 0].double(), raw[:, 0].double() * std[0] + gen.tokenizer.layouts[0].mean[0], rtol=1e-5, atol=1e-6)
+
+
+def test_sub_boot_and_neighbours(zoo, checkpoint):
+    pipe = pipeline("weight-generation", model=str(checkpoint))
+    sub = pipe(num_samples=2, method="sub", num_draws=4, seed=0)
+    scores = [s["score"] for s in sub]
+    assert scores == sorted(scores, reverse=True)
+    task = pipe.generator.task
+    acc = evaluate_accuracy([s["model"] for s in sub], task, "validation")
+    assert acc.tolist() == pytest.approx(scores)
+    assert len(pipe(num_samples=2, method="boot", num_draws=3, rounds=2)) == 2
+    prompt = zoo.build_model(zoo.weights("test")[0])
+    near = pipe(prompt, num_samples=2, method="neighbours", spread=0.01)
+    far = pipe(prompt, num_samples=2, method="neighbours", spread=1.0)
+    prompt_latents = pipe.generator.prompt_latents([prompt])[0]
+    assert (near[0]["latents"] - prompt_latents).norm() < (far[0]["latents"] - prompt_latents).norm()
+    with pytest.raises(ValueError, match="pass prompts"):
+        pipe(num_samples=1, method="neighbours")
+
+
+def test_anchors_are_the_last_epoch_scored_by_validation_accuracy(zoo, checkpoint):
+    anchors = SamplingAnchors.load(checkpoint)
+    meta = zoo.metadata("train")
+    last = meta[meta.epoch == meta.epoch.max()]
+    assert anchors.info["epochs"] == [int(meta.epoch.max())]
+    assert anchors.scores.tolist() == pytest.approx(last.val_acc.tolist())
+    assert anchors.latents.shape[1:] == (44, 16)
+    assert anchors.info["architecture"] == zoo.architecture
+
+
+def test_result_tables(zoo, checkpoint):
+    rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"])
+    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
+    stats_epoch = next(r for r in rows if r["features"] == "stats" and r["property"] == "epoch")
+    assert stats_epoch["value"] > 0.5  # s(W) tells epoch 0 from epoch 1 easily, even on this tiny zoo
+    gen_rows = generation_table(checkpoint, zoo, methods=("kde30",), num_samples=2, epochs=(0, 1))
+    assert {(r["source"], r["epoch"]) for r in gen_rows} == {(s, e) for s in ("kde30", "scratch", "zoo") for e in (0, 1)}
+    assert all(0 <= r["mean_acc"] <= 1 and r["task"] == "digits" for r in gen_rows)
+    table = format_table(gen_rows)
+    assert table.splitlines()[0] == "| source | task | epoch | mean_acc | std_acc | num_models |"
+
+
+def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
+    out = tmp_path / "emb.safetensors"
+    assert cli(["embed", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--split", "test", "--out", str(out)]) == 0
+    emb = load_file(out)
+    assert emb["embeddings"].shape == (len(zoo.dataset["test"]), 16) and len(emb["model_id"]) == len(zoo.dataset["test"])
+
+    assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats", "--properties", "epoch"]) == 0
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "sane", "stats", "--json", str(tmp_path / "t.json")]) == 0
+    assert {r["features"] for r in json.loads((tmp_path / "t.json").read_text())} == {"sane", "stats"}
+    assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--out", str(tmp_path / "p.json")]) == 0
+    assert set(json.loads((tmp_path / "p.json").read_text())[0]) == {"model_id", "epoch", "test_acc"}
+
+    samples = tmp_path / "samples"
+    assert cli(["sample", "--checkpoint", str(checkpoint), "--num-samples", "2", "--seed", "3", "--out", str(samples)]) == 0
+    meta = json.loads((samples / "samples.json").read_text())
+    assert meta["files"] == ["sample-000.safetensors", "sample-001.safetensors"]
+    model = zoo.build_model(zoo.weights("test")[0])
+    model.load_state_dict(load_file(samples / "sample-000.safetensors"))
+
+    capsys.readouterr()
+    assert cli(["sample", "--checkpoint", str(checkpoint), "--num-samples", "0"]) == 2
+    assert "--num-samples must be positive" in capsys.readouterr().err
+    assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--properties", "lr"]) == 2
+    assert "no probe for property 'lr'" in capsys.readouterr().err
