@@ -107,3 +107,26 @@ def test_bad_requests_name_the_fix():
     assert parse_method("boot50") == ("boot", 0.5)
     with pytest.raises(ValueError, match="unknown sampling method"):
         parse_method("gan")
+
+
+def test_batchnorm_conditioning_re_estimates_statistics_only():
+    from torch import nn
+
+    from hyperrep_hf.downstream.generation import condition_batchnorm, has_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 36, 3))
+    with torch.no_grad():  # decoded statistics are garbage
+        model[1].running_mean.fill_(100.0)
+        model[1].running_var.fill_(1e-3)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = torch.randn(256, 1, 8, 8) * 2 + 1
+    condition_batchnorm(model, x, num_batches=50, batch_size=64, generator=_gen(0))
+    assert not model.training
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k], v)
+    conv = model[0](x).detach()
+    torch.testing.assert_close(model[1].running_mean, conv.mean((0, 2, 3)), atol=0.05, rtol=0)
+    torch.testing.assert_close(model[1].running_var, conv.var((0, 2, 3)), rtol=0.1, atol=0)
+    assert model[1].momentum == 0.1  # restored
+    assert has_batchnorm(model) and not has_batchnorm(nn.Linear(2, 2))

@@ -26,7 +26,6 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..layout import WeightLayout
-from ..zoo.architectures import build_model
 from ._files import atomic_write_bytes, atomic_write_json, resolve_file
 from .embedding import decode_flat, encode, encode_flat
 from .samplers import (
@@ -263,6 +262,8 @@ class ModelGenerator:
     def build(self, flat: torch.Tensor, condition_bn: bool = True, generator: torch.Generator | None = None) -> list[nn.Module]:
         """flat weights [k, P] -> k models of the anchors' architecture in eval mode (BatchNorm
         statistics re-estimated on the task's training inputs when the model has BatchNorm)."""
+        from ..zoo.architectures import build_model  # here: the zoo package imports datasets
+
         models = []
         for row in flat:
             m = build_model(self.anchors.info["architecture"], **self.anchors.info.get("architecture_kwargs", {}))

@@ -6,7 +6,6 @@ The local `evaluate` modules in hyperrep_hf/metrics/ call these, so both routes 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def _as_1d(values, name: str) -> np.ndarray:
@@ -43,4 +42,6 @@ def kendall_tau(references, predictions) -> float:
         raise ValueError(f"references ({y.size}) and predictions ({p.size}) differ in length")
     if y.size < 2:
         raise ValueError("Kendall's tau needs at least two values")
+    from scipy import stats  # imported here: scipy.stats costs about a second at package import
+
     return float(stats.kendalltau(y, p).statistic)
