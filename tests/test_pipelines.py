@@ -218,3 +218,17 @@ def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
     assert "--num-samples must be positive" in capsys.readouterr().err
     assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--properties", "lr"]) == 2
     assert "no probe for property 'lr'" in capsys.readouterr().err
+
+
+def test_pipelines_load_probes_and_anchors_from_the_hub(zoo, checkpoint, hub_repo_id):
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    api.upload_folder(repo_id=hub_repo_id, folder_path=str(checkpoint))
+    model = zoo.build_model(zoo.weights("test")[0])
+    local = pipeline("weight-property-prediction", model=str(checkpoint))(model)
+    assert pipeline("weight-property-prediction", model=hub_repo_id)(model) == pytest.approx(local)
+    from_hub = pipeline("weight-generation", model=hub_repo_id)(num_samples=1, seed=4)[0]["state_dict"]
+    from_folder = pipeline("weight-generation", model=str(checkpoint))(num_samples=1, seed=4)[0]["state_dict"]
+    assert all(torch.equal(from_hub[k], from_folder[k]) for k in from_folder)
