@@ -31,6 +31,13 @@ def test_ridge_path_matches_normal_equations_and_leaves_bias_unpenalised():
         expected = torch.linalg.solve(xc.T @ xc + lam * torch.eye(4, dtype=torch.float64), xc.T @ yc)
         torch.testing.assert_close(coef, expected)
         torch.testing.assert_close(bias, y.mean(0) - x.mean(0) @ expected)
+    # More features than rows (the flat-weights case) takes the dual route; same solution.
+    x, y = torch.randn(10, 25, generator=g, dtype=torch.float64), torch.randn(10, 1, generator=g, dtype=torch.float64)
+    coefs, _ = ridge_path(x, y, [3.0, 1e-5])
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    for coef, lam in zip(coefs, [3.0, 1e-5]):
+        expected = torch.linalg.solve(xc.T @ xc + lam * torch.eye(25, dtype=torch.float64), xc.T @ yc)
+        torch.testing.assert_close(coef, expected, rtol=1e-6, atol=1e-8)
     # Huge penalty: the weights vanish, the bias alone predicts the mean.
     coefs, biases = ridge_path(x, y, [1e12])
     assert coefs.abs().max() < 1e-8

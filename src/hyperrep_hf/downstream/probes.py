@@ -4,8 +4,8 @@ The same probes serve every feature set, so one table compares them on the same 
 "sane" (SANE embeddings), "stats" (s(W) weight statistics) and "weights" (the flat weights W).
 
 - Numeric properties: closed-form ridge regression with a bias. The penalty is picked from a grid
-  (1e3 ... 1e-5, 17 values, METHOD.md §6) by validation R^2; one SVD of the training features gives
-  the whole penalty path.
+  (1e3 ... 1e-5, 17 values, METHOD.md §6) by validation R^2; one eigendecomposition of the
+  training features' Gram matrix gives the whole penalty path.
 - Categorical properties (activation, init, optimizer): a linear classifier, ridge regression on
   one-hot targets with argmax decision, penalty picked by validation accuracy.
 
@@ -44,11 +44,20 @@ def ridge_path(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float] = PE
     """
     x, y = x.double(), y.double()
     x_mean, y_mean = x.mean(0), y.mean(0)
-    # Centring removes the bias from the penalised problem; the thin SVD then gives every penalty's
-    # solution as V diag(s / (s^2 + penalty)) U^T y.
-    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
-    uty = u.T @ (y - y_mean)
-    coefs = torch.stack([vh.T @ ((s / (s**2 + p)).unsqueeze(1) * uty) for p in penalties])
+    xc, yc = x - x_mean, y - y_mean
+    # Centring removes the bias from the penalised problem. One eigendecomposition of the smaller
+    # Gram matrix then gives every penalty's solution (cheaper than an SVD of the wide matrix):
+    #   n <= d (dual):   w = xc^T U diag(1 / (e + p)) U^T yc,  xc xc^T = U diag(e) U^T
+    #   n >  d (primal): w = V diag(1 / (e + p)) V^T xc^T yc,  xc^T xc = V diag(e) V^T
+    dual = xc.shape[0] <= xc.shape[1]
+    e, vecs = torch.linalg.eigh(xc @ xc.T if dual else xc.T @ xc)
+    e = e.clamp_min(0)
+    proj = vecs.T @ (yc if dual else xc.T @ yc)
+    coefs = []
+    for p in penalties:
+        solved = vecs @ (proj / (e + p).unsqueeze(1))
+        coefs.append(xc.T @ solved if dual else solved)
+    coefs = torch.stack(coefs)
     biases = y_mean - torch.einsum("d,kdc->kc", x_mean, coefs)
     return coefs, biases
 
