@@ -479,8 +479,15 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         repo_id = self._payload_repo_id(payload)
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
-        self.server.store.create_repo(repo_type, repo_id, private)
         url = f"{self.server.endpoint}/{URL_PREFIXES[repo_type]}{repo_id}"
+        try:
+            self.server.store.create_repo(repo_type, repo_id, private)
+        except HubError as err:
+            if err.status != 409:
+                raise
+            # Like the Hub, a 409 names the existing repo's url: create_repo(exist_ok=True) reads it
+            # (a second push_to_hub to one repo, e.g. model then tokenizer).
+            return self._json({"error": err.message, "url": url}, 409, {"X-Error-Message": err.message})
         self._json({"url": url, "name": repo_id, "id": uuid.uuid4().hex[:24]})
 
     def _repo_info(self, repo: Repo, revision: str) -> None:

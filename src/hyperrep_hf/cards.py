@@ -1,0 +1,172 @@
+"""Model cards for SANE checkpoints: metadata the Hub indexes (library, task, tags, zoos, probe
+results as model-index) plus a readable body from model_cards/sane_card.md.
+
+    card = sane_model_card(model, model_name="SANE on MNIST CNN zoo", repo_id="org/sane-mnist",
+                           datasets=["org/mnist-zoo"],
+                           eval_results=probe_eval_results({"test_acc": 0.97}, dataset="org/mnist-zoo"))
+    check_model_card(card)             # offline: what the Hub would refuse, raised as ValueError
+    save_model_card(card, "checkpoint/")   # checkpoint/README.md, written atomically
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from .configuration_sane import SaneConfig
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "sane_card.md"
+DEFAULT_TAGS = ("hyperrep_hf", "sane", "weight-space-learning", "hyper-representation")
+PROBE_TASK = "Linear probe of model properties from SANE embeddings"
+
+
+def probe_eval_results(
+    r2_by_property: Mapping[str, float], *, dataset: str, dataset_name: str | None = None, split: str = "test"
+) -> list[EvalResult]:
+    """Linear-probe test R^2 per model property (e.g. {"test_acc": 0.97, "epoch": 0.95}) on a zoo
+    (its Hub id) -> model-index entries."""
+    results = []
+    for prop, value in r2_by_property.items():
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"R^2 of {prop!r} must be a number, got {value!r}.")
+        results.append(
+            EvalResult(
+                task_type="feature-extraction",
+                task_name=PROBE_TASK,
+                dataset_type=dataset,
+                dataset_name=dataset_name or dataset,
+                dataset_split=split,
+                metric_type="r_squared",
+                metric_name=f"R^2 {prop}",
+                metric_value=float(value),
+            )
+        )
+    return results
+
+
+def _results_table(results: Sequence[EvalResult]) -> str:
+    if not results:
+        return "No evaluation recorded."
+    rows = [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_name} | {r.metric_value:.4f} |" for r in results]
+    return "| zoo | split | metric | value |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def sane_model_card(
+    model_or_config,
+    *,
+    model_name: str,
+    repo_id: str | None = None,
+    datasets: Sequence[str] | None = None,
+    eval_results: Sequence[EvalResult] | None = None,
+    tags: Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    description: str = "",
+    training: str = "",
+) -> ModelCard:
+    """A ModelCard for a SaneModel (or its SaneConfig), rendered from model_cards/sane_card.md.
+
+    Args:
+        model_or_config: the SaneModel (its parameter count goes into the card) or a SaneConfig.
+        model_name: the card's title and the model-index name.
+        repo_id: where the checkpoint lives, used in the usage snippet.
+        datasets: Hub ids of the zoos it was trained on.
+        eval_results: model-index entries, e.g. from `probe_eval_results`.
+        tags: extra tags (the library's defaults are always added).
+        description, training: free Markdown paragraphs for the body.
+    """
+    config = model_or_config if isinstance(model_or_config, SaneConfig) else getattr(model_or_config, "config", None)
+    if not isinstance(config, SaneConfig):
+        raise ValueError(f"sane_model_card needs a SaneModel or SaneConfig, got {type(model_or_config).__name__}.")
+    if not model_name.strip():
+        raise ValueError("model_name must be a non-empty title.")
+    eval_results = list(eval_results or [])
+    parameters = sum(p.numel() for p in model_or_config.parameters()) if hasattr(model_or_config, "parameters") else None
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        license=license,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *(tags or [])])),
+        datasets=list(datasets) if datasets else None,
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id or "path/to/checkpoint",
+        description=description,
+        training=training or "Not recorded.",
+        results_table=_results_table(eval_results),
+        token_size=config.token_size,
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        latent_dim=config.latent_dim,
+        window_size=config.window_size,
+        max_positions=tuple(config.max_positions),
+        num_parameters=f"{parameters:,}" if parameters is not None else "n/a",
+        gamma=config.gamma,
+        reconstruction_weight=round(1 - config.gamma, 6),
+        temperature=config.contrastive_temperature,
+        lwln=", layer-wise loss normalisation" if config.layer_loss_norm else "",
+    )
+
+
+def check_model_card(card: ModelCard) -> None:
+    """Offline check of what the Hub validates on upload (ModelCard.validate needs the network):
+    the YAML front matter parses back to the same metadata, pipeline_tag is a Hub task, and the
+    model-index parses into complete evaluation results. Raises ValueError naming the problem."""
+    reparsed = ModelCard(str(card))
+    data = reparsed.data.to_dict()
+    if data != card.data.to_dict():
+        raise ValueError("The card's YAML metadata does not parse back to the same values; check the template's front matter.")
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    # transformers' own tasks are Hub tasks; tasks registered by libraries (ours too) are not.
+    # ("impl" is a dotted path for built-in tasks, a class for registered ones.)
+    hub_tasks = {task for task, spec in SUPPORTED_TASKS.items() if str(spec["impl"]).startswith("transformers.")}
+    problems = []
+    if data.get("pipeline_tag") not in hub_tasks:
+        problems.append(f"pipeline_tag {data.get('pipeline_tag')!r} is not a Hub task (use 'feature-extraction')")
+    if not data.get("library_name"):
+        problems.append("library_name is missing")
+    for key in ("tags", "datasets", "metrics"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            problems.append(f"{key} must be a list of strings, got {value!r}")
+    if "model-index" in data:
+        try:
+            _, results = model_index_to_eval_results(data["model-index"])
+        except (KeyError, TypeError, IndexError) as err:
+            problems.append(f"model-index does not parse: {err!r}")
+        else:
+            for r in results:
+                if not isinstance(r.metric_value, (int, float)) or not r.dataset_type or not r.task_type:
+                    problems.append(f"incomplete evaluation result {r}")
+    if problems:
+        raise ValueError("Model card metadata rejected: " + "; ".join(problems) + ".")
+
+
+def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
+    """Write the card as folder/README.md atomically (temp file, then rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".README.", suffix=".tmp")
+    os.close(fd)
+    try:
+        card.save(tmp)
+        os.replace(tmp, folder / "README.md")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return folder / "README.md"
+
+
+__all__ = ["check_model_card", "probe_eval_results", "sane_model_card", "save_model_card"]
