@@ -1,0 +1,316 @@
+"""The training data pipeline: zoo rows -> standardised tokens -> two augmented views -> batches.
+
+    data = ZooData.from_zoos(["zoos/mnist-seed"], token_size="auto", epochs=None)
+    views = data.training_batch(rows, window_size=64, generator=g, augmentation=Augmentation())
+    model(**views.model_inputs(), num_views=2)
+
+Everything is a batched tensor operation on a batch's flat weights [B, P] (one Python step per
+architecture and per weight layer, never per model): a function-preserving permutation per view is
+one gather, tokenizing is one strided copy per layer, the window is one gather per tensor.
+
+Several zoos may be combined if they share one token size; each zoo (architecture) is a "group"
+with its own token layout, and batches mixing groups are padded to the longest window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tokenization_weights import TokenLayout, WeightTokenizer
+from ..weightspace import (
+    PermutationSpec,
+    additive_noise,
+    block_erasing,
+    multiplicative_noise,
+    permutation_spec,
+    permute_flat,
+)
+from ..windows import random_window_starts, take_windows
+from ..zoo import Zoo, build_model, load_zoo
+
+REQUIRED_COLUMNS = ("weights", "model_id", "epoch")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Augmentation:
+    """How the two contrastive views of a model differ (METHOD.md §5)."""
+
+    permute_views: bool = True
+    multiplicative_noise: float = 0.1
+    additive_noise: float = 0.0
+    erase_probability: float = 0.0
+
+
+@dataclass
+class Split:
+    """The rows of one split of one zoo: weights [M, P] float32 and their metadata (a DataFrame)."""
+
+    weights: torch.Tensor
+    metadata: object
+
+    def __len__(self) -> int:
+        return int(self.weights.shape[0])
+
+
+@dataclass
+class ZooGroup:
+    """One zoo (one architecture) of the training data: its token layout and permutation spec."""
+
+    name: str
+    zoo: Zoo
+    layout_id: int
+    spec: PermutationSpec | None
+    splits: dict[str, Split]
+    token_layout: TokenLayout
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_layout.num_tokens
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch of token windows. tokens/targets [B, W, T] float32, positions [B, W, 3] int64,
+    attention_mask [B, W] int64, value_mask [B, W, T] bool. With two views, rows i and i + B/2 are
+    the two views of one model."""
+
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    positions: torch.Tensor
+    attention_mask: torch.Tensor
+    value_mask: torch.Tensor
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"tokens": self.tokens, "positions": self.positions, "attention_mask": self.attention_mask,
+                "targets": self.targets, "value_mask": self.value_mask}
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(*(t.to(device, non_blocking=True) for t in
+                            (self.tokens, self.targets, self.positions, self.attention_mask, self.value_mask)))
+
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens in the batch (all views)."""
+        return int(self.attention_mask.sum())
+
+
+class ZooData:
+    """Train/validation/test rows of one or more zoos with a tokenizer fitted on the train rows.
+
+    Rows are addressed globally: row r of split s is (group, local index) via `locate`.
+    """
+
+    def __init__(self, groups: list[ZooGroup], tokenizer: WeightTokenizer, epochs: list[int] | None):
+        self.groups, self.tokenizer, self.epochs = groups, tokenizer, epochs
+        self._offsets = {s: np.cumsum([0] + [len(g.splits[s]) for g in groups]) for s in SPLITS}
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_zoos(cls, zoos: Sequence[str | Zoo], token_size: int | str = "auto", epochs: list[int] | None = None,
+                  standardize: bool = True, need_permutations: bool = True, properties: Sequence[str] = ()) -> ZooData:
+        """Load zoos, keep the rows of `epochs` (None = all), check columns, fit the tokenizer's
+        standardisation on the train rows only. Raises ValueError for empty zoos, missing columns,
+        architectures without a common token size, or architectures without a permutation spec
+        when `need_permutations`."""
+        loaded = [(str(z.path) if isinstance(z, Zoo) else str(z), z if isinstance(z, Zoo) else load_zoo(z)) for z in zoos]
+        if not loaded:
+            raise ValueError("no zoo given: pass at least one zoo folder or Hub dataset id")
+        token_size = _common_token_size(loaded, token_size)
+        tokenizer = WeightTokenizer(token_size=token_size, max_token_size=max(288, token_size))
+        groups = []
+        for name, zoo in loaded:
+            _check_columns(name, zoo, properties)
+            model = build_model(zoo.architecture, **zoo.architecture_kwargs)
+            layout_id = tokenizer.layout_of(model)
+            tl = tokenizer.layouts[layout_id]
+            if [(e.name, e.shape) for e in tl.weights.entries] != [(e.name, e.shape) for e in zoo.layout.entries]:
+                raise ValueError(f"zoo {name}: its weight layout does not match architecture {zoo.architecture!r}")
+            spec = None
+            if need_permutations:
+                try:
+                    spec = permutation_spec(model)
+                    spec.check(zoo.layout)
+                except ValueError as err:
+                    raise ValueError(f"zoo {name} ({zoo.architecture}): no permutation augmentation possible ({err}); "
+                                     "train with --permute_views false") from err
+            splits = {s: _read_split(zoo, s, epochs) for s in SPLITS}
+            groups.append(ZooGroup(name, zoo, layout_id, spec, splits, tl))
+        if sum(len(g.splits["train"]) for g in groups) == 0:
+            which = "" if epochs is None else f" at zoo epochs {_short(epochs)}"
+            raise ValueError(f"the zoo has no training rows{which} ({', '.join(n for n, _ in loaded)}); "
+                             "build a zoo with models in its train split or choose other --zoo_epochs")
+        if standardize:
+            for g in groups:
+                if len(g.splits["train"]) == 0:
+                    raise ValueError(f"zoo {g.name} has no training rows to fit the standardisation on")
+                tokenizer.fit_standardization(g.splits["train"].weights, layout_id=g.layout_id)
+        return cls(groups, tokenizer, epochs)
+
+    # -- sizes and lookup -----------------------------------------------------------------------
+    def num_rows(self, split: str) -> int:
+        return int(self._offsets[split][-1])
+
+    @property
+    def max_tokens(self) -> int:
+        return max(g.num_tokens for g in self.groups)
+
+    @property
+    def num_layers(self) -> int:
+        return max(self.tokenizer.layouts[g.layout_id].num_layers for g in self.groups)
+
+    @property
+    def max_channels(self) -> int:
+        return max(int(self.tokenizer.layouts[g.layout_id].positions[:, 2].max()) + 1 for g in self.groups)
+
+    def locate(self, split: str, rows: torch.Tensor) -> list[tuple[ZooGroup, torch.Tensor]]:
+        """Global row indices [B] -> [(group, local indices)] for the groups present, in group order
+        (a batch comes out sorted by group; both views of a model share its place)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        offsets = self._offsets[split]
+        out = []
+        for i, g in enumerate(self.groups):
+            sel = (rows >= offsets[i]) & (rows < offsets[i + 1])
+            if sel.any():
+                out.append((g, rows[sel] - int(offsets[i])))
+        return out
+
+    def metadata(self, split: str, column: str) -> list:
+        """One column of the split's metadata, all groups concatenated (global row order)."""
+        values = []
+        for g in self.groups:
+            md = g.splits[split].metadata
+            values += md[column].tolist() if column in md else [float("nan")] * len(md)
+        return values
+
+    # -- batches --------------------------------------------------------------------------------
+    def training_batch(self, rows: torch.Tensor, window_size: int, generator: torch.Generator,
+                       augmentation: Augmentation) -> TokenBatch:
+        """Two views of every train row (global indices [B]) -> TokenBatch of 2B rows.
+
+        Per view: a random function-preserving permutation (if enabled) of the flat weights,
+        tokenisation (targets), then noise / erasing (inputs). Both views get the SAME random window.
+        """
+        views = [[], []]
+        for g, local in self.locate("train", rows):
+            flat = g.splits["train"].weights[local]
+            for v in range(2):
+                w = flat
+                if augmentation.permute_views and g.spec is not None:
+                    w = permute_flat(flat, g.zoo.layout, g.spec, g.spec.random(len(local), generator))
+                enc = self.tokenizer.tokenize_flat(w, g.layout_id)
+                views[v].append({k: enc[k] for k in ("tokens", "positions", "attention_mask", "value_mask")})
+        view1, view2 = _pad_cat(views[0]), _pad_cat(views[1])
+        lengths = view1["attention_mask"].sum(1)
+        window = min(window_size, int(lengths.max()))
+        starts = random_window_starts(lengths, window, generator)
+        cut = [{k: take_windows(v[k], starts, window) for k in v} for v in (view1, view2)]
+        targets = torch.cat([c["tokens"] for c in cut])
+        value_mask = torch.cat([c["value_mask"] for c in cut])
+        inputs = _augment(targets, value_mask, augmentation, generator)
+        return TokenBatch(inputs, targets, torch.cat([c["positions"] for c in cut]),
+                          torch.cat([c["attention_mask"] for c in cut]), value_mask)
+
+    def token_statistics(self) -> torch.Tensor:
+        """sigma_l [num_layers]: std of the (standardised, if fitted) training tokens' real values of
+        every layer l, pooled over the groups; the scale of layer-wise loss normalisation in the
+        space the loss is computed in."""
+        L = self.num_layers
+        total = torch.zeros(L, dtype=torch.float64)
+        square = torch.zeros(L, dtype=torch.float64)
+        count = torch.zeros(L, dtype=torch.float64)
+        for g in self.groups:
+            weights = g.splits["train"].weights
+            for start in range(0, len(weights), 1024):
+                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id)
+                values = enc["tokens"].double() * enc["value_mask"]
+                layer = enc["positions"][..., 1].reshape(-1)
+                total.index_add_(0, layer, values.sum(-1).reshape(-1))
+                square.index_add_(0, layer, values.square().sum(-1).reshape(-1))
+                count.index_add_(0, layer, enc["value_mask"].sum(-1).reshape(-1).double())
+        mean = total / count.clamp_min(1)
+        var = (square / count.clamp_min(1) - mean.square()).clamp_min(0)
+        return torch.where(count > 0, var.sqrt(), torch.ones_like(var)).float()
+
+
+def _augment(tokens: torch.Tensor, value_mask: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    out = tokens
+    if aug.multiplicative_noise > 0:
+        out = multiplicative_noise(out, value_mask, aug.multiplicative_noise, generator)
+    if aug.additive_noise > 0:
+        out = additive_noise(out, value_mask, aug.additive_noise, generator)
+    if aug.erase_probability > 0:
+        out = block_erasing(out, value_mask, aug.erase_probability, generator=generator)
+    return out
+
+
+def _pad_cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate encodings along the batch, zero-padding the token dimension to the longest."""
+    if len(parts) == 1:
+        return {k: v.contiguous() for k, v in parts[0].items()}
+    n = max(p["tokens"].shape[1] for p in parts)
+    out = {}
+    for key in parts[0]:
+        padded = []
+        for p in parts:
+            x = p[key]
+            if x.shape[1] < n:
+                pad = torch.zeros((x.shape[0], n - x.shape[1], *x.shape[2:]), dtype=x.dtype)
+                x = torch.cat([x, pad], dim=1)
+            padded.append(x)
+        out[key] = torch.cat(padded)
+    return out
+
+
+def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:
+    if split not in zoo.dataset:
+        import pandas as pd
+
+        return Split(torch.zeros(0, zoo.num_weights), pd.DataFrame({"model_id": [], "epoch": []}))
+    metadata = zoo.metadata(split)
+    weights = zoo.weights(split)
+    keep = np.ones(len(metadata), dtype=bool)
+    if epochs is not None:
+        keep &= metadata["epoch"].isin(epochs).to_numpy()
+    # Diverged checkpoints (NaN / inf weights) cannot be tokenized; they carry no weight-space signal.
+    keep &= torch.isfinite(weights).all(1).numpy()
+    index = np.flatnonzero(keep)
+    return Split(weights[torch.as_tensor(index)].contiguous(), metadata.iloc[index].reset_index(drop=True))
+
+
+def _check_columns(name: str, zoo: Zoo, properties: Sequence[str]) -> None:
+    for split, ds in zoo.dataset.items():
+        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"zoo {name}: split {split!r} lacks the required column(s) {missing}; a zoo row needs "
+                             f"{list(REQUIRED_COLUMNS)} (build or import the zoo with hyperrep_hf)")
+        absent = [p for p in properties if p not in ds.column_names]
+        if absent:
+            raise ValueError(f"zoo {name}: split {split!r} has no column(s) {absent} to probe; choose "
+                             f"--probe_properties among {[c for c in ds.column_names if c != 'weights']}")
+    if "train" not in zoo.dataset:
+        raise ValueError(f"zoo {name} has no train split (splits: {list(zoo.dataset)})")
+
+
+def _common_token_size(loaded: list[tuple[str, Zoo]], token_size: int | str) -> int:
+    """The token size all zoos share: the given one, or the one 'auto' picks for every architecture."""
+    if token_size != "auto":
+        return int(token_size)
+    sizes = {}
+    for name, zoo in loaded:
+        tok = WeightTokenizer(token_size="auto")
+        tok.layout_of(build_model(zoo.architecture, **zoo.architecture_kwargs))
+        sizes[f"{name} ({zoo.architecture})"] = tok.token_size
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        raise ValueError(f"the zoos' architectures have no common token size (automatic sizes {listing}); "
+                         f"pass one token size for all, e.g. --token_size {max(sizes.values())}")
+    return next(iter(sizes.values()))
+
+
+def _short(epochs: list[int]) -> str:
+    return str(epochs) if len(epochs) <= 6 else f"{epochs[0]}..{epochs[-1]}"

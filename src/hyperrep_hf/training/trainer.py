@@ -1,0 +1,416 @@
+"""The Accelerate training loop of SANE on model zoos.
+
+    from hyperrep_hf.training import SaneTrainingArguments, train_sane
+    result = train_sane(SaneTrainingArguments(zoo=["zoos/mnist-seed"], output_dir="runs/sane", epochs=20))
+
+Runs unchanged on one CPU, one GPU or several processes (`accelerate launch`). Only the main
+process writes files. OUT (output_dir) receives:
+
+    config.json, model.safetensors     the final SaneModel (AutoModel.from_pretrained(OUT))
+    preprocessor_config.json           the weight tokenizer with its standardisation (train split only)
+    training_args.json                 every option of the run
+    metrics.jsonl                      one JSON object per log line ("train", "eval", "error")
+    runs/                              TensorBoard (and trackio, if installed) logs
+    checkpoints/step-NNNNNNN/          accelerator.save_state + trainer_state.json, the last few
+    README.md                          model card
+
+Reproducibility: the order of the rows in epoch e and the augmentation of batch b are drawn from
+generators seeded by (seed, e) and (seed, e, b), and checkpoints hold model, optimizer, schedule and
+RNG states, so a resumed run repeats the losses an uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..configuration_sane import PRESETS, SaneConfig
+from ..modeling_sane import SaneModel
+from .arguments import SaneTrainingArguments, parse_epochs
+from .card import write_model_card
+from .data import Augmentation, ZooData
+from .evaluation import encode_split, probe_scores
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_NAME = "trainer_state.json"
+ARGS_NAME = "training_args.json"
+METRICS_NAME = "metrics.jsonl"
+TOKENIZER_NAME = "preprocessor_config.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before applying that update."""
+
+
+@dataclass
+class TrainResult:
+    """What `train_sane` returns (on every process; metrics are filled on the main process)."""
+
+    output_dir: Path
+    global_step: int
+    epoch: int
+    finished: bool
+    last_checkpoint: Path | None
+    eval_history: list[dict] = field(default_factory=list)
+    train_history: list[dict] = field(default_factory=list)
+
+
+def train_sane(args: SaneTrainingArguments, trainer_class: type | None = None) -> TrainResult:
+    """Train SANE as `args` says; see the module docstring for what lands in args.output_dir."""
+    return (trainer_class or SaneTrainer)(args).train()
+
+
+def batch_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, batch, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Shuffled row indices of one epoch cut into batches; a last batch of one row (no negatives
+    for the contrastive loss) joins the one before."""
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(batch_seed(seed, epoch, 0)))
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    """"last" -> the newest complete checkpoint in output_dir/checkpoints; else `resume` as a folder."""
+    if resume != "last":
+        path = Path(resume)
+        if not (path / STATE_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a training checkpoint (it has no {STATE_NAME})")
+        return path
+    done = sorted(p for p in (output_dir / CHECKPOINT_DIR).glob("step-*") if (p / STATE_NAME).is_file())
+    if not done:
+        raise ValueError(f"--resume: {output_dir / CHECKPOINT_DIR} holds no complete checkpoint to continue from; "
+                         "start without --resume")
+    return done[-1]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class SaneTrainer:
+    """One training run. `train()` does everything; the pieces are methods so tests and
+    subclasses can reach them (e.g. `compute_loss`)."""
+
+    def __init__(self, args: SaneTrainingArguments):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+
+    # ----------------------------------------------------------------------------- set-up
+    def _accelerator(self):
+        from accelerate import Accelerator
+
+        cpu = not torch.cuda.is_available()
+        precision = self.args.mixed_precision
+        if precision == "auto":
+            precision = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        trackers = [t for t in self.args.report_to if t != "none"]
+        # trackio is used when installed; asking for it does not make it a dependency
+        trackers = [t for t in trackers if t != "trackio" or importlib.util.find_spec("trackio")]
+        if "tensorboard" in trackers and not importlib.util.find_spec("tensorboard"):
+            trackers.remove("tensorboard")
+        acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None, project_dir=str(self.output_dir))
+        if cpu and acc.num_processes > 1:
+            # ranks share the cores; oversubscription slows every rank down
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
+        return acc
+
+    def _check_output_dir(self) -> Path | None:
+        args, out = self.args, self.output_dir
+        if args.resume:
+            return find_checkpoint(out, args.resume)
+        taken = (out / CHECKPOINT_DIR).is_dir() or (out / ARGS_NAME).is_file()
+        if taken and not args.overwrite_output_dir:
+            raise ValueError(f"{out} already holds a training run; pass --resume to continue it, "
+                             "--overwrite_output_dir true to start over, or choose another --output_dir")
+        return None
+
+    def _model_config(self, data: ZooData) -> SaneConfig:
+        args = self.args
+        overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "latent_dim", "window_size", "dropout")
+                     if getattr(args, k) is not None}
+        preset = PRESETS[args.preset]
+        # position tables must cover the zoo's sequences, layers and channels
+        needed = (data.max_tokens, data.num_layers, data.max_channels)
+        max_positions = tuple(max(a, b) for a, b in zip(preset["max_positions"], needed))
+        return SaneConfig.from_preset(args.preset, **{**overrides, "token_size": data.tokenizer.token_size,
+                                                     "max_positions": max_positions, "gamma": args.gamma,
+                                                     "temperature": args.temperature,
+                                                     "layer_loss_norm": args.layer_loss_norm})
+
+    def _optimizer(self, model: SaneModel) -> torch.optim.Optimizer:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.args.learning_rate)
+
+    def _check_resume_compatible(self, data: ZooData) -> None:
+        saved_args = self.output_dir / ARGS_NAME
+        if saved_args.is_file():
+            before = SaneTrainingArguments.from_dict(json.loads(saved_args.read_text(encoding="utf-8")))
+            diff = before.differences(self.args)
+            if diff:
+                listing = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in ((k, *v) for k, v in diff.items()))
+                raise ValueError(f"cannot resume {self.output_dir}: the options differ from the run's ({listing}); "
+                                 "resume with the run's options or start a new --output_dir")
+        saved_tok = self.output_dir / TOKENIZER_NAME
+        if saved_tok.is_file():
+            before = json.loads(saved_tok.read_text(encoding="utf-8"))
+            if before.get("layouts") != json.loads(data.tokenizer.to_json_string()).get("layouts"):
+                raise ValueError(f"cannot resume {self.output_dir}: the zoo's token layout or train-split "
+                                 "standardisation differs from the run's (a different or changed zoo?)")
+
+    # ----------------------------------------------------------------------------- the run
+    def train(self) -> TrainResult:
+        args = self.args
+        checkpoint = self._check_output_dir()
+        acc = self.accelerator = self._accelerator()
+        from accelerate.utils import set_seed
+
+        set_seed(args.seed)
+        main = acc.is_main_process
+        with acc.main_process_first():
+            data = ZooData.from_zoos(args.zoo, token_size=args.token_size, epochs=parse_epochs(args.zoo_epochs),
+                                     standardize=args.standardize, need_permutations=args.permute_views,
+                                     properties=args.probe_properties)
+        self.data = data
+        if checkpoint is not None:
+            self._check_resume_compatible(data)
+        config = self._model_config(data)
+        model = SaneModel(config)
+        if config.layer_loss_norm:
+            model.set_layer_sigma(data.token_statistics())
+        optimizer = self._optimizer(model)
+
+        num_train = data.num_rows("train")
+        batches_per_epoch = len(epoch_batches(num_train, args.batch_size, args.seed, 0))
+        world, rank = acc.num_processes, acc.process_index
+        micro_per_rank = math.ceil(batches_per_epoch / world)
+        steps_per_epoch = math.ceil(micro_per_rank / args.gradient_accumulation_steps)
+        total_steps = steps_per_epoch * args.epochs
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.learning_rate, total_steps=total_steps,
+                                                        pct_start=args.pct_start, anneal_strategy="cos")
+        # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it
+        # once per process), but it travels with the checkpoints.
+        model, optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(scheduler)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+
+        global_step, start_epoch, start_micro = 0, 0, 0
+        if checkpoint is not None:
+            acc.load_state(str(checkpoint))
+            state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+            global_step, start_epoch, start_micro = state["global_step"], state["epoch"], state["micro_step"]
+            if main:
+                self._truncate_metrics(global_step)
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.output_dir / ARGS_NAME, args.to_json_string())
+            data.tokenizer.to_json_file(self.output_dir / TOKENIZER_NAME)
+        if acc.trackers or acc.log_with:
+            acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                              for k, v in args.to_dict().items()})
+        window = config.window_size
+        aug = Augmentation(args.permute_views, args.multiplicative_noise, args.additive_noise, args.erase_probability)
+        result = TrainResult(self.output_dir, global_step, start_epoch, False, checkpoint)
+        self.last_checkpoint = checkpoint
+        if main:
+            n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
+            print(f"SANE {args.preset}: {n_params:,} parameters, token size {config.token_size}, window {window}; "
+                  f"{num_train} training rows ({len(data.groups)} zoo(s)), {steps_per_epoch} steps/epoch x "
+                  f"{args.epochs} epochs on {world} process(es), {acc.device}, precision {acc.mixed_precision}")
+        if args.eval_at_start and checkpoint is None:
+            result.eval_history.append(self.evaluate(0, 0))
+
+        bar = tqdm(total=total_steps, initial=global_step, desc="SANE", unit="step", dynamic_ncols=True,
+                   disable=not (main and args.progress))
+        window_stats = {"loss": 0.0, "reconstruction_loss": 0.0, "contrastive_loss": 0.0, "data_time": 0.0,
+                        "step_time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
+        try:
+            for epoch in range(start_epoch, args.epochs):
+                batches = epoch_batches(num_train, args.batch_size, args.seed, epoch)
+                mine = [(i * world + rank) % len(batches) for i in range(micro_per_rank)]
+                micro = start_micro if epoch == start_epoch else 0
+                while micro < micro_per_rank:
+                    group = mine[micro:micro + args.gradient_accumulation_steps]
+                    stats = self._optimizer_step(group, batches, epoch, window, aug, global_step)
+                    global_step += 1
+                    micro += len(group)
+                    for k in window_stats:
+                        window_stats[k] += stats[k] if k != "steps" else 1
+                    bar.update(1)
+                    if global_step % args.logging_steps == 0 or micro >= micro_per_rank:
+                        line = self._log_train(window_stats, global_step, epoch + micro / micro_per_rank)
+                        result.train_history.append(line)
+                        bar.set_postfix(loss=f"{line['loss']:.4f}", data=f"{100 * line['data_share']:.0f}%")
+                        window_stats = dict.fromkeys(window_stats, 0.0)
+                    if args.stop_after_steps is not None and global_step >= args.stop_after_steps and global_step < total_steps:
+                        self._save_checkpoint(global_step, epoch, micro)
+                        result.global_step, result.epoch, result.last_checkpoint = global_step, epoch, self.last_checkpoint
+                        return result
+                if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+                    result.eval_history.append(self.evaluate(global_step, epoch + 1))
+                if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                    self._save_checkpoint(global_step, epoch + 1, 0)
+            self._save_final()
+            result.global_step, result.epoch, result.finished = global_step, args.epochs, True
+            result.last_checkpoint = self.last_checkpoint
+            return result
+        finally:
+            bar.close()
+            acc.end_training()
+
+    def compute_loss(self, batch, global_step: int):
+        """The SaneOutput of one micro-batch of two views (a hook for subclasses and tests)."""
+        return self.model(**batch.model_inputs(), num_views=2)
+
+    def _optimizer_step(self, group: list[int], batches, epoch: int, window: int, aug: Augmentation, global_step: int) -> dict:
+        """Forward/backward every micro-batch of `group` (gradient accumulation), then one update."""
+        acc, model, args = self.accelerator, self.model, self.args
+        t0 = time.perf_counter()
+        data_time = 0.0
+        sums = torch.zeros(3, dtype=torch.float64)
+        samples = tokens = 0
+        for j, b in enumerate(group):
+            t = time.perf_counter()
+            generator = torch.Generator().manual_seed(batch_seed(args.seed, epoch, b + 1))
+            batch = self.data.training_batch(batches[b], window, generator, aug).to(acc.device)
+            data_time += time.perf_counter() - t
+            last = j == len(group) - 1
+            # gradients are averaged across processes only on the last micro-batch of the group
+            sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(model)
+            with sync:
+                out = self.compute_loss(batch, global_step)
+                acc.backward(out.loss / len(group))
+            parts = [out.loss, out.reconstruction_loss, out.contrastive_loss]
+            sums += torch.tensor([float(p.detach()) if p is not None else 0.0 for p in parts], dtype=torch.float64)
+            samples += len(batches[b])
+            tokens += batch.num_tokens
+        mean = acc.reduce(sums.to(acc.device) / len(group), reduction="mean").cpu()
+        if not torch.isfinite(mean).all():
+            self._diverged(global_step + 1, epoch, float(mean[0]))
+        if args.max_grad_norm is not None:
+            acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": float(mean[0]), "reconstruction_loss": float(mean[1]), "contrastive_loss": float(mean[2]),
+                "data_time": data_time, "step_time": time.perf_counter() - t0,
+                "samples": samples * acc.num_processes, "tokens": tokens * acc.num_processes}
+
+    def _diverged(self, step: int, epoch: int, loss: float) -> None:
+        last = self.last_checkpoint
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        message = (f"the training loss became {loss} at optimizer step {step} (epoch {epoch + 1}); training stopped "
+                   f"before applying that update, {where}. Lower --learning_rate, set --max_grad_norm, or check the zoo")
+        if self.accelerator.is_main_process:
+            self._write_metrics({"type": "error", "step": step, "epoch": epoch, "loss": loss,
+                                 "last_checkpoint": str(last) if last else None, "message": message})
+        raise TrainingDivergedError(message)
+
+    # ----------------------------------------------------------------------------- logging
+    def _write_metrics(self, line: dict) -> None:
+        with open(self.output_dir / METRICS_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _truncate_metrics(self, global_step: int) -> None:
+        """Drop log lines after the checkpoint we resume from: those steps are about to be redone."""
+        path = self.output_dir / METRICS_NAME
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= global_step]
+        _atomic_write(path, "".join(ln + "\n" for ln in keep))
+
+    def _log_train(self, s: dict, step: int, epoch: float) -> dict:
+        n = max(1, int(s["steps"]))
+        line = {"type": "train", "step": step, "epoch": round(epoch, 4),
+                "loss": s["loss"] / n, "reconstruction_loss": s["reconstruction_loss"] / n,
+                "contrastive_loss": s["contrastive_loss"] / n, "learning_rate": self.scheduler.get_last_lr()[0],
+                "data_share": s["data_time"] / max(s["step_time"], 1e-12),
+                "samples_per_s": s["samples"] / max(s["step_time"], 1e-12),
+                "tokens_per_s": s["tokens"] / max(s["step_time"], 1e-12)}
+        if self.accelerator.is_main_process:
+            self._write_metrics(line)
+        self.accelerator.log({f"train/{k}": v for k, v in line.items() if k not in ("type", "step")}, step=step)
+        return line
+
+    def evaluate(self, step: int, epoch: int) -> dict:
+        """Validation reconstruction and probes (main process only; the others wait)."""
+        acc = self.accelerator
+        line = {"type": "eval", "step": step, "epoch": epoch}
+        if acc.is_main_process:
+            t = time.perf_counter()
+            model = acc.unwrap_model(self.model)
+            window = model.config.window_size
+            splits = ["train", "validation"] + (["test"] if self.data.num_rows("test") else [])
+            encoded = {s: encode_split(model, self.data, s, window, self.args.eval_batch_size, acc.device, acc.autocast)
+                       for s in splits}
+            line["val_reconstruction_loss"] = encoded["validation"]["reconstruction_loss"]
+            line["val_reconstruction_r2"] = encoded["validation"]["reconstruction_r2"]
+            line["train_reconstruction_r2"] = encoded["train"]["reconstruction_r2"]
+            line.update(probe_scores(self.data, {s: e["embeddings"] for s, e in encoded.items()}, self.args.probe_properties))
+            line["eval_seconds"] = time.perf_counter() - t
+            self._write_metrics(line)
+            acc.log({f"eval/{k}": v for k, v in line.items() if k not in ("type", "step")}, step=step)
+            shown = {k.split("/")[-1] if k.startswith("probe_val") else k: round(v, 4) for k, v in line.items()
+                     if k.startswith(("val_rec", "probe_val"))}
+            tqdm.write(f"eval epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+        acc.wait_for_everyone()
+        return line
+
+    # ----------------------------------------------------------------------------- files
+    def _save_checkpoint(self, global_step: int, epoch: int, micro: int) -> None:
+        """save_state into a temporary folder, then rename: a checkpoint folder is always complete."""
+        acc = self.accelerator
+        root = self.output_dir / CHECKPOINT_DIR
+        final = root / f"step-{global_step:07d}"
+        tmp = root / f".tmp-step-{global_step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"global_step": global_step, "epoch": epoch, "micro_step": micro,
+                     "num_processes": acc.num_processes}
+            (tmp / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            old = sorted(p for p in root.glob("step-*") if p != final)
+            for p in old[: max(0, len(old) - (self.args.save_total_limit - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+
+    def _save_final(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model.save_pretrained(self.output_dir, save_function=acc.save)
+            self.data.tokenizer.save_pretrained(self.output_dir)
+            write_model_card(self.output_dir, self.args, model.config, self.data, self._read_metrics())
+        acc.wait_for_everyone()
+
+    def _read_metrics(self) -> list[dict]:
+        path = self.output_dir / METRICS_NAME
+        return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln] if path.is_file() else []

@@ -1,0 +1,257 @@
+"""Training SANE on a zoo: options, the two-view data pipeline, the loop, resume, bad input.
+
+All tests share one tiny digits zoo (10 CNNs, 2 epochs) and train a SANE of a few thousand weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hyperrep_hf
+from hyperrep_hf.training import (
+    Augmentation,
+    SaneTrainer,
+    SaneTrainingArguments,
+    TrainingDivergedError,
+    ZooData,
+    parse_epochs,
+    parse_training_args,
+    train_sane,
+)
+from hyperrep_hf.training.trainer import epoch_batches
+from hyperrep_hf.zoo import build_zoo, load_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+# A SANE small enough to train in seconds; window 16 < the zoo's 44 tokens, so windows are cut.
+SMALL = dict(d_model=16, num_layers=1, num_heads=2, latent_dim=8, window_size=16, batch_size=4,
+             eval_batch_size=16, progress=False, report_to=["tensorboard"])
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("zoo") / "digits"
+    torch.set_num_threads(1)
+    build_zoo("digits-seed", out, num_models=10, epochs=2, progress=False)
+    return str(out)
+
+
+def small_args(zoo_dir, out, **kw) -> SaneTrainingArguments:
+    return SaneTrainingArguments(zoo=[zoo_dir], output_dir=str(out), **{**SMALL, **kw})
+
+
+def read_metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+def test_options_come_from_a_yaml_file_and_flags_override_it(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("zoo: [zoos/a]\noutput_dir: runs/x\nepochs: 7\ngamma: 0.2\nzoo_epochs: 1-3\n")
+    args = parse_training_args(["--config", str(config), "--epochs", "3", "--layer_loss_norm", "false",
+                                "--zoo", "zoos/a", "zoos/b", "--token_size", "201"])
+    assert (args.epochs, args.gamma, args.layer_loss_norm) == (3, 0.2, False)
+    assert args.zoo == ["zoos/a", "zoos/b"] and args.token_size == 201 and args.output_dir == "runs/x"
+    assert parse_epochs(args.zoo_epochs) == [1, 2, 3]
+    assert parse_epochs("0,5-6") == [0, 5, 6] and parse_epochs(None) is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(zoo_epochs="late"), "zoo_epochs"),
+    (dict(preset="huge"), "unknown preset"),
+    (dict(mixed_precision="fp8"), "mixed_precision"),
+    (dict(pct_start=1.5), "pct_start"),
+])
+def test_bad_options_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SaneTrainingArguments(zoo=["z"], output_dir="o", **bad)
+    with pytest.raises(ValueError, match="unknown training options"):
+        SaneTrainingArguments.from_dict({"zoo": ["z"], "output_dir": "o", "learning_rat": 1e-3})
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(zoo_dir):
+    data = ZooData.from_zoos([zoo_dir])
+    zoo = data.groups[0].zoo
+    rows = torch.tensor([0, 3, 5])
+    g = torch.Generator().manual_seed(0)
+    batch = data.training_batch(rows, window_size=16, generator=g, augmentation=Augmentation(permute_views=True))
+    assert batch.tokens.shape == (6, 16, data.tokenizer.token_size)
+    # the same window for both views of a model
+    assert torch.equal(batch.positions[:3], batch.positions[3:])
+    # noise changes real values only; padding stays zero
+    assert not torch.equal(batch.tokens, batch.targets)
+    assert (batch.tokens[~batch.value_mask] == 0).all()
+
+    # a whole-sequence window: each view decodes to a permuted model with the original's function
+    whole = data.training_batch(rows, window_size=1000, generator=g, augmentation=Augmentation(permute_views=True))
+    x = torch.randn(5, 1, 8, 8)
+    for v in range(2):
+        flat = data.tokenizer.decode_flat(whole.targets[v * 3:(v + 1) * 3])
+        for i, row in enumerate(rows.tolist()):
+            original = zoo.build_model(data.groups[0].splits["train"].weights[row])
+            permuted = zoo.build_model(flat[i])
+            assert not torch.allclose(flat[i], data.groups[0].splits["train"].weights[row])
+            torch.testing.assert_close(permuted(x), original(x), atol=1e-5, rtol=1e-4)
+
+
+def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
+    data = ZooData.from_zoos([zoo_dir])
+    train = data.groups[0].splits["train"].weights
+    enc = data.tokenizer.tokenize_flat(train)
+    # per layer, the standardised train tokens have mean ~0 (exactly the fitted statistics)
+    layer = enc["positions"][..., 1]
+    for index in range(data.num_layers):
+        values = enc["tokens"][layer == index][enc["value_mask"][layer == index]]
+        assert abs(float(values.mean())) < 1e-4
+    refit = ZooData.from_zoos([zoo_dir], epochs=[0])
+    assert refit.tokenizer.to_dict()["layouts"] != data.tokenizer.to_dict()["layouts"]
+    assert set(refit.metadata("train", "epoch")) == {0}
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_hyperrep_train_writes_a_loadable_model_tokenizer_metrics_and_card(zoo_dir, tmp_path):
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from hyperrep_hf.cli import main
+
+    out = tmp_path / "run"
+    flags = ["--zoo", zoo_dir, "--output_dir", str(out), "--preset", "tiny", "--epochs", "2", "--d_model", "16",
+             "--num_layers", "1", "--num_heads", "2", "--latent_dim", "8", "--window_size", "16", "--batch_size", "4",
+             "--logging_steps", "1", "--eval_at_start", "--progress", "false", "--report_to", "tensorboard"]
+    assert main(["train", *flags]) == 0
+    model = AutoModel.from_pretrained(out)
+    tokenizer = AutoFeatureExtractor.from_pretrained(out)
+    assert isinstance(model, hyperrep_hf.SaneModel) and isinstance(tokenizer, hyperrep_hf.WeightTokenizer)
+    assert model.config.d_model == 16 and tokenizer.layouts[0].standardized
+    # LWLN scales are set from the training tokens, not left at 1
+    assert not torch.allclose(model.layer_sigma[:4], torch.ones(4))
+
+    zoo = load_zoo(zoo_dir)
+    enc = tokenizer(zoo.build_model(zoo.weights("test")[0]))
+    assert model.embed(enc["tokens"], enc["positions"], enc["attention_mask"]).shape == (1, 8)
+
+    lines = read_metrics(out)
+    train = [m for m in lines if m["type"] == "train"]
+    evals = [m for m in lines if m["type"] == "eval"]
+    assert [m["step"] for m in train] == list(range(1, len(train) + 1))
+    assert all(math.isfinite(m["loss"]) and 0 <= m["data_share"] <= 1 and m["tokens_per_s"] > 0 for m in train)
+    assert [m["epoch"] for m in evals] == [0, 1, 2]
+    for key in ("val_reconstruction_loss", "val_reconstruction_r2", "probe_val_r2/test_acc", "probe_val_r2/epoch",
+                "probe_val_r2/ggap"):
+        assert all(math.isfinite(m[key]) for m in evals), key
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["epochs"] == 2 and saved["zoo"] == [zoo_dir]
+    assert "library_name: transformers" in (out / "README.md").read_text()
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
+
+
+def test_resume_after_an_interruption_repeats_the_uninterrupted_losses(zoo_dir, tmp_path):
+    kw = dict(epochs=2, logging_steps=1, eval_every=5, gradient_accumulation_steps=2, dropout=0.1)
+    full = train_sane(small_args(zoo_dir, tmp_path / "full", **kw))
+    steps = full.global_step
+    assert steps >= 4
+
+    cut = steps // 2 + 1  # mid-epoch, between optimizer steps
+    first = train_sane(small_args(zoo_dir, tmp_path / "cut", stop_after_steps=cut, **kw))
+    assert not first.finished and first.global_step == cut
+    second = train_sane(small_args(zoo_dir, tmp_path / "cut", resume="last", **kw))
+    assert second.finished and second.global_step == steps
+
+    losses = lambda out: [(m["step"], m["loss"]) for m in read_metrics(out) if m["type"] == "train"]  # noqa: E731
+    resumed, uninterrupted = losses(tmp_path / "cut"), losses(tmp_path / "full")
+    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted]
+    torch.testing.assert_close(torch.tensor([v for _, v in resumed]), torch.tensor([v for _, v in uninterrupted]),
+                               rtol=1e-5, atol=1e-6)
+    a = hyperrep_hf.SaneModel.from_pretrained(tmp_path / "full")
+    b = hyperrep_hf.SaneModel.from_pretrained(tmp_path / "cut")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+    # a resume with options that change the computation is refused, naming them
+    with pytest.raises(ValueError, match="d_model: 16 in the run, 32 now"):
+        train_sane(small_args(zoo_dir, tmp_path / "cut", resume="last", **{**kw, "d_model": 32}))
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train_sane(small_args(zoo_dir, tmp_path / "cut", **kw))
+
+
+def test_nan_loss_stops_and_names_the_step_and_the_last_good_checkpoint(zoo_dir, tmp_path):
+    steps_per_epoch = len(epoch_batches(ZooData.from_zoos([zoo_dir]).num_rows("train"), 4, seed=0, epoch=0))
+    bad_step = steps_per_epoch + 2  # in epoch 2, after the checkpoint of epoch 1
+
+    class BreaksMidEpoch2(SaneTrainer):
+        def compute_loss(self, batch, global_step):
+            out = super().compute_loss(batch, global_step)
+            if global_step + 1 == bad_step:
+                out.loss = out.loss * float("nan")
+            return out
+
+    out = tmp_path / "nan"
+    args = small_args(zoo_dir, out, epochs=3, logging_steps=1, eval_every=5, save_every=1)
+    with pytest.raises(TrainingDivergedError, match=rf"step {bad_step} .*last good checkpoint is .*step-") as err:
+        train_sane(args, trainer_class=BreaksMidEpoch2)
+    checkpoint = out / "checkpoints" / f"step-{steps_per_epoch:07d}"
+    assert str(checkpoint) in str(err.value) and (checkpoint / "model.safetensors").is_file()
+    assert read_metrics(out)[-1]["type"] == "error" and read_metrics(out)[-1]["step"] == bad_step
+    assert [m["step"] for m in read_metrics(out) if m["type"] == "train"] == list(range(1, bad_step))
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_zoos_get_clear_errors(zoo_dir, tmp_path):
+    with pytest.raises(ValueError, match="no training rows at zoo epochs"):
+        ZooData.from_zoos([zoo_dir], epochs=[40])
+    zoo = load_zoo(zoo_dir)
+    no_epoch = copy.copy(zoo)
+    no_epoch.dataset = zoo.dataset.remove_columns("epoch")
+    with pytest.raises(ValueError, match=r"lacks the required column\(s\) \['epoch'\]"):
+        ZooData.from_zoos([no_epoch])
+    with pytest.raises(ValueError, match=r"no column\(s\) \['speed'\] to probe"):
+        ZooData.from_zoos([zoo], properties=["speed"])
+    # an MLP zoo beside the CNN zoo: automatic token sizes 65 and 33 differ
+    mlp = copy.copy(zoo)
+    mlp.architecture, mlp.architecture_kwargs = "mlp", {"in_features": 64}
+    with pytest.raises(ValueError, match="no common token size.*--token_size 65"):
+        ZooData.from_zoos([zoo, mlp])
+    with pytest.raises(FileNotFoundError):
+        train_sane(small_args(str(tmp_path / "nowhere"), tmp_path / "o"))
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+def test_two_cpu_processes_on_gloo_train_one_run_and_only_rank_0_writes(zoo_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "scripts" / "train_sane.py"), "--zoo", zoo_dir, "--output_dir", str(out), "--epochs", "2",
+           "--d_model", "16", "--num_layers", "1", "--num_heads", "2", "--latent_dim", "8", "--window_size", "16",
+           "--batch_size", "4", "--logging_steps", "1", "--progress", "false", "--report_to", "none"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 process(es)" in proc.stdout
+    num_train = ZooData.from_zoos([zoo_dir]).num_rows("train")
+    per_rank = math.ceil(len(epoch_batches(num_train, 4, seed=0, epoch=0)) / 2)
+    train = [m for m in read_metrics(out) if m["type"] == "train"]
+    # each step logged once (rank 0 only), and each rank took half of the batches
+    assert [m["step"] for m in train] == list(range(1, 2 * per_rank + 1))
+    assert len([m for m in read_metrics(out) if m["type"] == "eval"]) == 2
+    assert hyperrep_hf.SaneModel.from_pretrained(out).config.d_model == 16
