@@ -18,7 +18,12 @@ from hyperrep_hf.downstream.evaluation import (
     generation_table,
     probe_table,
 )
-from hyperrep_hf.downstream.generation import ModelGenerator, SamplingAnchors, prepare_sampling
+from hyperrep_hf.downstream.generation import (
+    ModelGenerator,
+    SamplingAnchors,
+    load_checkpoint,
+    prepare_sampling,
+)
 from hyperrep_hf.downstream.probes import ProbeSet
 from hyperrep_hf.zoo import build_zoo, evaluate_accuracy
 
@@ -232,3 +237,16 @@ def test_pipelines_load_probes_and_anchors_from_the_hub(zoo, checkpoint, hub_rep
     from_hub = pipeline("weight-generation", model=hub_repo_id)(num_samples=1, seed=4)[0]["state_dict"]
     from_folder = pipeline("weight-generation", model=str(checkpoint))(num_samples=1, seed=4)[0]["state_dict"]
     assert all(torch.equal(from_hub[k], from_folder[k]) for k in from_folder)
+
+
+def test_anchors_of_a_hyperparameter_zoo_share_the_best_models_activation(zoo, checkpoint, tmp_path, monkeypatch):
+    meta = zoo.metadata("train").copy()
+    meta["activation"] = ["relu" if i % 2 else "tanh" for i in range(len(meta))]
+    monkeypatch.setattr(zoo, "metadata", lambda split="train", columns=None: meta if columns is None else meta[list(columns)])
+    anchors = prepare_sampling(checkpoint, zoo, save_to=tmp_path, progress=False)
+    last = meta[meta.epoch == meta.epoch.max()]
+    best = last.loc[last.val_acc.idxmax(), "activation"]
+    assert anchors.info["architecture_kwargs"]["activation"] == best
+    assert sorted(anchors.scores.tolist()) == pytest.approx(sorted(last[last.activation == best].val_acc.tolist()))
+    sample = ModelGenerator(*load_checkpoint(checkpoint), anchors).generate(1)[0]["model"]
+    assert any(type(m).__name__ == {"relu": "ReLU", "tanh": "Tanh"}[best] for m in sample.modules())

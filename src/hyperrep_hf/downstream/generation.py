@@ -110,6 +110,10 @@ def prepare_sampling(
     epoch of the split) that did not diverge become anchors, scored by the `score` column
     (validation accuracy by default: choosing by test accuracy would leak the test split).
     Returns the anchors; writes them under `save_to` (default: the checkpoint folder).
+
+    In a zoo whose models differ in an architecture argument (activation, dropout of a
+    hyperparameter zoo), the same weights make a different function under another activation, so
+    only anchors built like the best-scoring one are kept; `info["architecture_kwargs"]` records it.
     """
     if model is None or tokenizer is None:
         model, tokenizer = load_checkpoint(checkpoint)
@@ -125,11 +129,16 @@ def prepare_sampling(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise ValueError(f"no usable rows in split {split!r} at epochs {chosen_epochs}; pick other --epochs")
+    from ..zoo.dataset import architecture_kwargs_for_row
+
+    kwargs = [architecture_kwargs_for_row(zoo.architecture, zoo.architecture_kwargs, meta.iloc[r].to_dict()) for r in rows]
+    best_kwargs = kwargs[int(np.argmax(meta[score].to_numpy(dtype=np.float64)[rows]))]
+    rows = np.asarray([r for r, kw in zip(rows, kwargs) if kw == best_kwargs])
     weights = zoo.weights(split)[torch.as_tensor(rows)]
     latents = encode_flat(model, tokenizer, weights, layout_id=layout_id, batch_size=batch_size, progress=progress)
     info = {
         "architecture": zoo.architecture,
-        "architecture_kwargs": zoo.architecture_kwargs,
+        "architecture_kwargs": best_kwargs,
         "layout": zoo.layout.to_dict(),
         "task": zoo.task,
         "zoo": str(getattr(zoo, "path", "")),
