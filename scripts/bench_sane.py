@@ -208,7 +208,7 @@ def time_variants(variants: list[str], s: dict, rounds: int, steps: int, threads
 
 
 def peak_rss_gb(variant: str, s: dict, threads: int | None) -> float:
-    """Peak RSS of a fresh process doing two training steps and two embeddings with this variant."""
+    """Peak RSS (GB) of a fresh process doing two training steps and two embeddings with this variant."""
     import torch
 
     if threads:
@@ -217,6 +217,12 @@ def peak_rss_gb(variant: str, s: dict, threads: int | None) -> float:
     for _ in range(2):
         train_step()
         embed()
+    # VmHWM is this process's own peak; ru_maxrss can carry the (larger) parent's across fork+exec.
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 

@@ -85,3 +85,12 @@ def test_gamma_combination():
     assert sane_loss(c, r, 0.0).item() == pytest.approx(10.0)
     with pytest.raises(ValueError, match="gamma"):
         sane_loss(c, r, 1.5)
+
+
+def test_masked_mse_without_mask_is_the_plain_mean():
+    torch.manual_seed(2)
+    rec, target = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    everything = torch.ones(2, 3, 4, dtype=torch.bool)
+    assert masked_reconstruction_mse(rec, target, None).item() == pytest.approx(
+        masked_reconstruction_mse(rec, target, everything).item(), rel=1e-6
+    )

@@ -15,14 +15,15 @@ SIGMA_FLOOR = 1e-4
 def masked_reconstruction_mse(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error over the real values of a batch of token sequences.
 
     Args:
         reconstruction, target: [B, N, T] decoded and original (standardised) tokens.
-        mask: [B, N, T] bool, True where a value is real (not token padding, not sequence padding).
+        mask: [B, N, T] bool, True where a value is real (not token padding, not sequence padding);
+            None when every value is real.
         sigma: optional [B, N] per-token scale, the std of the token's layer (layer-wise loss
             normalisation): the error of each value is divided by it (floored at 1e-4), which is the
             same as dividing output and target by sigma_l.
@@ -30,14 +31,16 @@ def masked_reconstruction_mse(
     Returns:
         0-d tensor: sum over real values of ((reconstruction - target) / sigma)^2 / number of real values.
     """
-    if reconstruction.shape != target.shape or mask.shape != target.shape:
+    if reconstruction.shape != target.shape or (mask is not None and mask.shape != target.shape):
         raise ValueError(
             f"reconstruction {tuple(reconstruction.shape)}, target {tuple(target.shape)} and mask "
-            f"{tuple(mask.shape)} must have the same shape [batch, tokens, token_size]."
+            f"{None if mask is None else tuple(mask.shape)} must have the same shape [batch, tokens, token_size]."
         )
     error = reconstruction - target
     if sigma is not None:
         error = error / sigma.clamp_min(SIGMA_FLOOR).unsqueeze(-1)
+    if mask is None:
+        return error.square().mean()
     mask = mask.to(error.dtype)
     count = mask.sum()
     if count.item() == 0:

@@ -199,7 +199,8 @@ class SaneModel(SanePreTrainedModel):
     def _check_inputs(
         self, tokens: torch.Tensor | None, positions: torch.Tensor, attention_mask: torch.Tensor | None, width: int, what: str
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Validate shapes and ranges; return (positions as long, bool key mask [B, N] or None)."""
+        """Validate shapes and ranges; return (positions as long, bool key mask [B, N], or None when
+        every token is real: then no masking work is done anywhere)."""
         if tokens.dim() != 3 or tokens.shape[-1] != width:
             raise ValueError(f"{what} must have shape [batch, tokens, {width}], got {tuple(tokens.shape)}.")
         batch, length = tokens.shape[:2]
@@ -223,14 +224,12 @@ class SaneModel(SanePreTrainedModel):
         mask = attention_mask.bool()
         if not bool(mask.any(dim=1).all()):
             raise ValueError("attention_mask marks a sequence without any real token; drop empty sequences.")
-        return positions, mask
+        return positions, (None if bool(mask.all()) else mask)
 
     @staticmethod
     def _attention_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
-        """[B, N] key mask -> SDPA mask [B, 1, 1, N]; None when nothing is padded (lets SDPA use its fast path)."""
-        if mask is None or bool(mask.all()):
-            return None
-        return mask[:, None, None, :]
+        """[B, N] key mask -> SDPA mask [B, 1, 1, N]; None (nothing padded) lets SDPA use its fast path."""
+        return None if mask is None else mask[:, None, None, :]
 
     # ----------------------------------------------------------------- public API
 
@@ -390,11 +389,11 @@ class SaneModel(SanePreTrainedModel):
         tokens = self.decoder(latents, positions, self._attention_bias(mask))
         return tokens if mask is None else tokens * mask.unsqueeze(-1).to(tokens.dtype)
 
-    def _value_mask(self, value_mask: torch.Tensor | None, mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, N, T] bool: real values of real tokens."""
+    def _value_mask(self, value_mask: torch.Tensor | None, mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor | None:
+        """[B, N, T] bool: real values of real tokens; None when all values are real."""
         if value_mask is None:
-            value_mask = torch.ones_like(tokens, dtype=torch.bool)
-        elif value_mask.shape != tokens.shape:
+            return None if mask is None else mask.unsqueeze(-1).expand_as(tokens)
+        if value_mask.shape != tokens.shape:
             raise ValueError(
                 f"value_mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(value_mask.shape)}."
             )
