@@ -36,6 +36,7 @@ SETTINGS = {
     "quick": dict(d_model=64, num_layers=2, num_heads=2, batch=4, window=32, token_size=33, latent_dim=16),
 }
 VARIANTS = ("baseline", "sane", "sane-bf16", "sane-compile")
+DEVICE = "cpu"  # set from --device
 # torch.compile takes minutes on 2 CPU cores: measured on request only.
 DEFAULT_VARIANTS = ("baseline", "sane", "sane-bf16")
 # RESULTS.md reference figures (their machine) and this project's goal of 1.5x them.
@@ -115,13 +116,13 @@ def build_variant(variant: str, s: dict):
 
     torch.manual_seed(0)
     b, n, t = s["batch"], s["window"], s["token_size"]
-    tokens = torch.randn(2 * b, n, t)  # two views of b models
-    idx = torch.arange(n)
+    tokens = torch.randn(2 * b, n, t, device=DEVICE)  # two views of b models
+    idx = torch.arange(n, device=DEVICE)
     positions = torch.stack([idx, idx * 8 // n, idx % 64], -1).expand(2 * b, n, 3).contiguous()
-    mask = torch.ones(2 * b, n, dtype=torch.long)
+    mask = torch.ones(2 * b, n, dtype=torch.long, device=DEVICE)
 
     if variant == "baseline":
-        model = build_baseline(s)
+        model = build_baseline(s).to(DEVICE)
 
         def train_loss():
             return model.loss(tokens, positions)
@@ -135,7 +136,7 @@ def build_variant(variant: str, s: dict):
             token_size=t, d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
             latent_dim=s["latent_dim"], window_size=n, max_positions=(max(n, 1024), 32, 512),
         )
-        model = SaneModel(config)
+        model = SaneModel(config).to(DEVICE)
         forward = torch.compile(model) if variant == "sane-compile" else model
 
         def train_loss():
@@ -148,7 +149,7 @@ def build_variant(variant: str, s: dict):
 
     def autocast():
         if variant == "sane-bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=3e-9)
@@ -170,9 +171,14 @@ def build_variant(variant: str, s: dict):
 
 
 def seconds(fn, repeat: int) -> float:
+    import torch
+
+    sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(repeat):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeat
 
 
@@ -208,7 +214,7 @@ def time_variants(variants: list[str], s: dict, rounds: int, steps: int, threads
 
 
 def peak_rss_gb(variant: str, s: dict, threads: int | None) -> float:
-    """Peak RSS (GB) of a fresh process doing two training steps and two embeddings with this variant."""
+    """Peak RSS (GB; on a GPU: peak memory allocated) of a fresh process doing two training steps and two embeddings with this variant."""
     import torch
 
     if threads:
@@ -217,6 +223,8 @@ def peak_rss_gb(variant: str, s: dict, threads: int | None) -> float:
     for _ in range(2):
         train_step()
         embed()
+    if DEVICE.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 1024**3
     # VmHWM is this process's own peak; ru_maxrss can carry the (larger) parent's across fork+exec.
     with contextlib.suppress(OSError):
         with open("/proc/self/status") as f:
@@ -237,10 +245,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU, 'peak RSS' is peak GPU memory allocated)")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else "full"
     s = SETTINGS[setting]
+    global DEVICE
+    DEVICE = args.device
     if args.rss_child:
         print(json.dumps({"peak_rss_gb": peak_rss_gb(args.rss_child, s, args.threads)}))
         return 0
@@ -253,7 +264,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     results = time_variants(variants, s, rounds, args.steps, args.threads)
     for variant in tqdm(variants, desc="peak RSS (one process each)"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", variant]
+        cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", variant, "--device", DEVICE]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -265,7 +276,7 @@ def main(argv=None) -> int:
     base = results["baseline"]
     print(
         f"\nSANE benchmark ({setting}: {s}), fp32 weights, median of {rounds} rounds x {args.steps} steps, "
-        f"threads {base['threads']}"
+        f"threads {base['threads']}, device {DEVICE}"
     )
     print(f"{'variant':<14}{'train tok/s':>12}{'x base':>8}{'embed tok/s':>13}{'x base':>8}{'models/s':>10}{'peak RSS GB':>13}{'1st step s':>12}")
     for variant in variants:
@@ -283,7 +294,7 @@ def main(argv=None) -> int:
             f"embed >= {1.5 * embed[0]:,.0f} tok/s."
         )
     if args.json:
-        payload = {"setting": s, "rounds": rounds, "steps": args.steps, "results": results, "reference": REFERENCE}
+        payload = {"device": DEVICE, "setting": s, "rounds": rounds, "steps": args.steps, "results": results, "reference": REFERENCE}
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
