@@ -195,6 +195,8 @@ def test_result_tables(zoo, checkpoint):
     gen_rows = generation_table(checkpoint, zoo, methods=("kde30",), num_samples=2, epochs=(0, 1))
     assert {(r["source"], r["epoch"]) for r in gen_rows} == {(s, e) for s in ("kde30", "scratch", "zoo") for e in (0, 1)}
     assert all(0 <= r["mean_acc"] <= 1 and r["task"] == "digits" for r in gen_rows)
+    with pytest.raises(ValueError, match="transfer to a task of the same input shape"):
+        generation_table(checkpoint, zoo, task="mnist-5k", num_samples=1, epochs=(0,))
     table = format_table(gen_rows)
     assert table.splitlines()[0] == "| source | task | epoch | mean_acc | std_acc | num_models |"
 

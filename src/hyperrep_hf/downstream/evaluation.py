@@ -178,6 +178,13 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
 
     task = task or zoo.task
     task = task if isinstance(task, TaskData) else load_task(task)
+    expected = (tuple(zoo.info.get("input_shape") or task.input_shape), zoo.info.get("num_classes") or task.num_classes)
+    if (task.input_shape, task.num_classes) != expected:
+        raise ValueError(
+            f"task {task.name!r} has inputs {list(task.input_shape)} and {task.num_classes} classes, but the zoo's "
+            f"models take {list(expected[0])} and predict {expected[1]}; transfer to a task of the same input shape "
+            "and number of classes"
+        )
     finetune_options.setdefault("optimizer", _zoo_hyperparameter(zoo, "optimizer", "adam"))
     finetune_options.setdefault("lr", _zoo_hyperparameter(zoo, "lr", 1e-3))
     if generator is None and methods:
