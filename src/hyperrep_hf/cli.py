@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per sub-command group; each defines register(subparsers) and sets args.func.
-COMMANDS: tuple[str, ...] = ("zoo", "tokenize", "embed", "probe", "sample", "train")
+COMMANDS: tuple[str, ...] = ("demo", "zoo", "tokenize", "train", "embed", "probe", "sample")
 
 
 def build_parser() -> argparse.ArgumentParser:

