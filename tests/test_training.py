@@ -126,8 +126,10 @@ def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
 
 
 def test_hyperrep_train_writes_a_loadable_model_tokenizer_metrics_and_card(zoo_dir, tmp_path):
+    from huggingface_hub import ModelCard
     from transformers import AutoFeatureExtractor, AutoModel
 
+    from hyperrep_hf.cards import check_model_card
     from hyperrep_hf.cli import main
 
     out = tmp_path / "run"
@@ -157,7 +159,11 @@ def test_hyperrep_train_writes_a_loadable_model_tokenizer_metrics_and_card(zoo_d
         assert all(math.isfinite(m[key]) for m in evals), key
     saved = json.loads((out / "training_args.json").read_text())
     assert saved["epochs"] == 2 and saved["zoo"] == [zoo_dir]
-    assert "library_name: transformers" in (out / "README.md").read_text()
+    lrs = [m["learning_rate"] for m in train]  # OneCycle: up to the peak, then cosine down
+    assert max(lrs) <= 1e-3 and lrs[0] < max(lrs) and lrs[-1] < max(lrs) / 10
+    card = ModelCard.load(out / "README.md")
+    check_model_card(card)
+    assert "R^2 test_acc" in card.content
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
 

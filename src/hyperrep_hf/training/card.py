@@ -1,10 +1,11 @@
-"""The model card written next to a trained SANE checkpoint (README.md in the output folder)."""
+"""The model card written next to a trained SANE checkpoint (OUT/README.md), built with
+hyperrep_hf.cards from the run's options and its last evaluation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from ..cards import probe_eval_results, sane_model_card, save_model_card
 
 
 def _hub_ids(zoos: list[str]) -> list[str]:
@@ -12,58 +13,38 @@ def _hub_ids(zoos: list[str]) -> list[str]:
     return [z for z in zoos if z.count("/") == 1 and not Path(z).exists()]
 
 
-def write_model_card(output_dir: Path, args, config, data, metrics: list[dict]) -> Path:
-    """Write README.md: metadata (library, pipeline tag, zoos), the recipe and the last evaluation."""
-    card_data = ModelCardData(library_name="transformers", pipeline_tag="feature-extraction", license="apache-2.0",
-                              tags=["hyperrep_hf", "sane", "weight-space-learning", "hyper-representation"],
-                              datasets=_hub_ids(args.zoo) or None)
+def write_model_card(output_dir: Path, args, model, data, metrics: list[dict]) -> Path:
+    """README.md: recipe, zoos, and the last evaluation's probe R^2 (test split if there is one,
+    else validation) as model-index results."""
     evals = [m for m in metrics if m.get("type") == "eval"]
     last = evals[-1] if evals else {}
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in last.items() if isinstance(v, float) and k != "eval_seconds")
-    zoos = ", ".join(f"`{z}`" for z in args.zoo)
+    split = "test" if any(k.startswith("probe_test_r2/") for k in last) else "validation"
+    prefix = "probe_test_r2/" if split == "test" else "probe_val_r2/"
+    r2 = {k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}
+    hub = _hub_ids(args.zoo)
+    dataset = hub[0] if len(hub) == 1 and len(args.zoo) == 1 else "+".join(Path(z).name for z in args.zoo)
     architectures = ", ".join(sorted({g.zoo.architecture for g in data.groups}))
-    text = f"""---
-{card_data.to_yaml()}
----
-
-# SANE hyper-representation of {architectures} weights
-
-A SANE model (Schürholt et al., ICML 2024) trained with `hyperrep_hf` on the zoo(s) {zoos}
-(zoo epochs: {args.zoo_epochs or "all"}; {data.num_rows("train")} training rows). It maps a model's weights,
-tokenized by the weight tokenizer saved beside it, to per-token latents; their mean is an embedding of
-the whole model.
-
-```python
-import hyperrep_hf
-from transformers import AutoFeatureExtractor, AutoModel
-
-model = AutoModel.from_pretrained("{output_dir.name}")
-tokenizer = AutoFeatureExtractor.from_pretrained("{output_dir.name}")
-enc = tokenizer(my_model)                      # tokens, positions, attention_mask
-embedding = model.embed(enc["tokens"], enc["positions"], enc["attention_mask"])
-```
-
-## Training
-
-preset `{args.preset}` (d_model {config.d_model}, {config.num_layers} layers, {config.num_heads} heads, latent {config.latent_dim},
-token size {config.token_size}, window {config.window_size}); gamma {args.gamma}, temperature {args.temperature},
-layer-wise loss normalisation {args.layer_loss_norm}; views: permutation {args.permute_views}, multiplicative noise
-{args.multiplicative_noise}, additive noise {args.additive_noise}, erasing p {args.erase_probability}; AdamW lr
-{args.learning_rate} (weight decay {args.weight_decay} on matrices), OneCycle (pct_start {args.pct_start}, cosine),
-{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}. All options: `training_args.json`; the curves:
-`metrics.jsonl`.
-
-## Evaluation (last epoch)
-
-Reconstruction of validation models (standardised tokens) and linear ridge probes fitted on train-split
-embeddings, penalty chosen on validation R^2.
-
-| metric | value |
-|---|---|
-{rows}
-"""
-    path = output_dir / "README.md"
-    tmp = output_dir / ".README.md.tmp"
-    ModelCard(text).save(tmp)
-    tmp.replace(path)
-    return path
+    training = (
+        f"\nTrained with `hyperrep train` on {', '.join(f'`{z}`' for z in args.zoo)} ({architectures}; zoo epochs "
+        f"{args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows; standardisation fitted on the train split).\n"
+        f"Views: permutation {args.permute_views}, multiplicative noise {args.multiplicative_noise}, additive noise "
+        f"{args.additive_noise}, erasing p {args.erase_probability}, one shared random window. AdamW lr "
+        f"{args.learning_rate} (weight decay {args.weight_decay} on matrices only), OneCycle (pct_start "
+        f"{args.pct_start}, cosine), {args.epochs} epochs, batch {args.batch_size} models x 2 views, gradient "
+        f"accumulation {args.gradient_accumulation_steps}, seed {args.seed}. All options: `training_args.json`; "
+        f"curves: `metrics.jsonl`.\n"
+    )
+    if last:
+        training += (f"\nLast evaluation (epoch {last['epoch']}): validation reconstruction loss "
+                     f"{last['val_reconstruction_loss']:.4f}, R^2 {last['val_reconstruction_r2']:.4f} on standardised tokens.\n")
+    card = sane_model_card(
+        model,
+        model_name=f"SANE ({args.preset}) on {dataset}",
+        repo_id=output_dir.name,
+        datasets=hub or None,
+        eval_results=probe_eval_results(r2, dataset=dataset, split=split) if r2 else None,
+        description=f"\nEmbeds {architectures} models; linear probes of {', '.join(r2) or 'properties'} are in the "
+                    "evaluation below (ridge, fitted on train-split embeddings, penalty chosen on validation).\n",
+        training=training,
+    )
+    return save_model_card(card, output_dir)

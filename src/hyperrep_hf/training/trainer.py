@@ -243,7 +243,7 @@ class SaneTrainer:
         bar = tqdm(total=total_steps, initial=global_step, desc="SANE", unit="step", dynamic_ncols=True,
                    disable=not (main and args.progress))
         window_stats = {"loss": 0.0, "reconstruction_loss": 0.0, "contrastive_loss": 0.0, "data_time": 0.0,
-                        "step_time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
+                        "step_time": 0.0, "samples": 0, "tokens": 0, "steps": 0, "learning_rate": 0.0}
         try:
             for epoch in range(start_epoch, args.epochs):
                 batches = epoch_batches(num_train, args.batch_size, args.seed, epoch)
@@ -256,6 +256,7 @@ class SaneTrainer:
                     micro += len(group)
                     for k in window_stats:
                         window_stats[k] += stats[k] if k != "steps" else 1
+                    window_stats["learning_rate"] = stats["learning_rate"]  # the last step's, not a sum
                     bar.update(1)
                     if global_step % args.logging_steps == 0 or micro >= micro_per_rank:
                         line = self._log_train(window_stats, global_step, epoch + micro / micro_per_rank)
@@ -309,11 +310,12 @@ class SaneTrainer:
             self._diverged(global_step + 1, epoch, float(mean[0]))
         if args.max_grad_norm is not None:
             acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        learning_rate = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(mean[0]), "reconstruction_loss": float(mean[1]), "contrastive_loss": float(mean[2]),
-                "data_time": data_time, "step_time": time.perf_counter() - t0,
+                "learning_rate": learning_rate, "data_time": data_time, "step_time": time.perf_counter() - t0,
                 "samples": samples * acc.num_processes, "tokens": tokens * acc.num_processes}
 
     def _diverged(self, step: int, epoch: int, loss: float) -> None:
@@ -343,8 +345,9 @@ class SaneTrainer:
         n = max(1, int(s["steps"]))
         line = {"type": "train", "step": step, "epoch": round(epoch, 4),
                 "loss": s["loss"] / n, "reconstruction_loss": s["reconstruction_loss"] / n,
-                "contrastive_loss": s["contrastive_loss"] / n, "learning_rate": self.scheduler.get_last_lr()[0],
+                "contrastive_loss": s["contrastive_loss"] / n, "learning_rate": s["learning_rate"],
                 "data_share": s["data_time"] / max(s["step_time"], 1e-12),
+                "seconds_per_step": s["step_time"] / n, "data_seconds_per_step": s["data_time"] / n,
                 "samples_per_s": s["samples"] / max(s["step_time"], 1e-12),
                 "tokens_per_s": s["tokens"] / max(s["step_time"], 1e-12)}
         if self.accelerator.is_main_process:
@@ -408,7 +411,7 @@ class SaneTrainer:
             model = acc.unwrap_model(self.model)
             model.save_pretrained(self.output_dir, save_function=acc.save)
             self.data.tokenizer.save_pretrained(self.output_dir)
-            write_model_card(self.output_dir, self.args, model.config, self.data, self._read_metrics())
+            write_model_card(self.output_dir, self.args, model, self.data, self._read_metrics())
         acc.wait_for_everyone()
 
     def _read_metrics(self) -> list[dict]:
