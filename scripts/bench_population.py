@@ -65,7 +65,7 @@ def bench_training(arch: str, task_name: str, num_models: int, num_single: int, 
 
 def bench_reading(num_models: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        zoo = build_zoo("digits-seed", os.path.join(tmp, "zoo"), num_models=num_models, epochs=1, progress=False)
+        zoo = build_zoo("digits-seed", os.path.join(tmp, "zoo"), num_models=num_models, epochs=1, progress=False, num_threads=torch.get_num_threads())
         t0 = time.perf_counter()
         w = zoo.weights("train")
         t_column = time.perf_counter() - t0
@@ -83,8 +83,11 @@ def main() -> None:
     p.add_argument("--single", type=int, default=3, help="models timed one at a time")
     p.add_argument("--train-images", type=int, default=1000, help="mnist-5k training images per epoch (4000 = all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as build_zoo does, for both sides
     results = {
         "device": args.device,
         "threads": torch.get_num_threads(),

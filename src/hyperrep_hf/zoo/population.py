@@ -185,10 +185,14 @@ class StackedPopulation:
             elif kind == "dropout":
                 p = self.dropout[i]
                 if train and bool((p > 0).any()):
-                    view = h.reshape(B, M, -1) if state == "conv" else h
-                    pv = p.view(1, M, 1) if state == "conv" else p.view(M, 1, 1)
-                    keep = (torch.rand_like(view) >= pv).to(h.dtype) / (1 - pv).clamp_min(1e-12)
-                    h = (view * keep).reshape(h.shape)
+                    # per-channel rates broadcast over h itself: a reshape would drop channels_last,
+                    # and grouped convolutions on NCHW inputs are many times slower on CPUs
+                    if state == "conv":
+                        pv = p.repeat_interleave(h.shape[1] // M).view(1, -1, *([1] * (h.dim() - 2)))
+                    else:
+                        pv = p.view(M, *([1] * (h.dim() - 1)))
+                    keep = (torch.rand_like(h) >= pv).to(h.dtype) / (1 - pv).clamp_min(1e-12)
+                    h = h * keep
             else:
                 h = mod(h)
         return h
