@@ -1,0 +1,47 @@
+"""The main job, end to end: `hyperrep demo --quick` writes every output with real numbers."""
+
+import json
+import math
+import re
+
+from PIL import Image
+
+from hyperrep_hf.cli import main
+
+
+def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert {r["features"] for r in results["probe_table"]} == {"sane", "stats", "weights"}
+    assert {r["property"] for r in results["probe_table"]} == {"test_acc", "epoch", "ggap"}
+    assert all(math.isfinite(r["value"]) for r in results["probe_table"])
+    sources = {r["source"] for r in results["generation_table"]}
+    assert {"kde30", "sub", "scratch", "zoo"} <= sources
+    assert {r["epoch"] for r in results["generation_table"]} == {0, 1}
+    assert all(0.0 <= r["mean_acc"] <= 1.0 for r in results["generation_table"])
+    # the zoo's own trained models beat chance: the zoo learned something
+    zoo_acc = [r["mean_acc"] for r in results["generation_table"] if r["source"] == "zoo" and r["epoch"] == 0]
+    assert zoo_acc[0] > 0.3
+
+    probe_md = (out / "probe_table.md").read_text()
+    assert re.search(r"\| test_acc \| r2 \| -?\d+\.\d+ \| -?\d+\.\d+ \| -?\d+\.\d+ \|", probe_md)
+    gen_md = (out / "generation_table.md").read_text()
+    assert re.search(r"\| scratch \| \d\.\d+ ± \d\.\d+ \| \d\.\d+ ± \d\.\d+ \|", gen_md)
+
+    assert len(results["plots"]) >= 3
+    for rel in results["plots"]:
+        with Image.open(out / rel) as im:
+            assert im.format == "PNG" and min(im.size) > 200
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "probes/sane.json"):
+        assert (out / "sane" / name).is_file(), name
+    assert (out / "zoo" / "zoo_config.json").is_file()
+
+    # a second run reuses every finished stage: the checkpoint and the tables stay as they were
+    stamp = (out / "sane" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
+    assert (out / "sane" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["probe_table"] == results["probe_table"]
+    # a different configuration in the same folder is refused instead of mixing results
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
