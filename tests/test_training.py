@@ -238,6 +238,20 @@ def test_bad_zoos_get_clear_errors(zoo_dir, tmp_path):
         ZooData.from_zoos([zoo, mlp])
     with pytest.raises(FileNotFoundError):
         train_sane(small_args(str(tmp_path / "nowhere"), tmp_path / "o"))
+    from hyperrep_hf.cli import main
+
+    assert main(["train", "--zoo", zoo_dir, "--output_dir", str(tmp_path / "o"), "--zoo_epochs", "40"]) == 2
+
+
+def test_big_models_are_permuted_row_by_row_with_the_same_draws(zoo_dir, monkeypatch):
+    import hyperrep_hf.training.data as data_module
+
+    data = ZooData.from_zoos([zoo_dir])
+    rows = torch.arange(6)
+    batched = data.training_batch(rows, 1000, torch.Generator().manual_seed(1), Augmentation())
+    monkeypatch.setattr(data_module, "GATHER_LIMIT", 0)
+    row_by_row = data.training_batch(rows, 1000, torch.Generator().manual_seed(1), Augmentation())
+    assert torch.equal(batched.targets, row_by_row.targets) and torch.equal(batched.tokens, row_by_row.tokens)
 
 
 # ------------------------------------------------------------------------------------ processes

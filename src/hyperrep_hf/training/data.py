@@ -201,7 +201,7 @@ class ZooData:
             for v in range(2):
                 w = flat
                 if augmentation.permute_views and g.spec is not None:
-                    w = permute_flat(flat, g.zoo.layout, g.spec, g.spec.random(len(local), generator))
+                    w = _permute_rows(flat, g, generator)
                 enc = self.tokenizer.tokenize_flat(w, g.layout_id)
                 views[v].append({k: enc[k] for k in ("tokens", "positions", "attention_mask", "value_mask")})
         view1, view2 = _pad_cat(views[0]), _pad_cat(views[1])
@@ -235,6 +235,20 @@ class ZooData:
         mean = total / count.clamp_min(1)
         var = (square / count.clamp_min(1) - mean.square()).clamp_min(0)
         return torch.where(count > 0, var.sqrt(), torch.ones_like(var)).float()
+
+
+# Above this many elements a batched gather index [B, P] (int64) costs too much memory (a batch of
+# ResNet-18s: gigabytes); rows are then permuted one at a time with the same random draws.
+GATHER_LIMIT = 1 << 24
+
+
+def _permute_rows(flat: torch.Tensor, g: ZooGroup, generator: torch.Generator) -> torch.Tensor:
+    """flat [B, P] -> each row under its own random function-preserving permutation."""
+    perms = g.spec.random(len(flat), generator)
+    if flat.numel() <= GATHER_LIMIT:
+        return permute_flat(flat, g.zoo.layout, g.spec, perms)
+    return torch.stack([permute_flat(flat[i], g.zoo.layout, g.spec, {k: v[i] for k, v in perms.items()})
+                        for i in range(len(flat))])
 
 
 def _augment(tokens: torch.Tensor, value_mask: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
