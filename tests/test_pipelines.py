@@ -192,7 +192,7 @@ def test_result_tables(zoo, checkpoint):
     assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
     stats_epoch = next(r for r in rows if r["features"] == "stats" and r["property"] == "epoch")
     assert stats_epoch["value"] > 0.5  # s(W) tells epoch 0 from epoch 1 easily, even on this tiny zoo
-    gen_rows = generation_table(checkpoint, zoo, methods=("kde30",), num_samples=2, epochs=(0, 1))
+    gen_rows = generation_table(checkpoint, zoo, methods=("kde30",), num_samples=2, epochs=(0, 1), batch_size=50)
     assert {(r["source"], r["epoch"]) for r in gen_rows} == {(s, e) for s in ("kde30", "scratch", "zoo") for e in (0, 1)}
     assert all(0 <= r["mean_acc"] <= 1 and r["task"] == "digits" for r in gen_rows)
     with pytest.raises(ValueError, match="transfer to a task of the same input shape"):

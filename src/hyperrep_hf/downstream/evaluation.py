@@ -192,18 +192,22 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
 
         model, tokenizer = load_checkpoint(checkpoint)
         generator = ModelGenerator(model, tokenizer, SamplingAnchors.load(checkpoint), task)
-    rows = []
-    for label, models in (samples or {}).items():
-        rows += _summary(label, task.name, finetune_accuracy(list(models), task, epochs, seed, **finetune_options))
+    groups = {label: list(models) for label, models in (samples or {}).items()}
     for method in methods:
         # BatchNorm conditioning and SUB scoring use the evaluation task, as a user would.
         generator.task = task
-        samples = generator.generate(num_samples, method, seed)
-        rows += _summary(method, task.name, finetune_accuracy([s["model"] for s in samples], task, epochs, seed, **finetune_options))
-    rows += _summary("scratch", task.name, finetune_accuracy(scratch_models(zoo, num_scratch or num_samples, seed), task, epochs, seed, **finetune_options))
+        groups[method] = [s["model"] for s in generator.generate(num_samples, method, seed)]
+    groups["scratch"] = scratch_models(zoo, num_scratch or num_samples, seed)
     own = zoo_models(zoo, num_zoo or num_samples)
     if own:
-        rows += _summary("zoo", task.name, finetune_accuracy(own, task, epochs, seed, **finetune_options))
+        groups["zoo"] = own
+    # One population for all groups: same-architecture models fine-tune together in one stacked pass.
+    everything = [m for models in groups.values() for m in models]
+    accs = finetune_accuracy(everything, task, epochs, seed, **finetune_options)
+    rows, start = [], 0
+    for label, models in groups.items():
+        rows += _summary(label, task.name, {e: a[start : start + len(models)] for e, a in accs.items()})
+        start += len(models)
     return rows
 
 
