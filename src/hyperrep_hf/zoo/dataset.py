@@ -118,10 +118,11 @@ class Zoo:
     def weights(self, split: str = "train") -> torch.Tensor:
         """All weight vectors of a split as one tensor [rows, P], read as a whole column."""
         ds = self.dataset[split]
-        column = ds.with_format("arrow")[:]["weights"]
-        flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        values = flat.flatten().to_numpy(zero_copy_only=False)
-        return torch.from_numpy(np.array(values, dtype=np.float32).reshape(len(ds), self.num_weights))
+        column = ds.with_format("arrow")[:]["weights"]  # zero-copy view of the memory-mapped table
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+        values = np.concatenate(parts) if len(parts) != 1 else parts[0].copy()  # one copy into torch-owned memory
+        return torch.from_numpy(values.reshape(len(ds), self.num_weights))
 
     def metadata(self, split: str = "train", columns=None):
         """The non-weight columns of a split as a pandas DataFrame (cheap: weights are not read)."""
