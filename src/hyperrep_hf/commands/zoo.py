@@ -73,7 +73,7 @@ def register(subparsers) -> None:
     b.add_argument("--epochs", type=int, help="train E epochs (checkpoints 0..E)")
     b.add_argument("--population-size", type=int, help="models trained at once per chunk")
     b.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    b.add_argument("--threads", type=int, help="torch CPU threads per process (1 is best on small or shared CPUs)")
+    b.add_argument("--threads", type=int, help="torch CPU threads per process (default 1 on CPU: scale out with processes)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 

@@ -152,21 +152,27 @@ def build_zoo(
     `preset_or_spec`: a preset name (see spec.PRESETS), a YAML/JSON config path, a dict or a
     ZooSpec; num_models / epochs / population_size override it. Under a multi-process launch
     every process trains its share; the main process returns the Zoo, the others None.
-    `num_threads` sets torch's CPU threads (on a shared or small CPU, 1 avoids threads waiting on
-    each other: 50x slower steps were measured with 2 threads on a loaded 2-core machine).
+    `num_threads`: torch's CPU threads during the build, default 1 (small models gain little from
+    threads, and on a loaded 2-core machine 2 threads made steps 50x slower); restored afterwards.
     """
     spec = resolve_spec(preset_or_spec, num_models=num_models, epochs=epochs, population_size=population_size)
     out = Path(out_dir)
     state = _process_state()
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     device = device or (str(state.device) if state else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    elif world > 1 and device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    threads_before = torch.get_num_threads()
+    # one thread per process on CPUs: scale out with processes (accelerate launch) instead
+    torch.set_num_threads(num_threads or (1 if device == "cpu" else threads_before))
     # denormal floats (from saturated tanh/sigmoid, N(0,1) inits) slow CPU arithmetic many times over
     torch.set_flush_denormal(True)
+    try:
+        return _build(spec, out, state, rank, world, device, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.set_flush_denormal(False)
 
+
+def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, progress: bool) -> Zoo | None:
     sidecar = out / CONFIG_NAME
     task = load_task(spec.task, **spec.task_kwargs)
     spec.check_fits(task.input_shape, task.num_classes)
