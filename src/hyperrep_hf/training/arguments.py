@@ -20,7 +20,8 @@ from ..configuration_sane import PRESETS
 # Options that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = frozenset(
     {"output_dir", "resume", "overwrite_output_dir", "stop_after_steps", "logging_steps", "eval_every",
-     "save_every", "save_total_limit", "report_to", "progress", "eval_batch_size", "eval_at_start"}
+     "save_every", "save_total_limit", "report_to", "progress", "eval_batch_size", "eval_at_start",
+     "prefetch_batches"}
 )
 
 
@@ -50,7 +51,7 @@ class SaneTrainingArguments:
         AdamW(learning_rate, weight_decay on >= 2-d parameters only), OneCycle (pct_start, cosine),
         batch_size models per process and step (two views each), gradient_accumulation_steps,
         max_grad_norm (None: no clipping), mixed_precision "auto" (bf16 on a GPU, none on a CPU),
-        "no", "bf16" or "fp16".
+        "no", "bf16" or "fp16"; prefetch_batches: batches built ahead in a background thread (0: none).
     Run:
         eval_every / save_every: epochs between evaluations / checkpoints; logging_steps: optimizer
         steps between training log lines; stop_after_steps: end after this many optimizer steps
@@ -91,6 +92,7 @@ class SaneTrainingArguments:
     max_grad_norm: float | None = None
     mixed_precision: str = "auto"
     seed: int = 0
+    prefetch_batches: int = 2
     # run
     eval_every: int = 1
     eval_at_start: bool = False
@@ -132,6 +134,8 @@ class SaneTrainingArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.prefetch_batches, bool) or not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be an integer >= 0, got {self.prefetch_batches!r}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ValueError(f"stop_after_steps must be a positive integer, got {self.stop_after_steps!r}")
         if self.token_size != "auto" and (isinstance(self.token_size, bool) or self.token_size < 1):

@@ -86,6 +86,40 @@ def epoch_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> list
     return batches
 
 
+class Prefetcher:
+    """Builds the next `depth` batches in a background thread while the model computes (torch ops
+    release the GIL). Each batch has its own seeded generator, so the thread changes no result.
+    `next()` returns (batch, seconds the loop waited for it)."""
+
+    def __init__(self, make, items: list, depth: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make, self.items, self.depth = make, list(items), depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sane-data") if depth > 0 else None
+        self.pending: list = []
+        self.position = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.pool is not None and len(self.pending) < self.depth and self.position < len(self.items):
+            self.pending.append(self.pool.submit(self.make, self.items[self.position]))
+            self.position += 1
+
+    def next(self):
+        t = time.perf_counter()
+        if self.pool is None:
+            batch = self.make(self.items[self.position])
+            self.position += 1
+        else:
+            batch = self.pending.pop(0).result()
+            self._fill()
+        return batch, time.perf_counter() - t
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
     """"last" -> the newest complete checkpoint in output_dir/checkpoints; else `resume` as a folder."""
     if resume != "last":
@@ -232,6 +266,7 @@ class SaneTrainer:
         aug = Augmentation(args.permute_views, args.multiplicative_noise, args.additive_noise, args.erase_probability)
         result = TrainResult(self.output_dir, global_step, start_epoch, False, checkpoint)
         self.last_checkpoint = checkpoint
+        self.prefetcher = None
         if main:
             n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
             print(f"SANE {args.preset}: {n_params:,} parameters, token size {config.token_size}, window {window}; "
@@ -249,9 +284,12 @@ class SaneTrainer:
                 batches = epoch_batches(num_train, args.batch_size, args.seed, epoch)
                 mine = [(i * world + rank) % len(batches) for i in range(micro_per_rank)]
                 micro = start_micro if epoch == start_epoch else 0
+                self.prefetcher = Prefetcher(
+                    lambda b, batches=batches, epoch=epoch: self.make_batch(batches[b], epoch, b, window, aug),
+                    mine[micro:], args.prefetch_batches)
                 while micro < micro_per_rank:
                     group = mine[micro:micro + args.gradient_accumulation_steps]
-                    stats = self._optimizer_step(group, batches, epoch, window, aug, global_step)
+                    stats = self._optimizer_step(group, batches, global_step)
                     global_step += 1
                     micro += len(group)
                     for k in window_stats:
@@ -277,13 +315,20 @@ class SaneTrainer:
             return result
         finally:
             bar.close()
+            if self.prefetcher is not None:
+                self.prefetcher.close()
             acc.end_training()
 
     def compute_loss(self, batch, global_step: int):
         """The SaneOutput of one micro-batch of two views (a hook for subclasses and tests)."""
         return self.model(**batch.model_inputs(), num_views=2)
 
-    def _optimizer_step(self, group: list[int], batches, epoch: int, window: int, aug: Augmentation, global_step: int) -> dict:
+    def make_batch(self, rows: torch.Tensor, epoch: int, index: int, window: int, aug: Augmentation):
+        """Two augmented views of batch `index` of `epoch`, from its own seeded generator."""
+        generator = torch.Generator().manual_seed(batch_seed(self.args.seed, epoch, index + 1))
+        return self.data.training_batch(rows, window, generator, aug)
+
+    def _optimizer_step(self, group: list[int], batches, global_step: int) -> dict:
         """Forward/backward every micro-batch of `group` (gradient accumulation), then one update."""
         acc, model, args = self.accelerator, self.model, self.args
         t0 = time.perf_counter()
@@ -292,9 +337,9 @@ class SaneTrainer:
         samples = tokens = 0
         for j, b in enumerate(group):
             t = time.perf_counter()
-            generator = torch.Generator().manual_seed(batch_seed(args.seed, epoch, b + 1))
-            batch = self.data.training_batch(batches[b], window, generator, aug).to(acc.device)
-            data_time += time.perf_counter() - t
+            batch, _ = self.prefetcher.next()
+            batch = batch.to(acc.device)
+            data_time += time.perf_counter() - t  # the time the loop waited for data
             last = j == len(group) - 1
             # gradients are averaged across processes only on the last micro-batch of the group
             sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(model)
@@ -307,7 +352,7 @@ class SaneTrainer:
             tokens += batch.num_tokens
         mean = acc.reduce(sums.to(acc.device) / len(group), reduction="mean").cpu()
         if not torch.isfinite(mean).all():
-            self._diverged(global_step + 1, epoch, float(mean[0]))
+            self._diverged(global_step + 1, float(mean[0]))
         if args.max_grad_norm is not None:
             acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         learning_rate = self.scheduler.get_last_lr()[0]
@@ -318,13 +363,13 @@ class SaneTrainer:
                 "learning_rate": learning_rate, "data_time": data_time, "step_time": time.perf_counter() - t0,
                 "samples": samples * acc.num_processes, "tokens": tokens * acc.num_processes}
 
-    def _diverged(self, step: int, epoch: int, loss: float) -> None:
+    def _diverged(self, step: int, loss: float) -> None:
         last = self.last_checkpoint
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
-        message = (f"the training loss became {loss} at optimizer step {step} (epoch {epoch + 1}); training stopped "
+        message = (f"the training loss became {loss} at optimizer step {step}; training stopped "
                    f"before applying that update, {where}. Lower --learning_rate, set --max_grad_norm, or check the zoo")
         if self.accelerator.is_main_process:
-            self._write_metrics({"type": "error", "step": step, "epoch": epoch, "loss": loss,
+            self._write_metrics({"type": "error", "step": step, "loss": loss,
                                  "last_checkpoint": str(last) if last else None, "message": message})
         raise TrainingDivergedError(message)
 
