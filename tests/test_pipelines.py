@@ -100,6 +100,8 @@ def test_embedding_refuses_other_families_and_dataset_dicts(zoo, embedder):
         embedder(torch.zeros(5))
     with pytest.raises(ValueError, match="pass one split"):
         embedder(zoo.dataset)
+    with pytest.raises(ValueError, match="unknown options \\['poolng'\\]"):
+        embedder(torch.zeros(5), poolng="full")
 
 
 def test_property_prediction_returns_zoo_columns(zoo, checkpoint, embedder):

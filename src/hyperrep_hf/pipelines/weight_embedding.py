@@ -41,6 +41,8 @@ class WeightEmbeddingPipeline(Pipeline):
 
     # ---- Pipeline API --------------------------------------------------------------------------
     def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, **kwargs):
+        if kwargs:
+            raise ValueError(f"unknown options {sorted(kwargs)}; weight-embedding takes pooling, window_size, halo")
         forward = {}
         if pooling is not None:
             if pooling not in POOLINGS:

@@ -30,6 +30,8 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
     def _sanitize_parameters(self, properties=None, window_size=None, halo=None, **kwargs):
         if "pooling" in kwargs:
             raise ValueError("the probes fix the pooling they were fitted with; do not pass pooling")
+        if kwargs:
+            raise ValueError(f"unknown options {sorted(kwargs)}; weight-property-prediction takes properties, window_size, halo")
         pre, forward, _ = super()._sanitize_parameters(window_size=window_size, halo=halo)
         post = {}
         if properties is not None:
