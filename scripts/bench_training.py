@@ -8,7 +8,8 @@ Variants, measured in the same run on the same zoo and model (tiny preset unless
                         compute only, no data pipeline)
     data only           the data pipeline alone: rows -> permuted views -> tokens -> window -> noise
     training loop       SaneTrainer for --steps optimizer steps (data + compute, as in a real run;
-                        its data_share is the time the loop waits for data)
+                        its data share is the time the loop waits for data), with batches built in
+                        the loop ("no prefetch") and in a background thread ("prefetch 2", the default)
 Ratios are against the baseline. Samples are models (two views each); tokens are real window tokens
 of both views. On a GPU the model runs in bf16, as the trainer would.
 """
@@ -61,10 +62,13 @@ def main(argv=None) -> int:
         zoo = str(Path(tmp.name) / "digits")
         build_zoo("digits-seed", zoo, num_models=20, epochs=4, progress=False)
 
-    targs = SaneTrainingArguments(zoo=[zoo], output_dir=str(Path(tmp.name) / "run"), preset=args.preset,
-                                  batch_size=args.batch_size, epochs=1000, stop_after_steps=args.steps + 2,
-                                  logging_steps=1, eval_every=10**6, save_every=10**6, progress=False,
-                                  report_to=["none"])
+    def loop_args(name: str, prefetch: int) -> SaneTrainingArguments:
+        return SaneTrainingArguments(zoo=[zoo], output_dir=str(Path(tmp.name) / name), preset=args.preset,
+                                     batch_size=args.batch_size, epochs=1000, stop_after_steps=args.steps + 2,
+                                     logging_steps=1, eval_every=10**6, save_every=10**6, progress=False,
+                                     report_to=["none"], prefetch_batches=prefetch)
+
+    targs = loop_args("loop", 2)
     data = ZooData.from_zoos([zoo], token_size=targs.token_size)
     trainer = SaneTrainer(targs)
     config = trainer._model_config(data)
@@ -93,17 +97,20 @@ def main(argv=None) -> int:
 
     t_step = timed(step, args.steps)
     t_data = timed(data_only, args.steps)
-    result = train_sane(targs)
-    lines = result.train_history[2:]  # the first two steps warm up
-    t_loop = sum(m["seconds_per_step"] for m in lines) / len(lines)
-    share = sum(m["data_seconds_per_step"] for m in lines) / sum(m["seconds_per_step"] for m in lines)
-    loop_samples = sum(m["samples_per_s"] * m["seconds_per_step"] for m in lines) / sum(m["seconds_per_step"] for m in lines)
-    loop_tokens = sum(m["tokens_per_s"] * m["seconds_per_step"] for m in lines) / sum(m["seconds_per_step"] for m in lines)
+    def run_loop(loop: SaneTrainingArguments):
+        lines = train_sane(loop).train_history[2:]  # the first two steps warm up
+        seconds = sum(m["seconds_per_step"] for m in lines)
+        return (seconds / len(lines), sum(m["samples_per_s"] * m["seconds_per_step"] for m in lines) / seconds,
+                sum(m["tokens_per_s"] * m["seconds_per_step"] for m in lines) / seconds,
+                sum(m["data_seconds_per_step"] for m in lines) / seconds)
 
+    loop_sync = run_loop(loop_args("sync", 0))
+    loop_prefetch = run_loop(targs)
     table = [
         ("step, fixed batch (baseline)", t_step, samples / t_step, tokens / t_step, None),
         ("data only", t_data, samples / t_data, tokens / t_data, None),
-        ("training loop", t_loop, loop_samples, loop_tokens, share),
+        ("training loop, no prefetch", *loop_sync),
+        ("training loop, prefetch 2", *loop_prefetch),
     ]
     print(f"SANE {args.preset} (d_model {config.d_model}, {config.num_layers} layers), token size {config.token_size}, "
           f"window {config.window_size}, batch {samples} models x 2 views, {tokens} tokens/step, {device}, "
