@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hyperrep_hf.files import atomic_write_text
 from hyperrep_hf.layout import WeightLayout
 from hyperrep_hf.zoo import build_model, init_weights, load_task, load_zoo
 from hyperrep_hf.zoo.dataset import (
     CONFIG_NAME,
     HYPERPARAMETER_TYPES,
     METRICS,
-    atomic_write_text,
     write_shard,
 )
 from hyperrep_hf.zoo.population import LoopPopulation, StackedPopulation, TrainSettings

@@ -11,7 +11,6 @@ results as model-index) plus a readable body from model_cards/sane_card.md.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from .configuration_sane import SaneConfig
+from .files import atomic_save
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "sane_card.md"
 DEFAULT_TAGS = ("hyperrep_hf", "sane", "weight-space-learning", "hyper-representation")
@@ -156,16 +156,7 @@ def check_model_card(card: ModelCard) -> None:
 
 def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write the card as folder/README.md atomically (temp file, then rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".README.", suffix=".tmp")
-    os.close(fd)
-    try:
-        card.save(tmp)
-        os.replace(tmp, folder / "README.md")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return atomic_save(Path(folder) / "README.md", card.save)
     return folder / "README.md"
 
 

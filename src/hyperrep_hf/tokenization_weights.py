@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
+from .files import atomic_write_text
 from .layout import WeightEntry, WeightLayout
 
 __all__ = ["LayerSpec", "TokenLayout", "WeightTokenizer", "register_layer_handler"]
@@ -728,16 +728,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         return json.dumps(self.to_dict(), indent=1) + "\n"
 
     def to_json_file(self, json_file_path) -> None:
-        """Atomic write: a temp file in the same folder, then os.replace."""
-        path = Path(json_file_path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json_string())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(json_file_path, self.to_json_string())
 
     @classmethod
     def from_dict(cls, feature_extractor_dict: dict, **kwargs):

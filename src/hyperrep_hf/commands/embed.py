@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save
     from transformers import pipeline
 
-    from ..downstream._files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     pipe = pipeline("weight-embedding", model=args.checkpoint)
     options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size}

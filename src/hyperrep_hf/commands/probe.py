@@ -73,7 +73,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from ..downstream._files import atomic_write_json
+    from ..files import atomic_write_json
 
     pipe = pipeline("weight-property-prediction", model=args.checkpoint)
     if args.zoo:
@@ -98,9 +98,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..downstream._files import atomic_write_json
     from ..downstream.evaluation import format_table, zoo_features, zoo_targets
     from ..downstream.probes import ProbeSet
+    from ..files import atomic_write_json
     from ..zoo import load_zoo
 
     zoo = load_zoo(args.zoo)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file, save
     from transformers import pipeline
 
-    from ..downstream._files import atomic_write_bytes, atomic_write_json
+    from ..files import atomic_write_bytes, atomic_write_json
 
     if args.num_samples < 0 or (args.num_samples == 0 and not args.prepare):
         raise ValueError(f"--num-samples must be positive (got {args.num_samples}); or pass --prepare to only store anchors")

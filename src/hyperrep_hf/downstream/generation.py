@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from ..files import atomic_write_bytes, atomic_write_json, resolve_file
 from ..layout import WeightLayout
-from ._files import atomic_write_bytes, atomic_write_json, resolve_file
 from .embedding import decode_flat, encode, encode_flat
 from .samplers import (
     GaussianSampler,

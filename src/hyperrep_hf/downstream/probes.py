@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from ._files import atomic_write_bytes, atomic_write_json, resolve_file
+from ..files import atomic_write_bytes, atomic_write_json, resolve_file
 from .scores import kendall_tau, r_squared
 
 PENALTIES: tuple[float, ...] = tuple(float(p) for p in np.logspace(3, -5, 17))

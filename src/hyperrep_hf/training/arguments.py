@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_sane import PRESETS
+from ..files import read_config_file
 
 # Options that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = frozenset(
@@ -181,24 +182,6 @@ class SaneTrainingArguments:
         """Options (outside RESUMABLE_FIELDS) whose values differ: {name: (self, other)}."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b.get(k)) for k in a if k not in RESUMABLE_FIELDS | {"config"} and a[k] != b.get(k)}
-
-
-def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"training config {path} must be a .yaml, .yml or .json file")
-    if not isinstance(data, dict):
-        raise ValueError(f"training config {path} must hold a mapping of option: value")
-    return data
 
 
 def parse_epochs(spec) -> list[int] | None:

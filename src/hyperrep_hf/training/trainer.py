@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration_sane import PRESETS, SaneConfig
+from ..files import atomic_write_text
 from ..modeling_sane import SaneModel
 from .arguments import SaneTrainingArguments, parse_epochs
 from .card import write_model_card
@@ -132,12 +133,6 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
         raise ValueError(f"--resume: {output_dir / CHECKPOINT_DIR} holds no complete checkpoint to continue from; "
                          "start without --resume")
     return done[-1]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class SaneTrainer:
@@ -257,7 +252,7 @@ class SaneTrainer:
                 self._truncate_metrics(global_step)
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.output_dir / ARGS_NAME, args.to_json_string())
+            atomic_write_text(self.output_dir / ARGS_NAME, args.to_json_string())
             data.tokenizer.to_json_file(self.output_dir / TOKENIZER_NAME)
         if acc.trackers or acc.log_with:
             acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -384,7 +379,7 @@ class SaneTrainer:
         if not path.is_file():
             return
         keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= global_step]
-        _atomic_write(path, "".join(ln + "\n" for ln in keep))
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _log_train(self, s: dict, step: int, epoch: float) -> dict:
         n = max(1, int(s["steps"]))

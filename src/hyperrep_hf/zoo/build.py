@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_text
 from ..layout import WeightLayout
 from .architectures import build_model, init_weights
 from .card import finalize_zoo
@@ -27,7 +28,6 @@ from .dataset import (
     HYPERPARAMETER_TYPES,
     METRICS,
     Zoo,
-    atomic_write_text,
     load_zoo,
     write_shard,
 )

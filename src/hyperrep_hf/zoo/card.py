@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from .dataset import CONFIG_NAME, atomic_write_text, data_files_config
+from ..files import atomic_write_text
+from .dataset import CONFIG_NAME, data_files_config
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "zoo_card.md"
 SPLITS = ("train", "validation", "test")

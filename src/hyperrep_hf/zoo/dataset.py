@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from datasets import Features, List, Value
 from torch import nn
 
+from ..files import atomic_save
 from ..layout import WeightLayout
 from .architectures import ARCHITECTURES, build_model
 
@@ -50,14 +50,6 @@ def zoo_features(num_weights: int) -> Features:
     return Features(cols)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_shard(path: Path, rows: Mapping[str, list | np.ndarray], num_weights: int) -> int:
     """Write rows (column -> values; "weights" as [rows, P] float32) as one parquet shard, atomically.
 
@@ -74,11 +66,8 @@ def write_shard(path: Path, rows: Mapping[str, list | np.ndarray], num_weights: 
             arrays[name] = pa.array(list(rows[name]), type=feature.pa_type)
     table = pa.table(arrays, schema=features.arrow_schema)
     table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # keep row groups near 32 MB so readers and the Hub viewer can stream them
-    pq.write_table(table, tmp, row_group_size=max(1, (32 << 20) // (4 * num_weights)))
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: pq.write_table(table, tmp, row_group_size=max(1, (32 << 20) // (4 * num_weights))))
     return len(weights)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from ..files import read_config_file
 from .architectures import ACTIVATIONS, ARCHITECTURES, INITS, build_model
 from .population import OPTIMIZERS, TrainSettings
 from .tasks import TASKS
@@ -149,19 +149,8 @@ class ZooSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ZooSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"zoo config {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            d = yaml.safe_load(text)
-        else:
-            d = json.loads(text)
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: a zoo config must be a mapping of keys to values")
-        d.setdefault("name", path.stem)
+        d = read_config_file(path)
+        d.setdefault("name", Path(path).stem)
         return cls.from_dict(d)
 
     def to_dict(self) -> dict:
