@@ -254,3 +254,15 @@ def test_anchors_of_a_hyperparameter_zoo_share_the_best_models_activation(zoo, c
     assert sorted(anchors.scores.tolist()) == pytest.approx(sorted(last[last.activation == best].val_acc.tolist()))
     sample = ModelGenerator(*load_checkpoint(checkpoint), anchors).generate(1)[0]["model"]
     assert any(type(m).__name__ == {"relu": "ReLU", "tanh": "Tanh"}[best] for m in sample.modules())
+
+
+def test_zoo_models_are_rebuilt_with_their_own_activation(zoo, monkeypatch):
+    from hyperrep_hf.downstream.evaluation import zoo_models
+
+    meta = zoo.metadata("test").copy()
+    meta["activation"] = ["relu" if i % 2 else "tanh" for i in range(len(meta))]
+    monkeypatch.setattr(zoo, "metadata", lambda split="test", columns=None: meta if columns is None else meta[list(columns)])
+    last = meta[meta.epoch == meta.epoch.max()]
+    models = zoo_models(zoo, len(last))
+    kinds = [{type(m).__name__ for m in model.modules()} & {"ReLU", "Tanh"} for model in models]
+    assert kinds == [{"ReLU"} if a == "relu" else {"Tanh"} for a in last.activation]

@@ -147,10 +147,11 @@ def scratch_models(zoo, num_models: int, seed: int = 0) -> list[nn.Module]:
 
 def zoo_models(zoo, num_models: int, split: str = "test") -> list[nn.Module]:
     """The zoo's own models of `split` at its last epoch (not diverged), the first `num_models`."""
-    meta = zoo.metadata(split, ["epoch", "diverged"])
+    meta = zoo.metadata(split)
     rows = np.flatnonzero((meta["epoch"] == meta["epoch"].max()).to_numpy() & ~meta["diverged"].astype(bool).to_numpy())
     weights = zoo.weights(split)
-    return [zoo.build_model(weights[int(r)]) for r in rows[:num_models]]
+    # a row, not a bare vector: each model is rebuilt with its own activation / dropout
+    return [zoo.build_model({**meta.iloc[int(r)].to_dict(), "weights": weights[int(r)]}) for r in rows[:num_models]]
 
 
 def _summary(source: str, task_name: str, accs: dict[int, torch.Tensor]) -> list[dict]:
