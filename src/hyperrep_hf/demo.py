@@ -28,12 +28,13 @@ from .files import atomic_write_bytes, atomic_write_json
 # zoo spreads from chance (epoch 0) to good accuracy over epochs and settings.
 DEMO_ZOO = {
     "name": "demo-mnist",
-    "description": "CNN-s on mnist-5k: seeds x activation x init x learning rate (the hyperrep demo zoo).",
+    "description": "CNN-s on mnist-5k: seeds x init x learning rate (the hyperrep demo zoo). All models "
+    "share the activation, so the whole zoo trains as one stacked population.",
     "architecture": "cnn-s",
     "task": "mnist-5k",
-    "hyperparameters": {"activation": ["tanh", "gelu"], "init": ["kaiming_uniform", "xavier_uniform"], "lr": [1e-3, 3e-4]},
-    "num_models": 48,
-    "epochs": 8,
+    "hyperparameters": {"activation": ["tanh"], "init": ["kaiming_uniform", "xavier_uniform"], "lr": [1e-3, 3e-4]},
+    "num_models": 64,
+    "epochs": 10,
 }
 QUICK_ZOO = {
     "name": "demo-digits",
@@ -64,7 +65,8 @@ class DemoSettings:
         if quick:
             return cls(zoo=QUICK_ZOO, train={"preset": "tiny", "epochs": 2, "batch_size": 8, "d_model": 32, "num_layers": 1},
                        num_samples=3, finetune_epochs=(0, 1))
-        return cls(zoo=DEMO_ZOO, train={"preset": "tiny", "epochs": 30, "batch_size": 32, "learning_rate": 1e-3})
+        return cls(zoo=DEMO_ZOO, train={"preset": "tiny", "d_model": 128, "latent_dim": 32, "epochs": 50, "batch_size": 16,
+                                         "learning_rate": 1e-3, "eval_every": 10})
 
 
 def _stage(name: str) -> None:
@@ -154,7 +156,7 @@ def make_plots(out: Path, zoo, ckpt: Path, results: dict) -> list[str]:
     paths.append(plot_finetuning_curves(epochs, curves, plots / "finetuning.png", title="Generated vs from-scratch models"))
     metrics = [json.loads(ln) for ln in (ckpt / "metrics.jsonl").read_text().splitlines() if ln]
     evals = [m for m in metrics if m.get("type") == "eval" or any(k.startswith("probe") for k in m)]
-    keys = sorted({k for m in evals for k in m if "r2" in k})
+    keys = sorted({k for m in evals for k in m if k.startswith("probe_val_r2/") or k == "val_reconstruction_r2"})
     if evals and keys:
         paths.append(plot_training_curves(evals, keys, plots / "training_probes.png"))
     return [str(p.relative_to(out)) for p in paths]
