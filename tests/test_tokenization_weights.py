@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
+from hyperrep_hf.layout import WeightLayout
 from hyperrep_hf.tokenization_weights import LayerSpec, WeightTokenizer
 from hyperrep_hf.zoo import build_model
 
@@ -349,3 +350,33 @@ def test_cli_tokenize_checks_the_round_trip_and_saves(tmp_path, capsys):
     assert WeightTokenizer.from_pretrained(tmp_path).token_size == 201
     assert main(["tokenize", "--arch", "nope"]) == 2
     assert "unknown architecture 'nope'" in capsys.readouterr().err
+
+
+def test_alignment_reference_gives_permuted_copies_the_same_tokens_and_survives_save_load(tmp_path):
+    from hyperrep_hf.weightspace import permutation_spec, random_permutation
+
+    torch.manual_seed(0)
+    reference = build_model("cnn-s").eval()
+    layout = WeightLayout.from_state_dict(reference.state_dict())
+    tok = WeightTokenizer()
+    expected = tok(reference)["tokens"]
+    permuted = random_permutation(reference, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(tok(permuted)["tokens"], expected)
+
+    tok.set_alignment(layout.flatten(reference.state_dict()), permutation_spec(reference))
+    assert torch.equal(tok(permuted)["tokens"], expected)
+    assert torch.equal(tok.tokenize_flat(layout.flatten(permuted.state_dict()).unsqueeze(0))["tokens"], expected)
+    assert not torch.equal(tok(permuted, align=False)["tokens"], expected)
+    # aligning never changes what the model computes
+    aligned = build_model("cnn-s").eval()
+    aligned.load_state_dict(tok.decode(tok(permuted))[0])
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(aligned(x), permuted(x), atol=1e-5)
+
+    tok.save_pretrained(tmp_path)
+    loaded = WeightTokenizer.from_pretrained(tmp_path)
+    assert torch.equal(loaded(permuted)["tokens"], expected)
+    with pytest.raises(ValueError, match="alignment reference has 5 weights"):
+        tok.set_alignment(torch.zeros(5), permutation_spec(reference))
+    with pytest.raises(ValueError, match="no alignment reference"):
+        WeightTokenizer()(reference, align=True)

@@ -210,12 +210,15 @@ class TokenLayout:
 
     Attributes: num_tokens N, token_size T, positions [N, 3] int64 (n, l, k), value_mask [N, T]
     bool (real values), layer_of_token [N] int64, names of layers, optional standardisation
-    statistics mean/std [num_layers] float64.
+    statistics mean/std [num_layers] float64, optional alignment {"reference": [P] float32,
+    "spec": PermutationSpec as a dict}.
     """
 
     def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
-                 restored: list[list] | None = None, mean=None, std=None):
+                 restored: list[list] | None = None, mean=None, std=None, alignment: Mapping | None = None):
         self.weights, self.layers, self.token_size = weights, list(layers), int(token_size)
+        self.alignment = None if alignment is None else {
+            "reference": torch.as_tensor(alignment["reference"], dtype=torch.float32), "spec": dict(alignment["spec"])}
         self.restored = [list(r) for r in (restored or [])]  # [[name, shape, dtype]] of integer buffers
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64)
@@ -337,6 +340,8 @@ class TokenLayout:
              "restored": self.restored}
         if self.standardized:
             d["standardization"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.alignment is not None:
+            d["alignment"] = {"reference": self.alignment["reference"].tolist(), "spec": self.alignment["spec"]}
         return d
 
     @classmethod
@@ -345,7 +350,7 @@ class TokenLayout:
             stats = d.get("standardization") or {}
             return cls(WeightLayout.from_dict({"entries": d["weights"]}),
                        [LayerSpec(w, b, int(c), int(g)) for w, b, c, g in d["layers"]], token_size,
-                       d.get("restored", []), stats.get("mean"), stats.get("std"))
+                       d.get("restored", []), stats.get("mean"), stats.get("std"), d.get("alignment"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"corrupt token layout record in the tokenizer file ({err!r}); re-save the "
                              f"tokenizer with save_pretrained") from err
@@ -445,7 +450,7 @@ class WeightTokenizer(FeatureExtractionMixin):
                 return i
         for tl in self.layouts:  # same architecture in another dtype: same plan and statistics
             if tl.same_architecture(weights):
-                self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std))
+                self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std, tl.alignment))
                 return len(self.layouts) - 1
         layers = layers if layers is not None else layers_from_state_dict(weights)
         token_size = self._resolve_token_size(layers, weights)
@@ -485,13 +490,15 @@ class WeightTokenizer(FeatureExtractionMixin):
 
     # -- tokenize --
     def __call__(self, models, return_tensors: str | None = "pt", standardize: bool | None = None,
-                 allow_nonfinite: bool | None = None) -> BatchFeature:
+                 allow_nonfinite: bool | None = None, align: bool | None = None) -> BatchFeature:
         """Tokenize one model / state_dict / .safetensors path, or a list of them (padded batch).
 
         Returns a BatchFeature: tokens [B, N, T] float32, positions [B, N, 3] int64 (n, l, k; zero on
         padding), attention_mask [B, N] int64 (1 = real token), value_mask [B, N, T] bool (real values
         inside each token), layout_id [B] int64 (index into `self.layouts`). With a fitted
-        standardisation the tokens are standardised per layer (standardize=False turns it off).
+        standardisation the tokens are standardised per layer (standardize=False turns it off); with
+        an alignment reference (`set_alignment`) each model is first aligned to it (align=False
+        turns it off).
         """
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; tokens are torch tensors ('pt')")
@@ -499,6 +506,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         if not items:
             raise ValueError("nothing to tokenize: the list of models is empty")
         prepared = [self._prepare(it) for it in items]
+        prepared = [(self._aligned_state_dict(sd, i) if self._aligns(i, align) else sd, i) for sd, i in prepared]
         ids = [i for _, i in prepared]
         N = max(self.layouts[i].num_tokens for i in ids)
         T = self.token_size
@@ -514,9 +522,11 @@ class WeightTokenizer(FeatureExtractionMixin):
         return self._encoding(tokens, ids)
 
     def tokenize_flat(self, weights: torch.Tensor, layout_id: int = 0, standardize: bool | None = None,
-                      allow_nonfinite: bool | None = None) -> BatchFeature:
+                      allow_nonfinite: bool | None = None, align: bool | None = None) -> BatchFeature:
         """Zoo rows [M, P] (flat weight vectors of one layout) -> BatchFeature with tokens [M, N, T]
-        (plus positions, attention_mask, value_mask, layout_id as in __call__). One vectorised pass."""
+        (plus positions, attention_mask, value_mask, layout_id as in __call__). One vectorised pass,
+        after aligning each row to the alignment reference if the layout has one (align=False: the
+        rows are aligned already, e.g. a training set aligned once)."""
         tl = self._layout(layout_id)
         weights = torch.as_tensor(weights)
         if weights.dim() == 1:
@@ -524,6 +534,8 @@ class WeightTokenizer(FeatureExtractionMixin):
         if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
             raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
                              f"got shape {list(weights.shape)}")
+        if self._aligns(layout_id, align):
+            weights = self.align_flat(weights, layout_id)
         M = weights.shape[0]
         std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
         tokens = torch.empty(M, tl.num_tokens, tl.token_size)
@@ -661,6 +673,45 @@ class WeightTokenizer(FeatureExtractionMixin):
         if not 0 <= int(layout_id) < len(self.layouts):
             raise ValueError(f"layout_id {layout_id} is out of range; the tokenizer knows {len(self.layouts)} layouts")
         return self.layouts[int(layout_id)]
+
+    # -- alignment --
+    def set_alignment(self, reference: torch.Tensor, spec, layout_id: int = 0) -> WeightTokenizer:
+        """Align every model of this layout to `reference` (flat weights [P]) before tokenizing it,
+        by weight matching along the permutations of `spec` (a weightspace.PermutationSpec). The
+        function of a model is unchanged; permutation-equivalent models get the same tokens. Stored
+        with the tokenizer, so embedding and sampling align new models as the training set was."""
+        tl = self._layout(layout_id)
+        reference = torch.as_tensor(reference, dtype=torch.float32).reshape(-1)
+        if reference.numel() != tl.weights.num_weights:
+            raise ValueError(f"the alignment reference has {reference.numel()} weights, layout {layout_id} has "
+                             f"{tl.weights.num_weights}")
+        spec.check(tl.weights)
+        for other in self.layouts:
+            if other.same_architecture(tl.weights):
+                other.alignment = {"reference": reference.clone(), "spec": spec.to_dict()}
+        return self
+
+    def align_flat(self, weights: torch.Tensor, layout_id: int = 0) -> torch.Tensor:
+        """Flat weights [M, P] -> the same models aligned to the layout's reference [M, P]."""
+        from .weightspace import PermutationSpec, align
+
+        tl = self._layout(layout_id)
+        if tl.alignment is None:
+            raise ValueError("this layout has no alignment reference; call set_alignment first")
+        spec = PermutationSpec.from_dict(tl.alignment["spec"])
+        reference = tl.alignment["reference"]
+        return torch.stack([align(w.float(), reference, spec, layout=tl.weights)[0] for w in weights])
+
+    def _aligns(self, layout_id: int, align: bool | None) -> bool:
+        has_reference = self.layouts[layout_id].alignment is not None
+        if align and not has_reference:
+            raise ValueError("align=True but this layout has no alignment reference; call set_alignment first")
+        return has_reference and align is not False
+
+    def _aligned_state_dict(self, state_dict: Mapping[str, torch.Tensor], layout_id: int) -> dict[str, torch.Tensor]:
+        weights = self.layouts[layout_id].weights
+        aligned = weights.unflatten(self.align_flat(weights.flatten(state_dict).unsqueeze(0), layout_id)[0])
+        return {**state_dict, **aligned}
 
     # -- standardisation --
     def fit_standardization(self, models, layout_id: int | None = None) -> WeightTokenizer:
