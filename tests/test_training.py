@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,6 +121,38 @@ def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
     refit = ZooData.from_zoos([zoo_dir], epochs=[0])
     assert refit.tokenizer.to_dict()["layouts"] != data.tokenizer.to_dict()["layouts"]
     assert set(refit.metadata("train", "epoch")) == {0}
+
+
+def test_align_aligns_every_checkpoint_of_a_model_and_the_saved_tokenizer_aligns_new_models(zoo_dir, tmp_path):
+    from hyperrep_hf.weightspace import random_permutation
+
+    plain = ZooData.from_zoos([zoo_dir])
+    data = ZooData.from_zoos([zoo_dir], align=True)
+    g, p = data.groups[0], plain.groups[0]
+    reference = g.token_layout.alignment["reference"]
+    for split in ("train", "validation", "test"):
+        before, after = p.splits[split].weights, g.splits[split].weights
+        # weight matching only permutes: each row keeps its multiset of values ...
+        assert torch.equal(before.sort(1).values, after.sort(1).values)
+        # ... and ends no farther from the reference than it started
+        assert bool(((after - reference).norm(dim=1) <= (before - reference).norm(dim=1) + 1e-4).all())
+    # one permutation per model: the last checkpoint of a model decides it for all its epochs
+    meta = g.splits["train"].metadata
+    rows = np.flatnonzero(meta["model_id"].to_numpy() == meta["model_id"].iloc[-1])
+    model = load_zoo(zoo_dir).build_model(g.splits["train"].weights[rows[0]])
+    unaligned = load_zoo(zoo_dir).build_model(p.splits["train"].weights[rows[0]])
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(model(x), unaligned(x), atol=1e-5)
+
+    out = tmp_path / "aligned"
+    train_sane(small_args(zoo_dir, out, align=True, permute_views=False, epochs=1))
+    from hyperrep_hf import WeightTokenizer
+
+    tok = WeightTokenizer.from_pretrained(out)
+    assert torch.equal(tok.layouts[0].alignment["reference"], reference)
+    shuffled = random_permutation(unaligned, generator=torch.Generator().manual_seed(3))
+    flat = g.token_layout.weights.flatten(shuffled.state_dict())
+    assert (tok.align_flat(flat[None])[0] - reference).norm() < (flat - reference).norm()
 
 
 # ------------------------------------------------------------------------------------ training

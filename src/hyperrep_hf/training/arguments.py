@@ -38,6 +38,10 @@ class SaneTrainingArguments:
             None = all.
         token_size: values per token, or "auto" (the longest row of the architecture, capped at 288).
         standardize: per-layer standardisation of the tokens, fitted on the train split only.
+        align: align every zoo model to one reference model (the last checkpoint of the first
+            train model) by weight matching before training; each model's permutation, found on its
+            last checkpoint, is applied to all its checkpoints (METHOD.md §3). The reference is saved
+            with the tokenizer, so embedding and sampling align new models the same way.
     Model:
         preset: a SaneConfig preset ("tiny", "cnn", "resnet18"); d_model, num_layers, num_heads,
             latent_dim, window_size, dropout override it when given.
@@ -67,6 +71,7 @@ class SaneTrainingArguments:
     zoo_epochs: str | None = None
     token_size: int | str = "auto"
     standardize: bool = True
+    align: bool = False
     # model
     preset: str = "tiny"
     d_model: int | None = None
@@ -225,6 +230,8 @@ _HELP = {
     "gamma": "weight of the contrastive loss",
     "temperature": "NT-Xent temperature",
     "layer_loss_norm": "layer-wise loss normalisation (true/false)",
+    "align": "align the zoo to one reference model by weight matching (true/false); with --permute_views false "
+    "the two views are the aligned model with noise only (SANE's released setting)",
     "permute_views": "random function-preserving permutation per view (true/false)",
     "mixed_precision": "auto (bf16 on GPU, none on CPU), no, bf16, fp16",
     "resume": "continue from the last checkpoint in --output_dir ('--resume'), or from a checkpoint folder",

@@ -27,7 +27,7 @@ def write_model_card(output_dir: Path, args, model, data, metrics: list[dict]) -
     training = (
         f"\nTrained with `hyperrep train` on {', '.join(f'`{z}`' for z in args.zoo)} ({architectures}; zoo epochs "
         f"{args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows; standardisation fitted on the train split).\n"
-        f"Views: permutation {args.permute_views}, multiplicative noise {args.multiplicative_noise}, additive noise "
+        f"Views: aligned zoo {args.align}, permutation {args.permute_views}, multiplicative noise {args.multiplicative_noise}, additive noise "
         f"{args.additive_noise}, erasing p {args.erase_probability}, one shared random window. AdamW lr "
         f"{args.learning_rate} (weight decay {args.weight_decay} on matrices only), OneCycle (pct_start "
         f"{args.pct_start}, cosine), {args.epochs} epochs, batch {args.batch_size} models x 2 views, gradient "

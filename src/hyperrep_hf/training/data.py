@@ -112,11 +112,13 @@ class ZooData:
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_zoos(cls, zoos: Sequence[str | Zoo], token_size: int | str = "auto", epochs: list[int] | None = None,
-                  standardize: bool = True, need_permutations: bool = True, properties: Sequence[str] = ()) -> ZooData:
+                  standardize: bool = True, need_permutations: bool = True, properties: Sequence[str] = (),
+                  align: bool = False) -> ZooData:
         """Load zoos, keep the rows of `epochs` (None = all), check columns, fit the tokenizer's
         standardisation on the train rows only. Raises ValueError for empty zoos, missing columns,
         architectures without a common token size, or architectures without a permutation spec
-        when `need_permutations`."""
+        when `need_permutations` or `align`. With `align`, every model is aligned to one reference
+        (see `align_splits`) and the tokenizer keeps the reference for new models."""
         loaded = [(str(z.path) if isinstance(z, Zoo) else str(z), z if isinstance(z, Zoo) else load_zoo(z)) for z in zoos]
         if not loaded:
             raise ValueError("no zoo given: pass at least one zoo folder or Hub dataset id")
@@ -131,7 +133,7 @@ class ZooData:
             if [(e.name, e.shape) for e in tl.weights.entries] != [(e.name, e.shape) for e in zoo.layout.entries]:
                 raise ValueError(f"zoo {name}: its weight layout does not match architecture {zoo.architecture!r}")
             spec = None
-            if need_permutations:
+            if need_permutations or align:
                 try:
                     spec = permutation_spec(model)
                     spec.check(zoo.layout)
@@ -139,6 +141,8 @@ class ZooData:
                     raise ValueError(f"zoo {name} ({zoo.architecture}): no permutation augmentation possible ({err}); "
                                      "train with --permute_views false") from err
             splits = {s: _read_split(zoo, s, epochs) for s in SPLITS}
+            if align and len(splits["train"]):
+                align_splits(splits, tokenizer, layout_id, spec)
             groups.append(ZooGroup(name, zoo, layout_id, spec, splits, tl))
         if sum(len(g.splits["train"]) for g in groups) == 0:
             which = "" if epochs is None else f" at zoo epochs {_short(epochs)}"
@@ -202,7 +206,7 @@ class ZooData:
                 w = flat
                 if augmentation.permute_views and g.spec is not None:
                     w = _permute_rows(flat, g, generator)
-                enc = self.tokenizer.tokenize_flat(w, g.layout_id)
+                enc = self.tokenizer.tokenize_flat(w, g.layout_id, align=False)
                 views[v].append({k: enc[k] for k in ("tokens", "positions", "attention_mask", "value_mask")})
         view1, view2 = _pad_cat(views[0]), _pad_cat(views[1])
         lengths = view1["attention_mask"].sum(1)
@@ -226,7 +230,7 @@ class ZooData:
         for g in self.groups:
             weights = g.splits["train"].weights
             for start in range(0, len(weights), 1024):
-                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id)
+                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id, align=False)
                 values = enc["tokens"].double() * enc["value_mask"]
                 layer = enc["positions"][..., 1].reshape(-1)
                 total.index_add_(0, layer, values.sum(-1).reshape(-1))
@@ -278,6 +282,26 @@ def _pad_cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             padded.append(x)
         out[key] = torch.cat(padded)
     return out
+
+
+def align_splits(splits: dict[str, Split], tokenizer: WeightTokenizer, layout_id: int, spec: PermutationSpec) -> None:
+    """Align every model of every split, in place, to the reference: the last checkpoint of the
+    first train model. A model's permutation is found on its last checkpoint and applied to all its
+    checkpoints, so a model's trajectory stays one trajectory. The tokenizer keeps the reference."""
+    from ..weightspace import align_checkpoints
+
+    layout = tokenizer.layouts[layout_id].weights
+    train = splits["train"]
+    first = np.flatnonzero(train.metadata["model_id"].to_numpy() == train.metadata["model_id"].iloc[0])
+    reference = train.weights[int(first[np.argmax(train.metadata["epoch"].to_numpy()[first])])].clone()
+    tokenizer.set_alignment(reference, spec, layout_id)
+    for split in splits.values():
+        if len(split) == 0:
+            continue
+        meta = split.metadata
+        for _, rows in meta.groupby("model_id", sort=False).indices.items():
+            rows = torch.as_tensor(rows[np.argsort(meta["epoch"].to_numpy()[rows], kind="stable")])
+            split.weights[rows] = align_checkpoints(split.weights[rows], reference, layout, spec)[0]
 
 
 def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:

@@ -40,7 +40,7 @@ def encode_split(model, data: ZooData, split: str, window_size: int, batch_size:
             weights = g.splits[split].weights
             windows = sliding_windows(g.num_tokens, window_size)
             for start in range(0, len(weights), batch_size):
-                enc = data.tokenizer.tokenize_flat(weights[start:start + batch_size], g.layout_id)
+                enc = data.tokenizer.tokenize_flat(weights[start:start + batch_size], g.layout_id, align=False)
                 enc = {k: enc[k].to(device) for k in ("tokens", "positions", "attention_mask", "value_mask")}
                 latent_sum = 0.0
                 for w in windows:

@@ -219,7 +219,7 @@ class SaneTrainer:
         with acc.main_process_first():
             data = ZooData.from_zoos(args.zoo, token_size=args.token_size, epochs=parse_epochs(args.zoo_epochs),
                                      standardize=args.standardize, need_permutations=args.permute_views,
-                                     properties=args.probe_properties)
+                                     properties=args.probe_properties, align=args.align)
         self.data = data
         if checkpoint is not None:
             self._check_resume_compatible(data)
