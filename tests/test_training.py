@@ -123,7 +123,7 @@ def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
     assert set(refit.metadata("train", "epoch")) == {0}
 
 
-def test_align_aligns_every_checkpoint_of_a_model_and_the_saved_tokenizer_aligns_new_models(zoo_dir, tmp_path):
+def test_align_aligns_every_checkpoint_and_the_saved_tokenizer_aligns_new_models(zoo_dir, tmp_path):
     from hyperrep_hf.weightspace import random_permutation
 
     plain = ZooData.from_zoos([zoo_dir])
@@ -136,7 +136,7 @@ def test_align_aligns_every_checkpoint_of_a_model_and_the_saved_tokenizer_aligns
         assert torch.equal(before.sort(1).values, after.sort(1).values)
         # ... and ends no farther from the reference than it started
         assert bool(((after - reference).norm(dim=1) <= (before - reference).norm(dim=1) + 1e-4).all())
-    # one permutation per model: the last checkpoint of a model decides it for all its epochs
+    # alignment keeps each model's function
     meta = g.splits["train"].metadata
     rows = np.flatnonzero(meta["model_id"].to_numpy() == meta["model_id"].iloc[-1])
     model = load_zoo(zoo_dir).build_model(g.splits["train"].weights[rows[0]])

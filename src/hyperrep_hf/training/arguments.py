@@ -38,10 +38,9 @@ class SaneTrainingArguments:
             None = all.
         token_size: values per token, or "auto" (the longest row of the architecture, capped at 288).
         standardize: per-layer standardisation of the tokens, fitted on the train split only.
-        align: align every zoo model to one reference model (the last checkpoint of the first
-            train model) by weight matching before training; each model's permutation, found on its
-            last checkpoint, is applied to all its checkpoints (METHOD.md §3). The reference is saved
-            with the tokenizer, so embedding and sampling align new models the same way.
+        align: align every checkpoint of the zoo to one reference model (the last checkpoint of the
+            first train model) by weight matching before training (METHOD.md §3). The reference is
+            saved with the tokenizer, so embedding and sampling align new models the same way.
     Model:
         preset: a SaneConfig preset ("tiny", "cnn", "resnet18"); d_model, num_layers, num_heads,
             latent_dim, window_size, dropout override it when given.

@@ -285,23 +285,18 @@ def _pad_cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def align_splits(splits: dict[str, Split], tokenizer: WeightTokenizer, layout_id: int, spec: PermutationSpec) -> None:
-    """Align every model of every split, in place, to the reference: the last checkpoint of the
-    first train model. A model's permutation is found on its last checkpoint and applied to all its
-    checkpoints, so a model's trajectory stays one trajectory. The tokenizer keeps the reference."""
-    from ..weightspace import align_checkpoints
-
-    layout = tokenizer.layouts[layout_id].weights
+    """Align every checkpoint of every split, in place, to the reference: the last checkpoint of
+    the first train model. Each checkpoint is aligned on its own, exactly as the tokenizer (which
+    keeps the reference) aligns a new model at inference, so training and embedding see the same
+    distribution. (The reference code applies a model's last-epoch permutation to all its epochs,
+    which an embedding of a single early checkpoint cannot reproduce.)"""
     train = splits["train"]
     first = np.flatnonzero(train.metadata["model_id"].to_numpy() == train.metadata["model_id"].iloc[0])
     reference = train.weights[int(first[np.argmax(train.metadata["epoch"].to_numpy()[first])])].clone()
     tokenizer.set_alignment(reference, spec, layout_id)
     for split in splits.values():
-        if len(split) == 0:
-            continue
-        meta = split.metadata
-        for _, rows in meta.groupby("model_id", sort=False).indices.items():
-            rows = torch.as_tensor(rows[np.argsort(meta["epoch"].to_numpy()[rows], kind="stable")])
-            split.weights[rows] = align_checkpoints(split.weights[rows], reference, layout, spec)[0]
+        if len(split):
+            split.weights = tokenizer.align_flat(split.weights, layout_id)
 
 
 def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:
