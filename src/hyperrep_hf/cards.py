@@ -157,7 +157,6 @@ def check_model_card(card: ModelCard) -> None:
 def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write the card as folder/README.md atomically (temp file, then rename)."""
     return atomic_save(Path(folder) / "README.md", card.save)
-    return folder / "README.md"
 
 
 __all__ = ["check_model_card", "probe_eval_results", "sane_model_card", "save_model_card"]
