@@ -39,7 +39,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 def plot_embedding_space(embeddings: np.ndarray, colours: Mapping[str, Sequence[float]], path, title: str = "SANE embeddings (PCA)") -> Path:
     """Scatter of the embeddings [n, d] in 2-D, one panel per colouring (e.g. test_acc, epoch)."""
     xy = pca_2d(embeddings)
-    fig, axes = plt.subplots(1, len(colours), figsize=(5 * len(colours), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(colours), figsize=(5.5 * len(colours), 4.2), squeeze=False, layout="constrained")
     for ax, (name, c) in zip(axes[0], colours.items()):
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(c, dtype=float), s=8, cmap="viridis")
         fig.colorbar(sc, ax=ax, label=name)
