@@ -33,6 +33,8 @@ setup(
         "pyyaml>=6.0,<7",
         "matplotlib>=3.8,<4",
         "mlxtend>=0.23,<1",
+        # training logs to TensorBoard by default (trackio too, when installed)
+        "tensorboard>=2.15,<3",
     ],
     extras_require={
         "test": [
@@ -42,7 +44,7 @@ setup(
             "ruff>=0.6,<1",
             "olah>=0.5,<1",
         ],
-        "tracking": ["tensorboard>=2.15,<3"],
+        "tracking": ["trackio>=0.2,<1"],
     },
     entry_points={"console_scripts": ["hyperrep=hyperrep_hf.cli:main"]},
 )
