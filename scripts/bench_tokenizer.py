@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 
+import hyperrep_hf  # noqa: F401  isort: skip  (first: its allocator default applies only before torch loads)
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

@@ -3,6 +3,14 @@
 Importing the package registers its Auto classes and pipelines with transformers.
 """
 
+import os as _os
+
+# Tokenizing a large model fills a fresh buffer (62 MB for ResNet-18) and on CPU most of that time
+# is page faults; transparent huge pages in torch's CPU allocator halve tokenize + decode
+# (BENCHMARKS.md). torch reads this once, at its own import: it takes effect when hyperrep_hf is
+# imported before torch. Set THP_MEM_ALLOC_ENABLE=0 to opt out.
+_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 # SANE model: registered with the Auto classes so AutoConfig/AutoModel load "sane" checkpoints.
 from transformers import AutoConfig as _AutoConfig
 from transformers import AutoFeatureExtractor as _AutoFeatureExtractor
