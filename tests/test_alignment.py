@@ -12,24 +12,13 @@ from hyperrep_hf.weightspace import (
     random_permutation,
 )
 from hyperrep_hf.zoo import build_model
-
-
-def randomised_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.5, generator=g)
-                m.bias.normal_(0.0, 0.5, generator=g)
-                m.running_mean.normal_(0.0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-    return model.eval()
+from weight_helpers import randomised
 
 
 @pytest.mark.parametrize("arch,kwargs", [("cnn-s", {}), ("vgg-s", {}), ("resnet18", {"width": 8})])
 def test_a_permuted_copy_aligns_back_to_the_original_exactly(arch, kwargs):
     torch.manual_seed(0)
-    original = randomised_bn(build_model(arch, **kwargs))
+    original = randomised(build_model(arch, **kwargs))
     permuted = random_permutation(original, generator=torch.Generator().manual_seed(1))
 
     aligned, perms = align(permuted, original)
