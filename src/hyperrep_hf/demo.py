@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .files import atomic_write_bytes, atomic_write_json
@@ -58,7 +58,6 @@ class DemoSettings:
     finetune_epochs: tuple[int, ...] = (0, 1, 5)
     properties: tuple[str, ...] = ("test_acc", "epoch", "ggap")
     feature_sets: tuple[str, ...] = ("sane", "stats", "weights")
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def default(cls, quick: bool = False) -> DemoSettings:
