@@ -154,7 +154,7 @@ def make_plots(out: Path, zoo, ckpt: Path, results: dict) -> list[str]:
         curves[source] = ([by_epoch[e]["mean_acc"] for e in epochs], [by_epoch[e]["std_acc"] for e in epochs])
     paths.append(plot_finetuning_curves(epochs, curves, plots / "finetuning.png", title="Generated vs from-scratch models"))
     metrics = [json.loads(ln) for ln in (ckpt / "metrics.jsonl").read_text().splitlines() if ln]
-    evals = [m for m in metrics if m.get("type") == "eval" or any(k.startswith("probe") for k in m)]
+    evals = [m for m in metrics if m.get("type") == "eval"]
     keys = sorted({k for m in evals for k in m if k.startswith("probe_val_r2/") or k == "val_reconstruction_r2"})
     if evals and keys:
         paths.append(plot_training_curves(evals, keys, plots / "training_probes.png"))
