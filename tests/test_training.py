@@ -84,6 +84,16 @@ def test_bad_options_are_named(bad, message):
 # ------------------------------------------------------------------------------------ data
 
 
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_follows_the_cpu(zoo_dir, tmp_path, monkeypatch, native_bf16, expected):
+    """"auto" is bf16 on a CPU that multiplies bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere."""
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: native_bf16)
+    trainer = SaneTrainer(small_args(zoo_dir, tmp_path))
+    assert trainer.args.mixed_precision == "auto"
+    assert trainer._accelerator().mixed_precision == expected
+
+
 def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(zoo_dir):
     data = ZooData.from_zoos([zoo_dir])
     zoo = data.groups[0].zoo

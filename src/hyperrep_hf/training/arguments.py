@@ -54,8 +54,8 @@ class SaneTrainingArguments:
     Optimisation:
         AdamW(learning_rate, weight_decay on >= 2-d parameters only), OneCycle (pct_start, cosine),
         batch_size models per process and step (two views each), gradient_accumulation_steps,
-        max_grad_norm (None: no clipping), mixed_precision "auto" (bf16 on a GPU, none on a CPU),
-        "no", "bf16" or "fp16"; prefetch_batches: batches built ahead in a background thread (0: none).
+        max_grad_norm (None: no clipping), mixed_precision "auto" (bf16 on a GPU and on a CPU with
+        AVX512-BF16/AMX, else none), "no", "bf16" or "fp16"; prefetch_batches: batches built ahead in a background thread (0: none).
     Run:
         eval_every / save_every: epochs between evaluations / checkpoints; logging_steps: optimizer
         steps between training log lines; stop_after_steps: end after this many optimizer steps
@@ -232,7 +232,7 @@ _HELP = {
     "align": "align the zoo to one reference model by weight matching (true/false); with --permute_views false "
     "the two views are the aligned model with noise only (SANE's released setting)",
     "permute_views": "random function-preserving permutation per view (true/false)",
-    "mixed_precision": "auto (bf16 on GPU, none on CPU), no, bf16, fp16",
+    "mixed_precision": "auto (bf16 on a GPU or a CPU with AVX512-BF16/AMX, else none), no, bf16, fp16",
     "resume": "continue from the last checkpoint in --output_dir ('--resume'), or from a checkpoint folder",
     "stop_after_steps": "stop after this many optimizer steps with a checkpoint (resume later)",
     "report_to": "trackers: tensorboard, trackio, ... or none",

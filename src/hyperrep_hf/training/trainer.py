@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..configuration_sane import PRESETS, SaneConfig
 from ..files import atomic_write_text
 from ..modeling_sane import SaneModel
+from ..precision import auto_mixed_precision
 from .arguments import SaneTrainingArguments, parse_epochs
 from .card import write_model_card
 from .data import Augmentation, ZooData
@@ -145,17 +146,23 @@ class SaneTrainer:
 
     # ----------------------------------------------------------------------------- set-up
     def _accelerator(self):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
+        from accelerate.state import AcceleratorState
 
         cpu = not torch.cuda.is_available()
         precision = self.args.mixed_precision
         if precision == "auto":
-            precision = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            precision = auto_mixed_precision("cpu" if cpu else "cuda")
         trackers = [t for t in self.args.report_to if t != "none"]
         # trackio is used when installed; asking for it does not make it a dependency
         trackers = [t for t in trackers if t != "trackio" or importlib.util.find_spec("trackio")]
         if "tensorboard" in trackers and not importlib.util.find_spec("tensorboard"):
             trackers.remove("tensorboard")
+        state = AcceleratorState._shared_state
+        if state and state.get("_mixed_precision") != precision and PartialState().num_processes == 1:
+            # accelerate keeps one precision per process; a second run in the same Python session
+            # (a notebook) may ask for another one
+            AcceleratorState._reset_state()
         acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None, project_dir=str(self.output_dir))
         if cpu and acc.num_processes > 1:
             # ranks share the cores; oversubscription slows every rank down
