@@ -221,6 +221,13 @@ def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
     assert meta["files"] == ["sample-000.safetensors", "sample-001.safetensors"]
     model = zoo.build_model(zoo.weights("test")[0])
     model.load_state_dict(load_file(samples / "sample-000.safetensors"))
+    # --bandwidth-scale 0: the KDE draws are the best anchors themselves, decoded
+    exact = tmp_path / "exact"
+    assert cli(["sample", "--checkpoint", str(checkpoint), "--num-samples", "1", "--bandwidth-scale", "0", "--out", str(exact)]) == 0
+    gen = ModelGenerator.from_pretrained(checkpoint)
+    flat = gen.layout.flatten(load_file(exact / "sample-000.safetensors"))
+    decoded_anchors = gen.decode(gen.anchors.latents)
+    assert (decoded_anchors - flat).abs().amax(1).min() < 1e-5
 
     capsys.readouterr()
     assert cli(["sample", "--checkpoint", str(checkpoint), "--num-samples", "0"]) == 2

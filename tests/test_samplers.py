@@ -59,6 +59,30 @@ def test_silverman_bandwidth_shrinks_with_more_anchors():
     assert silverman_bandwidth(torch.ones(5, 3)).abs().max() == 0
 
 
+def test_bandwidth_scale_multiplies_the_rule_and_boot_keeps_it(monkeypatch):
+    anchors = torch.randn(30, 6, generator=_gen(4))
+    full, quarter = KDESampler(anchors), KDESampler(anchors, scale=0.25)
+    torch.testing.assert_close(quarter.bandwidth, 0.25 * full.bandwidth)
+    torch.testing.assert_close(KDESampler(anchors, 2.0, scale=0.5).bandwidth, torch.ones(6))
+    # Draws from the same seed pick the same anchors; the noise shrinks by the scale.
+    a, b = full.sample(50, _gen(5)), quarter.sample(50, _gen(5))
+    nearest = lambda z: (z[:, None] - anchors).norm(dim=-1).min(1).values  # noqa: E731
+    assert nearest(b).mean() < 0.4 * nearest(a).mean()
+    # BOOT refits Silverman's rule on the kept draws with the same scale.
+    seen = []
+    original = KDESampler.__init__
+
+    def spy(self, anchors, bandwidth="silverman", scale=1.0):
+        seen.append((bandwidth if isinstance(bandwidth, str) else "tensor", scale))
+        original(self, anchors, bandwidth, scale)
+
+    monkeypatch.setattr(KDESampler, "__init__", spy)
+    boot_sample(quarter, lambda z: -z.norm(dim=1), 5, 20, rounds=3, generator=_gen(6))
+    assert seen == [("silverman", 0.25), ("silverman", 0.25)]
+    with pytest.raises(ValueError, match="scale must be finite"):
+        KDESampler(anchors, scale=-1.0)
+
+
 def test_gauss_matches_anchor_moments():
     anchors = torch.randn(400, 3, generator=_gen(4)) * torch.tensor([1.0, 2.0, 0.5]) + 3
     s = GaussianSampler(anchors).sample(4000, _gen(5))

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
+    p.add_argument("--bandwidth-scale", type=float, default=None,
+                   help="KDE/SUB/BOOT: Silverman's bandwidth times this (default 0.25; 1 = the plain rule)")
+    p.add_argument("--spread", type=float, default=None, help="neighbours: noise as a fraction of the anchors' std (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same models)")
     p.add_argument("--task", default=None, help="task for BatchNorm conditioning, SUB scoring and --evaluate "
                    "(default: the zoo's; another task measures transfer)")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = pipeline("weight-generation", model=args.checkpoint, task_data=args.task)
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
     options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
+    options.update({k: v for k, v in (("bandwidth_scale", args.bandwidth_scale), ("spread", args.spread)) if v is not None})
     samples = pipe(prompts, num_samples=args.num_samples, method=args.method, seed=args.seed, **options)
     print(f"{len(samples)} models sampled with {args.method} (seed {args.seed})")
     if args.out:

@@ -74,20 +74,23 @@ class KDESampler:
     """Gaussian KDE over anchors [A, ...]: density (1/A) sum_a N(x; anchor_a, diag(bandwidth^2)).
 
     bandwidth: "silverman" (per dimension, from the anchors), a float (the same for every dimension,
-    in latent units) or a tensor of the anchors' trailing shape.
+    in latent units) or a tensor of the anchors' trailing shape; `scale` multiplies it.
     """
 
-    def __init__(self, anchors: torch.Tensor, bandwidth: str | float | torch.Tensor = "silverman"):
+    def __init__(self, anchors: torch.Tensor, bandwidth: str | float | torch.Tensor = "silverman", scale: float = 1.0):
         self.anchors = _as_anchors(anchors)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"the bandwidth scale must be finite and >= 0, got {scale}")
+        self.scale = float(scale)
         if isinstance(bandwidth, str):
             if bandwidth != "silverman":
                 raise ValueError(f"unknown bandwidth rule {bandwidth!r}; use 'silverman', a float or a tensor")
-            self.bandwidth = silverman_bandwidth(self.anchors)
+            bw = silverman_bandwidth(self.anchors)
         else:
             bw = torch.as_tensor(bandwidth, dtype=torch.float32)
             if (bw < 0).any() or not torch.isfinite(bw).all():
                 raise ValueError("the bandwidth must be finite and >= 0")
-            self.bandwidth = bw.expand(self.anchors.shape[1:]).clone()
+        self.bandwidth = bw.expand(self.anchors.shape[1:]) * self.scale
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw [num_samples, ...] latents: one random anchor per draw plus independent noise per dimension."""
@@ -158,8 +161,8 @@ def boot_sample(
     rounds: int = 2,
     generator: torch.Generator | None = None,
 ):
-    """BOOT: SUB, then refit a KDE (same bandwidth rule: Silverman on the kept latents, or the
-    sampler's fixed bandwidth when they are too few) on the kept latents, `rounds` times.
+    """BOOT: SUB, then refit a KDE on the kept latents, `rounds` times (Silverman's rule on them
+    times the sampler's scale; the sampler's own bandwidth when fewer than 3 are kept).
 
     Returns (latents [num_samples, ...], scores [num_samples]) of the last round, best first.
     """
@@ -167,8 +170,10 @@ def boot_sample(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     latents, scores = sub_sample(sampler, score_fn, num_samples, num_draws, generator)
     for _ in range(rounds - 1):
-        bandwidth = silverman_bandwidth(latents) if latents.shape[0] > 2 else sampler.bandwidth
-        sampler = KDESampler(latents, bandwidth)
+        if latents.shape[0] > 2:
+            sampler = KDESampler(latents, "silverman", sampler.scale)
+        else:
+            sampler = KDESampler(latents, sampler.bandwidth)
         latents, scores = sub_sample(sampler, score_fn, num_samples, num_draws, generator)
     return latents, scores
 

@@ -18,7 +18,7 @@ from transformers import Pipeline
 from ..downstream.embedding import decode
 from ..downstream.generation import ModelGenerator, SamplingAnchors, check_num_samples
 
-_DRAW_OPTIONS = ("num_draws", "rounds", "bandwidth", "spread")
+_DRAW_OPTIONS = ("num_draws", "rounds", "bandwidth", "bandwidth_scale", "spread")
 
 
 class WeightGenerationPipeline(Pipeline):
