@@ -123,6 +123,20 @@ def test_bf16_autocast_forward_and_backward_follow_fp32(implementation):
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
 
 
+def test_bf16_weights_load_and_embed_like_fp32(tmp_path):
+    """from_pretrained(dtype=torch.bfloat16): half the memory, the bf16 attention path, same embedding
+    up to bf16 rounding (padding still ignored)."""
+    torch.manual_seed(0)
+    fp32 = SaneModel(tiny_config()).eval()
+    fp32.save_pretrained(tmp_path)
+    bf16 = SaneModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert bf16.dtype == torch.bfloat16
+    tokens, positions, mask = padded_batch()
+    got = bf16.embed(tokens.bfloat16(), positions, mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), fp32.embed(tokens, positions, mask), rtol=0, atol=0.05)
+
+
 def test_sequences_longer_than_the_window_get_no_projection(model):
     tokens, positions = make_batch(2, 12)
     out = model(tokens, positions)
