@@ -1,6 +1,6 @@
 """The main job, end to end on built-in data: zoo -> SANE -> probes -> sampling -> tables and plots.
 
-    hyperrep demo --out demo_out            # about 15 minutes on a 2-core CPU, no network
+    hyperrep demo --out demo_out            # about 10 minutes on a 2-core CPU, no network
     hyperrep demo --out demo_out --quick    # the same path on a tiny digits zoo, about a minute
 
 Every stage writes its result into OUT before the next starts, and a second run with the same OUT
@@ -64,7 +64,7 @@ class DemoSettings:
         if quick:
             return cls(zoo=QUICK_ZOO, train={"preset": "tiny", "epochs": 2, "batch_size": 8, "d_model": 32, "num_layers": 1},
                        num_samples=3, finetune_epochs=(0, 1))
-        return cls(zoo=DEMO_ZOO, train={"preset": "tiny", "d_model": 128, "latent_dim": 32, "epochs": 50, "batch_size": 16,
+        return cls(zoo=DEMO_ZOO, train={"preset": "tiny", "d_model": 128, "latent_dim": 128, "epochs": 50, "batch_size": 16,
                                          "learning_rate": 1e-3, "eval_every": 10})
 
 
