@@ -55,7 +55,8 @@ class SaneTrainingArguments:
         AdamW(learning_rate, weight_decay on >= 2-d parameters only), OneCycle (pct_start, cosine),
         batch_size models per process and step (two views each), gradient_accumulation_steps,
         max_grad_norm (None: no clipping), mixed_precision "auto" (bf16 on a GPU and on a CPU with
-        AVX512-BF16/AMX, else none), "no", "bf16" or "fp16"; prefetch_batches: batches built ahead in a background thread (0: none).
+        AVX512-BF16/AMX, else none), "no", "bf16" or "fp16"; prefetch_batches: batches built ahead
+        in a background thread (0: none).
     Run:
         eval_every / save_every: epochs between evaluations / checkpoints; logging_steps: optimizer
         steps between training log lines; stop_after_steps: end after this many optimizer steps
