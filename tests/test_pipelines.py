@@ -273,3 +273,82 @@ def test_zoo_models_are_rebuilt_with_their_own_activation(zoo, monkeypatch):
     models = zoo_models(zoo, len(last))
     kinds = [{type(m).__name__ for m in model.modules()} & {"ReLU", "Tanh"} for model in models]
     assert kinds == [{"ReLU"} if a == "relu" else {"Tanh"} for a in last.activation]
+
+
+@pytest.fixture(scope="module")
+def spec_checkpoint(zoo, checkpoint, tmp_path_factory):
+    """The checkpoint with the zoo architecture's permutation spec stored in its tokenizer (as the
+    trainer stores it) and probes fitted with the default, permutation-averaged, embeddings."""
+    import shutil
+
+    from hyperrep_hf.weightspace import permutation_spec
+
+    folder = tmp_path_factory.mktemp("spec_checkpoint")
+    shutil.copytree(checkpoint, folder, dirs_exist_ok=True)
+    model, tok = load_checkpoint(folder)
+    tok.set_permutation_spec(permutation_spec(zoo.build_model(zoo.weights("train")[0])))
+    tok.save_pretrained(folder)
+    fit_probes(zoo, "sane", folder, model, tok, ["test_acc", "epoch"]).save(folder)
+    return folder
+
+
+def test_permutation_averaged_embeddings(zoo, spec_checkpoint):
+    from hyperrep_hf.weightspace import random_permutation
+
+    embedder = pipeline("weight-embedding", model=str(spec_checkpoint))
+    model, tok = embedder.model, embedder.feature_extractor
+    weights = zoo.weights("test")
+    expected = embed_flat(model, tok, weights, permutations=3)
+    assert not torch.allclose(expected, embed_flat(model, tok, weights))
+    # the same 3 permutations for every model, whatever the batching or the input route
+    torch.testing.assert_close(torch.stack(embedder(list(weights), batch_size=2, permutations=3)), expected)
+    torch.testing.assert_close(torch.stack(embedder(zoo.dataset["test"], batch_size=3, permutations=3)), expected)
+    torch.testing.assert_close(embedder(zoo.build_model(weights[1]), permutations=3), expected[1])
+    # averaging brings a model and a function-equal permutation of it together
+    spec = tok.permutation_spec()
+    twin = random_permutation(weights[:1], spec, layout=zoo.layout, generator=torch.Generator().manual_seed(1))
+    pair = torch.cat([weights[:1], twin])
+    plain, averaged = embed_flat(model, tok, pair), embed_flat(model, tok, pair, permutations=32)
+    assert (averaged[0] - averaged[1]).norm() < 0.5 * (plain[0] - plain[1]).norm()
+    with pytest.raises(ValueError, match="need pooling='mean'"):
+        embedder(weights[0], pooling="full", permutations=2)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        embed_flat(model, tok, weights, permutations=-1)
+
+
+def test_probes_average_over_permutations_by_default(zoo, spec_checkpoint, checkpoint):
+    from hyperrep_hf.downstream.evaluation import PROBE_PERMUTATIONS
+
+    probes = ProbeSet.load(spec_checkpoint, "sane")
+    assert probes.info["permutations"] == PROBE_PERMUTATIONS
+    assert ProbeSet.load(checkpoint, "sane").info["permutations"] == 0  # no spec stored: plain embeddings
+    pipe = pipeline("weight-property-prediction", model=str(spec_checkpoint))
+    weights = zoo.weights("test")
+    expected = probes.predict(embed_flat(pipe.model, pipe.feature_extractor, weights, permutations=PROBE_PERMUTATIONS))
+    assert [r["test_acc"] for r in pipe(list(weights), batch_size=4)] == pytest.approx(expected["test_acc"])
+    assert [r["epoch"] for r in pipe(zoo.dataset["test"])] == pytest.approx(expected["epoch"])
+    with pytest.raises(ValueError, match="fix the pooling and permutations"):
+        pipe(weights[0], permutations=2)
+    # a tokenizer without the spec names the fix
+    plain = pipeline("weight-embedding", model=str(checkpoint))
+    with pytest.raises(ValueError, match="stores no permutation spec.*set_permutation_spec"):
+        plain(weights[0], permutations=2)
+
+
+def test_cli_permutations(zoo, spec_checkpoint, tmp_path):
+    out = tmp_path / "emb.safetensors"
+    assert cli(["embed", "--checkpoint", str(spec_checkpoint), "--zoo", str(zoo.path), "--permutations", "3", "--out", str(out)]) == 0
+    model, tok = load_checkpoint(spec_checkpoint)
+    torch.testing.assert_close(load_file(out)["embeddings"], embed_flat(model, tok, zoo.weights("test"), permutations=3))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for f in spec_checkpoint.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    assert cli(["probe", "fit", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--properties", "epoch", "--permutations", "2"]) == 0
+    assert ProbeSet.load(folder, "sane").info["permutations"] == 2
+    assert cli(["probe", "eval", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--json", str(tmp_path / "t.json")]) == 0
+    probes = ProbeSet.load(folder, "sane")
+    expected = probes.evaluate(embed_flat(model, tok, zoo.weights("test"), permutations=2),
+                               {"epoch": zoo.metadata("test", ["epoch"])["epoch"].tolist()})
+    assert json.loads((tmp_path / "t.json").read_text())[0]["value"] == pytest.approx(expected["epoch"]["r2"])

@@ -190,6 +190,10 @@ def test_hyperrep_train_writes_a_loadable_model_tokenizer_metrics_and_card(zoo_d
     zoo = load_zoo(zoo_dir)
     enc = tokenizer(zoo.build_model(zoo.weights("test")[0]))
     assert model.embed(enc["tokens"], enc["positions"], enc["attention_mask"]).shape == (1, 8)
+    # the zoo architecture's permutation spec travels with the tokenizer (permutation-averaged embeddings)
+    from hyperrep_hf.weightspace import permutation_spec
+
+    assert tokenizer.permutation_spec(0) == permutation_spec(zoo.build_model(zoo.weights("test")[0]))
 
     lines = read_metrics(out)
     train = [m for m in lines if m["type"] == "train"]

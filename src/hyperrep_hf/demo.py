@@ -121,8 +121,6 @@ def pivot_generation_table(rows: list[dict]) -> list[dict]:
 
 def make_plots(out: Path, zoo, ckpt: Path, results: dict) -> list[str]:
     """The demo's figures, from the checkpoint and the stored results (cheap: always redrawn)."""
-    import torch
-
     from .downstream.evaluation import fit_probes, zoo_features, zoo_targets
     from .downstream.generation import load_checkpoint
     from .plots import (
@@ -135,15 +133,15 @@ def make_plots(out: Path, zoo, ckpt: Path, results: dict) -> list[str]:
     model, tokenizer = load_checkpoint(ckpt)
     plots = out / "plots"
     meta = zoo.metadata("test", ["test_acc", "epoch"])
-    with torch.no_grad():
-        emb = zoo_features(zoo, "test", "sane", model, tokenizer)
-    paths = [plot_embedding_space(emb.numpy(), {"test_acc": meta["test_acc"].to_numpy(), "epoch": meta["epoch"].to_numpy()},
-                                  plots / "embedding_space.png", title="SANE embeddings of the test split (PCA)")]
     predictions = {}
     for features, label in (("sane", "SANE"), ("stats", "s(W)")):
         probes = fit_probes(zoo, features, model=model, tokenizer=tokenizer, properties=["test_acc"])
-        x = zoo_features(zoo, "test", features, model, tokenizer)
+        x = zoo_features(zoo, "test", features, model, tokenizer, permutations=probes.info["permutations"])
         predictions[label] = probes.predict(x, ["test_acc"])["test_acc"]
+        if features == "sane":
+            emb = x
+    paths = [plot_embedding_space(emb.numpy(), {"test_acc": meta["test_acc"].to_numpy(), "epoch": meta["epoch"].to_numpy()},
+                                  plots / "embedding_space.png", title="SANE embeddings of the test split (PCA)")]
     paths.append(plot_predicted_vs_true(zoo_targets(zoo, "test", ["test_acc"])["test_acc"], predictions,
                                         plots / "predicted_vs_true_test_acc.png"))
     gen = results["generation_table"]

@@ -211,12 +211,15 @@ class TokenLayout:
     Attributes: num_tokens N, token_size T, positions [N, 3] int64 (n, l, k), value_mask [N, T]
     bool (real values), layer_of_token [N] int64, names of layers, optional standardisation
     statistics mean/std [num_layers] float64, optional alignment {"reference": [P] float32,
-    "spec": PermutationSpec as a dict}.
+    "spec": PermutationSpec as a dict}, optional permutation (the architecture's PermutationSpec as a
+    dict, for permutation-averaged embeddings).
     """
 
     def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
-                 restored: list[list] | None = None, mean=None, std=None, alignment: Mapping | None = None):
+                 restored: list[list] | None = None, mean=None, std=None, alignment: Mapping | None = None,
+                 permutation: Mapping | None = None):
         self.weights, self.layers, self.token_size = weights, list(layers), int(token_size)
+        self.permutation = None if permutation is None else dict(permutation)
         self.alignment = None if alignment is None else {
             "reference": torch.as_tensor(alignment["reference"], dtype=torch.float32), "spec": dict(alignment["spec"])}
         self.restored = [list(r) for r in (restored or [])]  # [[name, shape, dtype]] of integer buffers
@@ -342,6 +345,8 @@ class TokenLayout:
             d["standardization"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
         if self.alignment is not None:
             d["alignment"] = {"reference": self.alignment["reference"].tolist(), "spec": self.alignment["spec"]}
+        if self.permutation is not None:
+            d["permutation"] = self.permutation
         return d
 
     @classmethod
@@ -350,7 +355,8 @@ class TokenLayout:
             stats = d.get("standardization") or {}
             return cls(WeightLayout.from_dict({"entries": d["weights"]}),
                        [LayerSpec(w, b, int(c), int(g)) for w, b, c, g in d["layers"]], token_size,
-                       d.get("restored", []), stats.get("mean"), stats.get("std"), d.get("alignment"))
+                       d.get("restored", []), stats.get("mean"), stats.get("std"), d.get("alignment"),
+                       d.get("permutation"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"corrupt token layout record in the tokenizer file ({err!r}); re-save the "
                              f"tokenizer with save_pretrained") from err
@@ -450,7 +456,8 @@ class WeightTokenizer(FeatureExtractionMixin):
                 return i
         for tl in self.layouts:  # same architecture in another dtype: same plan and statistics
             if tl.same_architecture(weights):
-                self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std, tl.alignment))
+                self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std,
+                                               tl.alignment, tl.permutation))
                 return len(self.layouts) - 1
         layers = layers if layers is not None else layers_from_state_dict(weights)
         token_size = self._resolve_token_size(layers, weights)
@@ -685,11 +692,36 @@ class WeightTokenizer(FeatureExtractionMixin):
         if reference.numel() != tl.weights.num_weights:
             raise ValueError(f"the alignment reference has {reference.numel()} weights, layout {layout_id} has "
                              f"{tl.weights.num_weights}")
-        spec.check(tl.weights)
+        self.set_permutation_spec(spec, layout_id)
         for other in self.layouts:
             if other.same_architecture(tl.weights):
                 other.alignment = {"reference": reference.clone(), "spec": spec.to_dict()}
         return self
+
+    # -- permutation symmetry --
+    def set_permutation_spec(self, spec, layout_id: int = 0) -> WeightTokenizer:
+        """Store the architecture's neuron permutation groups (a weightspace.PermutationSpec) with the
+        layout, so embeddings can be averaged over function-preserving permutations of a model
+        (`permutations=` of the embedding and probe APIs). The trainer stores it for every zoo."""
+        tl = self._layout(layout_id)
+        spec.check(tl.weights)
+        for other in self.layouts:
+            if other.same_architecture(tl.weights):
+                other.permutation = spec.to_dict()
+        return self
+
+    def permutation_spec(self, layout_id: int = 0):
+        """The PermutationSpec stored with `set_permutation_spec` for this layout."""
+        from .weightspace import PermutationSpec
+
+        tl = self._layout(layout_id)
+        if tl.permutation is None:
+            raise ValueError(
+                f"this tokenizer stores no permutation spec for layout {layout_id} (checkpoints of hyperrep_hf "
+                "0.1.0 lack it); use permutations=0, or call tokenizer.set_permutation_spec(permutation_spec(model), "
+                f"{layout_id}) with a model of the zoo's architecture and save the tokenizer again"
+            )
+        return PermutationSpec.from_dict(tl.permutation)
 
     def align_flat(self, weights: torch.Tensor, layout_id: int = 0) -> torch.Tensor:
         """Flat weights [M, P] -> the same models aligned to the layout's reference [M, P]."""

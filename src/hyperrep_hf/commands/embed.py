@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files to embed")
     p.add_argument("--split", default="test", help="zoo split (default: test)")
     p.add_argument("--pooling", choices=("mean", "full"), default="mean", help="mean of token latents (default) or all of them")
+    p.add_argument("--permutations", type=int, default=0,
+                   help="average each mean embedding over K function-preserving neuron permutations (default 0)")
     p.add_argument("--window-size", type=int, default=None, help="tokens per window (default: the checkpoint's)")
     p.add_argument("--halo", type=int, default=None, help="context tokens each side of a window (default: window/4)")
     p.add_argument("--batch-size", type=int, default=64, help="models per forward pass (default 64)")
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from ..files import atomic_write_bytes
 
     pipe = pipeline("weight-embedding", model=args.checkpoint)
-    options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size}
+    options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size,
+               "permutations": args.permutations}
     tensors = {}
     if args.zoo:
         from ..zoo import load_zoo

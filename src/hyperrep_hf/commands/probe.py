@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     fit = sub.add_parser("fit", help="fit probes on a zoo's train split (penalty chosen on validation) and save them")
     _common(fit)
     fit.add_argument("--pooling", choices=("mean", "full"), default="mean", help="SANE embedding pooling (default mean)")
+    fit.add_argument("--permutations", type=int, default=None,
+                     help="average each SANE embedding over K function-preserving neuron permutations (default: "
+                     "8 where the checkpoint stores the permutation spec and pooling is mean, else 0)")
     fit.set_defaults(func=run_fit)
 
     pred = sub.add_parser("predict", help="predict properties of zoo rows or .safetensors models with saved probes")
@@ -63,7 +66,8 @@ def run_fit(args: argparse.Namespace) -> int:
     zoo = load_zoo(args.zoo)
     model, tokenizer = _checkpoint_parts(args, args.features)
     for features in args.features:
-        probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling, progress=True)
+        probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
+                            progress=True, permutations=args.permutations)
         path = probes.save(args.checkpoint)
         scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
         print(f"{features}: validation {scores}; saved to {path}")
@@ -111,7 +115,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for features in args.features:
         probes = ProbeSet.load(args.checkpoint, features)
         properties = args.properties or probes.properties
-        x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean")
+        x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean",
+                         permutations=probes.info.get("permutations", 0))
         scores = probes.evaluate(x, zoo_targets(zoo, args.split, properties))
         for name in properties:
             s = scores[name]

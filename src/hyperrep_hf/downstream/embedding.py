@@ -4,6 +4,13 @@ A model whose token sequence is longer than the SANE window is encoded (and deco
 windows with a halo (windows.sliding_windows): each window sees `halo` tokens of context on either
 side of the part it keeps, so every token's latent is computed with context on both sides.
 
+Permutation-averaged embeddings: a model and any permutation of its hidden neurons compute the
+same function, but SANE (like any sequence model over tokens in neuron order) embeds them a little
+apart. With `permutations=k` an embedding is the mean over k function-preserving permutations of
+the model; the k permutations are drawn from `seed`, the same for every model, so the embedding is
+one fixed function of the weights. It needs the permutation spec the trainer stores with the
+tokenizer, and "mean" pooling (a permuted sequence has no fixed token order to concatenate).
+
 Shapes: tokens [B, N, T], positions [B, N, 3], attention_mask [B, N], latents [B, N, L];
 flat weights [M, P] in the zoo's WeightLayout order.
 """
@@ -15,6 +22,7 @@ from collections.abc import Mapping
 import torch
 from tqdm.auto import tqdm
 
+from ..weightspace.permutation import permute_flat
 from ..windows import sliding_windows
 
 POOLINGS = ("mean", "full")
@@ -104,17 +112,41 @@ def encode_flat(model, tokenizer, weights: torch.Tensor, layout_id: int = 0, bat
     return torch.cat(parts)
 
 
+def check_permutations(permutations: int, pooling: str = "mean") -> int:
+    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+        raise ValueError(f"permutations must be an integer >= 0 (0: the model as given), got {permutations!r}")
+    if permutations and pooling != "mean":
+        raise ValueError(f"permutation-averaged embeddings need pooling='mean', got {pooling!r}; use permutations=0")
+    return permutations
+
+
+def permuted_views(tokenizer, weights: torch.Tensor, layout_id: int, permutations: int, seed: int = 0) -> torch.Tensor:
+    """Flat weights [M, P] -> [k, M, P]: every model under the same k function-preserving neuron
+    permutations, drawn from `seed` with the layout's stored PermutationSpec."""
+    spec = tokenizer.permutation_spec(layout_id)
+    layout = tokenizer.layouts[layout_id].weights
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([permute_flat(weights, layout, spec, spec.random(generator=generator)) for _ in range(permutations)])
+
+
 def embed_flat(model, tokenizer, weights: torch.Tensor, pooling: str = "mean", layout_id: int = 0,
                batch_size: int = 64, window_size: int | None = None, halo: int | None = None,
-               progress: bool = False) -> torch.Tensor:
-    """Flat zoo weights [M, P] -> embeddings [M, latent_dim] ("mean") or [M, N * latent_dim] ("full")."""
+               progress: bool = False, permutations: int = 0, seed: int = 0) -> torch.Tensor:
+    """Flat zoo weights [M, P] -> embeddings [M, latent_dim] ("mean") or [M, N * latent_dim] ("full");
+    with `permutations=k` > 0 the mean embedding over k permutations of each model (module docstring)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    check_permutations(permutations, pooling)
     weights = torch.as_tensor(weights)
     parts = []
     for start in tqdm(range(0, len(weights), batch_size), desc="embed", disable=not progress, unit="batch"):
-        enc = tokenizer.tokenize_flat(weights[start : start + batch_size], layout_id=layout_id)
-        parts.append(pool(encode(model, enc, window_size, halo), enc["attention_mask"], pooling).cpu())
+        chunk = weights[start : start + batch_size]
+        views = permuted_views(tokenizer, chunk, layout_id, permutations, seed) if permutations else chunk[None]
+        embeddings = []
+        for view in views:
+            enc = tokenizer.tokenize_flat(view, layout_id=layout_id)
+            embeddings.append(pool(encode(model, enc, window_size, halo), enc["attention_mask"], pooling).cpu())
+        parts.append(torch.stack(embeddings).mean(0))
     return torch.cat(parts)
 
 

@@ -5,6 +5,8 @@ weight vector [P]; a list of them (batched with batch_size > 1); or a zoo split 
 read in slices. Output per model: the mean of its token latents [latent_dim] (pooling="mean",
 default) or all token latents [num_tokens, latent_dim] (pooling="full"). Models longer than the
 SANE window are encoded in sliding windows with a halo (window_size, halo options).
+`permutations=k` averages the mean embedding over k function-preserving neuron permutations of
+each model (downstream.embedding; the same k permutations for every model).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Pipeline
 
-from ..downstream.embedding import POOLINGS, encode, pool
+from ..downstream.embedding import POOLINGS, check_permutations, embed_flat, encode, pool
 
 
 class WeightEmbeddingPipeline(Pipeline):
@@ -40,10 +42,11 @@ class WeightEmbeddingPipeline(Pipeline):
         self._known_layouts = len(self.feature_extractor.layouts)
 
     # ---- Pipeline API --------------------------------------------------------------------------
-    def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, **kwargs):
+    def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, permutations=None, **kwargs):
         if kwargs:
-            raise ValueError(f"unknown options {sorted(kwargs)}; weight-embedding takes pooling, window_size, halo")
-        forward = {}
+            raise ValueError(f"unknown options {sorted(kwargs)}; weight-embedding takes pooling, window_size, halo, "
+                             "permutations")
+        pre, forward = {}, {}
         if pooling is not None:
             if pooling not in POOLINGS:
                 raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
@@ -52,7 +55,9 @@ class WeightEmbeddingPipeline(Pipeline):
             forward["window_size"] = window_size
         if halo is not None:
             forward["halo"] = halo
-        return {}, forward, {}
+        if permutations:
+            pre["permutations"] = forward["permutations"] = check_permutations(permutations, pooling or "mean")
+        return pre, forward, {}
 
     def __call__(self, inputs, **kwargs):
         import datasets
@@ -65,11 +70,21 @@ class WeightEmbeddingPipeline(Pipeline):
             inputs = list(inputs)
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, item) -> dict:
-        enc = self._tokenize(item)
+    def preprocess(self, item, permutations=0) -> dict:
+        flat, layout_id = self._flatten(item)
+        if permutations:  # permuted on the flat weights in _forward
+            return {"weights": flat, "layout_id": torch.tensor([layout_id])}
+        enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
         return {"tokens": enc["tokens"], "positions": enc["positions"], "attention_mask": enc["attention_mask"]}
 
-    def _forward(self, model_inputs, pooling="mean", window_size=None, halo=None):
+    def _forward(self, model_inputs, pooling="mean", window_size=None, halo=None, permutations=0):
+        if permutations:
+            layouts = self.feature_extractor.layouts
+            rows = [(w, int(i)) for w, i in zip(model_inputs["weights"], model_inputs["layout_id"])]
+            return {"embedding": torch.cat([
+                embed_flat(self.model, self.feature_extractor, w[None, : layouts[i].weights.num_weights], "mean", i,
+                           window_size=window_size, halo=halo, permutations=permutations)
+                for w, i in rows])}
         latents = encode(self.model, model_inputs, window_size, halo)
         if pooling == "full":
             return {"latents": latents, "attention_mask": model_inputs["attention_mask"]}
@@ -98,16 +113,16 @@ class WeightEmbeddingPipeline(Pipeline):
             f"(weights per model: {known}); embed models of the zoo the checkpoint was trained on"
         )
 
-    def _tokenize(self, item):
-        """One model -> the tokenizer's encoding, through its flat fast path: the state_dict is matched
-        by entry names and shapes (not order: safetensors files store keys sorted) to a layout the
+    def _flatten(self, item) -> tuple[torch.Tensor, int]:
+        """One model -> (flat weights [1, P], its tokenizer layout): the state_dict is matched by entry
+        names and shapes (not order: safetensors files store keys sorted) to a layout the
         checkpoint knows, so a model of another family is refused instead of silently tokenized."""
         tok = self.feature_extractor
         if isinstance(item, Mapping) and "weights" in item:  # a zoo row
             item = item["weights"]
         if torch.is_tensor(item) or isinstance(item, (np.ndarray, list)):
             flat = torch.as_tensor(np.asarray(item, dtype=np.float32)).reshape(1, -1)
-            return tok.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
+            return flat, self.layout_for_size(flat.shape[1])
         if isinstance(item, nn.Module):
             state_dict = item.state_dict()
         elif isinstance(item, (str, os.PathLike)):
@@ -123,7 +138,7 @@ class WeightEmbeddingPipeline(Pipeline):
         for i, tl in enumerate(tok.layouts[: self._known_layouts]):
             layout = tl.weights
             if set(layout.names) == names and all(tuple(state_dict[e.name].shape) == e.shape for e in layout.entries):
-                return tok.tokenize_flat(layout.flatten(state_dict).unsqueeze(0), layout_id=i)
+                return layout.flatten(state_dict).unsqueeze(0), i
         known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tok.layouts[: self._known_layouts]]
         size = sum(state_dict[k].numel() for k in names)
         raise ValueError(
@@ -132,20 +147,26 @@ class WeightEmbeddingPipeline(Pipeline):
             "of this architecture"
         )
 
-    def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, **kwargs):
+    def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, permutations=None, **kwargs):
         """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""
         if "weights" not in ds.column_names:
             raise ValueError(f"the dataset has no 'weights' column (columns: {ds.column_names}); is it a zoo split?")
         pooling = pooling or "mean"
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        permutations = check_permutations(permutations or 0, pooling)
         step = batch_size or self._batch_size or 64
         out = []
         for start in range(0, len(ds), step):
             flat = torch.as_tensor(np.asarray(ds.with_format("numpy")[start : start + step]["weights"], dtype=np.float32))
             flat = flat.reshape(flat.shape[0], -1)
-            enc = self.feature_extractor.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
-            with torch.no_grad():
-                res = self._forward(enc, pooling=pooling, window_size=window_size, halo=halo)
+            layout_id = self.layout_for_size(flat.shape[1])
+            if permutations:
+                res = {"embedding": embed_flat(self.model, self.feature_extractor, flat, "mean", layout_id, len(flat),
+                                               window_size, halo, permutations=permutations)}
+            else:
+                enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
+                with torch.no_grad():
+                    res = self._forward(enc, pooling=pooling, window_size=window_size, halo=halo)
             out.extend(self._unbatch({k: v[i : i + 1] for k, v in res.items()}) for i in range(flat.shape[0]))
         return out

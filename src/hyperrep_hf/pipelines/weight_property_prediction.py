@@ -28,8 +28,8 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         return self._probes
 
     def _sanitize_parameters(self, properties=None, window_size=None, halo=None, **kwargs):
-        if "pooling" in kwargs:
-            raise ValueError("the probes fix the pooling they were fitted with; do not pass pooling")
+        if "pooling" in kwargs or "permutations" in kwargs:
+            raise ValueError("the probes fix the pooling and permutations they were fitted with; do not pass them")
         if kwargs:
             raise ValueError(f"unknown options {sorted(kwargs)}; weight-property-prediction takes properties, window_size, halo")
         pre, forward, _ = super()._sanitize_parameters(window_size=window_size, halo=halo)
@@ -41,8 +41,12 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
             post["properties"] = properties
         return pre, forward, post
 
+    def preprocess(self, item, **kwargs) -> dict:
+        return super().preprocess(item, self.probes.info.get("permutations", 0))
+
     def _forward(self, model_inputs, window_size=None, halo=None, **kwargs):
-        return super()._forward(model_inputs, self.probes.info.get("pooling", "mean"), window_size, halo)
+        return super()._forward(model_inputs, self.probes.info.get("pooling", "mean"), window_size, halo,
+                                self.probes.info.get("permutations", 0))
 
     def postprocess(self, model_outputs, properties=None):
         embedding = self._unbatch(model_outputs).reshape(1, -1)
@@ -50,7 +54,8 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
 
     def _embed_dataset(self, ds, properties=None, window_size=None, halo=None, batch_size=None, **kwargs):
         _, _, post = self._sanitize_parameters(properties=properties, window_size=window_size, halo=halo)
-        embeddings = super()._embed_dataset(ds, self.probes.info.get("pooling", "mean"), window_size, halo, batch_size)
+        embeddings = super()._embed_dataset(ds, self.probes.info.get("pooling", "mean"), window_size, halo, batch_size,
+                                            self.probes.info.get("permutations", 0))
         if not embeddings:
             return []
         predictions = self.probes.predict(torch.stack([e.reshape(-1) for e in embeddings]), post.get("properties"))

@@ -132,14 +132,16 @@ class ZooData:
             tl = tokenizer.layouts[layout_id]
             if [(e.name, e.shape) for e in tl.weights.entries] != [(e.name, e.shape) for e in zoo.layout.entries]:
                 raise ValueError(f"zoo {name}: its weight layout does not match architecture {zoo.architecture!r}")
-            spec = None
-            if need_permutations or align:
-                try:
-                    spec = permutation_spec(model)
-                    spec.check(zoo.layout)
-                except ValueError as err:
+            # The spec travels with the tokenizer (permutation-averaged embeddings) whenever the
+            # architecture has one; only augmentation and alignment cannot do without it.
+            try:
+                spec = permutation_spec(model)
+                tokenizer.set_permutation_spec(spec, layout_id)
+            except ValueError as err:
+                if need_permutations or align:
                     raise ValueError(f"zoo {name} ({zoo.architecture}): no permutation augmentation possible ({err}); "
                                      "train with --permute_views false") from err
+                spec = None
             splits = {s: _read_split(zoo, s, epochs) for s in SPLITS}
             if align and len(splits["train"]):
                 align_splits(splits, tokenizer, layout_id, spec)
