@@ -155,10 +155,11 @@ def test_decoding_inverts_the_tokenizer_standardisation(checkpoint):
     positions = gen.tokenizer.layouts[0].positions.expand(2, -1, -1)
     tokens = decode(gen.model, latents, positions)
     raw = gen.tokenizer.decode_flat(tokens, standardized=False)
-    std = gen.tokenizer.layouts[0].std
+    layout = gen.tokenizer.layouts[0]
     flat = gen.decode(latents)
-    # a weight of layer 0: standardised value * sigma_0 + mu_0
-    torch.testing.assert_close(flat[:, 0].double(), raw[:, 0].double() * std[0] + gen.tokenizer.layouts[0].mean[0], rtol=1e-5, atol=1e-6)
+    # a weight of layer 0: the soft clip c * asinh(z / c) undone, then z * sigma_0 + mu_0
+    z = layout.clip * torch.sinh(raw[:, 0].double() / layout.clip)
+    torch.testing.assert_close(flat[:, 0].double(), z * layout.std[0] + layout.mean[0], rtol=1e-5, atol=1e-6)
 
 
 def test_sub_boot_and_neighbours(zoo, checkpoint):

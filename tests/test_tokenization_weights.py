@@ -191,7 +191,7 @@ def test_standardization_fit_apply_invert_and_save_load(tmp_path):
 
 def test_per_layer_statistics_are_mean_of_means_and_root_mean_variance():
     flat = torch.tensor([[1.0, 3.0, 0.0, 0.0], [5.0, 7.0, 0.0, 0.0]])  # Linear(1, 2): weight [2,1], bias [2]
-    tok = WeightTokenizer(token_size=2, min_std=1e-3)
+    tok = WeightTokenizer(token_size=2, min_std=1e-3, statistics="mean")
     tok(nn.Linear(1, 2))
     tok.fit_standardization(flat)
     layout = tok.layouts[0]
@@ -200,6 +200,36 @@ def test_per_layer_statistics_are_mean_of_means_and_root_mean_variance():
     assert layout.std.tolist() == pytest.approx([math.sqrt((1.5 + 9.5) / 2)])
     tok.fit_standardization(torch.zeros(3, 4))
     assert tok.layouts[0].std.tolist() == [1e-3]  # floored
+
+
+def test_median_statistics_and_soft_clip_tame_exploded_models(tmp_path):
+    """A hyperparameter zoo holds a few models whose weights exploded (1000x the rest): the median
+    statistics keep the typical model's scale, the soft clip bounds the exploded model's tokens,
+    and decoding inverts both."""
+    torch.manual_seed(0)
+    flat = torch.randn(7, 4) * 0.1
+    flat[6] *= 1e4  # one exploded model
+    mean_tok = WeightTokenizer(token_size=2, statistics="mean", soft_clip=None)
+    median_tok = WeightTokenizer(token_size=2)
+    for tok in (mean_tok, median_tok):
+        tok(nn.Linear(1, 2))
+        tok.fit_standardization(flat)
+    assert mean_tok.layouts[0].std.item() > 100  # the exploded model sets the scale
+    typical = flat[:6].std(1, correction=0)
+    assert typical.min() <= median_tok.layouts[0].std.item() <= typical.max()
+    tokens = median_tok.tokenize_flat(flat)["tokens"]
+    c = median_tok.soft_clip
+    assert tokens[:6].abs().max() < 3.5  # typical models: O(1) values, about linear
+    assert tokens[6].abs().max() < c * math.asinh(1e5 / c)  # logarithmic, not 1e4-sized
+    torch.testing.assert_close(median_tok.decode_flat(tokens), flat, rtol=1e-5, atol=1e-6)
+    median_tok.save_pretrained(tmp_path)
+    loaded = WeightTokenizer.from_pretrained(tmp_path)
+    assert loaded.layouts[0].clip == c and loaded.statistics == "median"
+    assert torch.equal(loaded.tokenize_flat(flat)["tokens"], tokens)
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        WeightTokenizer(statistics="max")
+    with pytest.raises(ValueError, match="soft_clip must be a positive number or None"):
+        WeightTokenizer(soft_clip=0)
 
 
 def test_save_and_load_with_auto_feature_extractor_in_a_fresh_process(tmp_path):

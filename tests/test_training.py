@@ -28,6 +28,7 @@ from hyperrep_hf.training import (
     parse_training_args,
     train_sane,
 )
+from hyperrep_hf.training.data import exploded_rows
 from hyperrep_hf.training.trainer import epoch_batches
 from hyperrep_hf.zoo import build_zoo, load_zoo
 
@@ -121,16 +122,45 @@ def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(z
 
 def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
     data = ZooData.from_zoos([zoo_dir])
-    train = data.groups[0].splits["train"].weights
-    enc = data.tokenizer.tokenize_flat(train)
-    # per layer, the standardised train tokens have mean ~0 (exactly the fitted statistics)
-    layer = enc["positions"][..., 1]
-    for index in range(data.num_layers):
-        values = enc["tokens"][layer == index][enc["value_mask"][layer == index]]
-        assert abs(float(values.mean())) < 1e-4
+    splits = data.groups[0].splits
+    layout = data.tokenizer.layouts[0]
+
+    def fitted(weights):
+        tok = hyperrep_hf.WeightTokenizer(token_size=data.tokenizer.token_size)
+        tok.layout_of(load_zoo(zoo_dir).build_model(weights[0]))
+        return tok.fit_standardization(weights).layouts[0]
+
+    on_train = fitted(splits["train"].weights)
+    assert torch.equal(layout.mean, on_train.mean) and torch.equal(layout.std, on_train.std)
+    on_all = fitted(torch.cat([splits[s].weights for s in ("train", "validation", "test")]))
+    assert not torch.equal(layout.std, on_all.std)
     refit = ZooData.from_zoos([zoo_dir], epochs=[0])
     assert refit.tokenizer.to_dict()["layouts"] != data.tokenizer.to_dict()["layouts"]
     assert set(refit.metadata("train", "epoch")) == {0}
+
+
+def test_exploded_checkpoints_are_left_out_of_training_but_still_tokenize_bounded(zoo_dir, monkeypatch):
+    zoo = load_zoo(zoo_dir)
+    clean = ZooData.from_zoos([zoo])
+    read = zoo.weights
+
+    def with_exploded(split="train"):
+        w = read(split).clone()
+        if split == "train":
+            w[:3] *= 1000.0  # three checkpoints whose weights exploded
+        return w
+
+    monkeypatch.setattr(zoo, "weights", with_exploded)
+    data = ZooData.from_zoos([zoo])
+    train = data.groups[0].splits["train"]
+    assert train.exploded == 3 and len(train) == len(clean.groups[0].splits["train"]) - 3
+    assert torch.equal(train.weights, clean.groups[0].splits["train"].weights[3:])
+    # the statistics keep the clean zoo's scale; an exploded model's tokens stay bounded by the soft clip
+    torch.testing.assert_close(data.tokenizer.layer_std(), clean.tokenizer.layer_std(), rtol=0.2, atol=0)
+    tokens = data.tokenizer.tokenize_flat(with_exploded()[:1])["tokens"]
+    clip = data.tokenizer.soft_clip
+    assert tokens.abs().max() < clip * math.asinh(1e4 / clip)
+    assert exploded_rows(torch.zeros(0, 5)).shape == (0,)
 
 
 def test_align_aligns_every_checkpoint_and_the_saved_tokenizer_aligns_new_models(zoo_dir, tmp_path):

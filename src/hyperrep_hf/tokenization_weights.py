@@ -38,6 +38,7 @@ from .layout import WeightEntry, WeightLayout
 __all__ = ["LayerSpec", "TokenLayout", "WeightTokenizer", "register_layer_handler"]
 
 FORMAT_VERSION = 1
+STATISTICS = ("median", "mean")
 
 
 @dataclass(frozen=True)
@@ -210,15 +211,16 @@ class TokenLayout:
 
     Attributes: num_tokens N, token_size T, positions [N, 3] int64 (n, l, k), value_mask [N, T]
     bool (real values), layer_of_token [N] int64, names of layers, optional standardisation
-    statistics mean/std [num_layers] float64, optional alignment {"reference": [P] float32,
+    statistics mean/std [num_layers] float64 and soft clip c (None: linear), optional alignment {"reference": [P] float32,
     "spec": PermutationSpec as a dict}, optional permutation (the architecture's PermutationSpec as a
     dict, for permutation-averaged embeddings).
     """
 
     def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
                  restored: list[list] | None = None, mean=None, std=None, alignment: Mapping | None = None,
-                 permutation: Mapping | None = None):
+                 permutation: Mapping | None = None, clip: float | None = None):
         self.weights, self.layers, self.token_size = weights, list(layers), int(token_size)
+        self.clip = None if clip is None else float(clip)
         self.permutation = None if permutation is None else dict(permutation)
         self.alignment = None if alignment is None else {
             "reference": torch.as_tensor(alignment["reference"], dtype=torch.float32), "spec": dict(alignment["spec"])}
@@ -323,7 +325,9 @@ class TokenLayout:
             if b.bias is not None:
                 rows[:, :, b.rest].copy_(tensor(b.bias, b.bias_offset).reshape(M, b.c_out))
             if standardize:
-                rows[:, :, : b.length].sub_(float(self.mean[i])).div_(float(self.std[i]))
+                values = rows[:, :, : b.length].sub_(float(self.mean[i])).div_(float(self.std[i]))
+                if self.clip is not None:
+                    values.div_(self.clip).asinh_().mul_(self.clip)
 
     def decode_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
                     standardized: bool) -> None:
@@ -332,6 +336,8 @@ class TokenLayout:
         for i, b in enumerate(self.blocks):
             rows = tokens[:, b.n0:b.n1].reshape(M, b.c_out, b.n_chunks * self.token_size)[:, :, : b.length]
             if standardized:
+                if self.clip is not None:
+                    rows = torch.sinh(rows / self.clip) * self.clip
                 rows = rows * float(self.std[i]) + float(self.mean[i])
             _weight_canonical(tensor(b.weight, b.weight_offset), b).copy_(_weight_rows(rows[:, :, : b.rest], b))
             if b.bias is not None:
@@ -342,7 +348,7 @@ class TokenLayout:
         d = {"weights": self.weights.to_dict()["entries"], "layers": [s.to_list() for s in self.layers],
              "restored": self.restored}
         if self.standardized:
-            d["standardization"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+            d["standardization"] = {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
         if self.alignment is not None:
             d["alignment"] = {"reference": self.alignment["reference"].tolist(), "spec": self.alignment["spec"]}
         if self.permutation is not None:
@@ -356,7 +362,7 @@ class TokenLayout:
             return cls(WeightLayout.from_dict({"entries": d["weights"]}),
                        [LayerSpec(w, b, int(c), int(g)) for w, b, c, g in d["layers"]], token_size,
                        d.get("restored", []), stats.get("mean"), stats.get("std"), d.get("alignment"),
-                       d.get("permutation"))
+                       d.get("permutation"), stats.get("clip"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"corrupt token layout record in the tokenizer file ({err!r}); re-save the "
                              f"tokenizer with save_pretrained") from err
@@ -405,6 +411,11 @@ class WeightTokenizer(FeatureExtractionMixin):
         max_token_size: cap for "auto".
         allow_nonfinite: accept NaN / inf weights instead of raising.
         min_std: floor of the per-layer standardisation sigma.
+        statistics: how `fit_standardization` pools the models' per-layer moments: "median" (robust:
+            a few models whose weights exploded to 1000x the rest cannot set the scale) or "mean"
+            (the reference code's mean of means and root mean variance).
+        soft_clip: c of the soft clip c * asinh(z / c) applied to standardised values z (about
+            linear for |z| < c, logarithmic beyond; decode inverts it exactly); None: no clip.
         layouts: saved token layouts (filled by from_pretrained).
 
     Usage:
@@ -417,7 +428,8 @@ class WeightTokenizer(FeatureExtractionMixin):
     model_input_names = ["tokens", "positions", "attention_mask"]
 
     def __init__(self, token_size: int | str = "auto", max_token_size: int = 288,
-                 allow_nonfinite: bool = False, min_std: float = 1e-4, layouts: list | None = None, **kwargs):
+                 allow_nonfinite: bool = False, min_std: float = 1e-4, statistics: str = "median",
+                 soft_clip: float | None = 4.0, layouts: list | None = None, **kwargs):
         kwargs.pop("feature_extractor_type", None)
         kwargs.pop("format_version", None)
         super().__init__(**kwargs)
@@ -429,6 +441,12 @@ class WeightTokenizer(FeatureExtractionMixin):
         if not (isinstance(min_std, (int, float)) and min_std > 0):
             raise ValueError(f"min_std must be a positive number, got {min_std!r}")
         self.min_std = float(min_std)
+        if statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {list(STATISTICS)}, got {statistics!r}")
+        self.statistics = statistics
+        if soft_clip is not None and (isinstance(soft_clip, bool) or not isinstance(soft_clip, (int, float)) or soft_clip <= 0):
+            raise ValueError(f"soft_clip must be a positive number or None, got {soft_clip!r}")
+        self.soft_clip = None if soft_clip is None else float(soft_clip)
         self.layouts: list[TokenLayout] = []
         if layouts:
             if self.token_size == "auto":
@@ -457,7 +475,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         for tl in self.layouts:  # same architecture in another dtype: same plan and statistics
             if tl.same_architecture(weights):
                 self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std,
-                                               tl.alignment, tl.permutation))
+                                               tl.alignment, tl.permutation, tl.clip))
                 return len(self.layouts) - 1
         layers = layers if layers is not None else layers_from_state_dict(weights)
         token_size = self._resolve_token_size(layers, weights)
@@ -751,10 +769,12 @@ class WeightTokenizer(FeatureExtractionMixin):
 
         `models`: a list of models / state_dicts, or flat weights [M, P] of `layout_id` (default 0).
         For each layer l (weight and bias together; BatchNorm's affine pair, running_mean and
-        running_var are three layers): mu_l = mean over models of the per-model mean, sigma_l =
-        sqrt(mean over models of the per-model variance), floored at `min_std`. Tokenize then
-        applies (w - mu_l) / sigma_l to real values (padding stays 0); decode inverts it, which
-        returns the weights to within float32 rounding (about 1e-7 relative), not bit-exactly.
+        running_var are three layers): mu_l = median over models of the per-model mean, sigma_l =
+        sqrt(median over models of the per-model variance) (`statistics="mean"`: means, as
+        published), floored at `min_std`. Tokenize then applies z = (w - mu_l) / sigma_l to real
+        values (padding stays 0) and the soft clip c * asinh(z / c); decode inverts both, which
+        returns the weights to within float32 rounding (about 1e-7 relative for |z| < c), not
+        bit-exactly.
         Layouts of the same architecture in another dtype share the statistics.
         """
         if torch.is_tensor(models):
@@ -780,11 +800,13 @@ class WeightTokenizer(FeatureExtractionMixin):
                 if b.bias is not None:
                     parts.append(flat[:, b.bias_offset:b.bias_offset + b.bias.numel])
                 vals = torch.cat(parts, dim=1).double()
-                mean.append(vals.mean(1).mean().item())
-                std.append(max(vals.var(1, correction=0).mean().sqrt().item(), self.min_std))
+                pool = torch.mean if self.statistics == "mean" else torch.median
+                mean.append(pool(vals.mean(1)).item())
+                std.append(max(pool(vals.var(1, correction=0)).sqrt().item(), self.min_std))
             for other in self.layouts:
                 if other.same_architecture(tl.weights):
                     other.mean, other.std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+                    other.clip = self.soft_clip
         return self
 
     def layer_std(self, layout_id: int = 0) -> torch.Tensor:
@@ -805,6 +827,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         return {"feature_extractor_type": type(self).__name__, "format_version": FORMAT_VERSION,
                 "token_size": self.token_size, "max_token_size": self.max_token_size,
                 "allow_nonfinite": self.allow_nonfinite, "min_std": self.min_std,
+                "statistics": self.statistics, "soft_clip": self.soft_clip,
                 "layouts": [tl.to_dict() for tl in self.layouts]}
 
     def to_json_string(self) -> str:

@@ -48,10 +48,12 @@ class Augmentation:
 
 @dataclass
 class Split:
-    """The rows of one split of one zoo: weights [M, P] float32 and their metadata (a DataFrame)."""
+    """The rows of one split of one zoo: weights [M, P] float32 and their metadata (a DataFrame);
+    `exploded`: how many exploded checkpoints were left out (see `exploded_rows`)."""
 
     weights: torch.Tensor
     metadata: object
+    exploded: int = 0
 
     def __len__(self) -> int:
         return int(self.weights.shape[0])
@@ -313,8 +315,25 @@ def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:
         keep &= metadata["epoch"].isin(epochs).to_numpy()
     # Diverged checkpoints (NaN / inf weights) cannot be tokenized; they carry no weight-space signal.
     keep &= torch.isfinite(weights).all(1).numpy()
+    # Exploded ones (weights 1000x the zoo's) would dominate the reconstruction loss.
+    exploded = exploded_rows(weights[torch.as_tensor(keep)]).numpy()
+    keep[keep] &= ~exploded
     index = np.flatnonzero(keep)
-    return Split(weights[torch.as_tensor(index)].contiguous(), metadata.iloc[index].reset_index(drop=True))
+    return Split(weights[torch.as_tensor(index)].contiguous(), metadata.iloc[index].reset_index(drop=True),
+                 int(exploded.sum()))
+
+
+# A checkpoint whose root-mean-square weight is this many times the split's median has exploded
+# (hyperparameter zoos: SGD from N(0, 1) or U(0, 1) inits; mnist-hyp: 100-7000x, the rest < 6x).
+EXPLODED_FACTOR = 20.0
+
+
+def exploded_rows(weights: torch.Tensor) -> torch.Tensor:
+    """Flat finite weights [M, P] -> bool [M]: True where a row's root-mean-square weight exceeds
+    EXPLODED_FACTOR x the median over the M rows. SANE trains without them (it still embeds them:
+    the tokenizer's soft clip keeps their tokens bounded)."""
+    rms = weights.double().square().mean(1).sqrt()
+    return rms > EXPLODED_FACTOR * rms.median() if len(rms) else torch.zeros(0, dtype=torch.bool)
 
 
 def _check_columns(name: str, zoo: Zoo, properties: Sequence[str]) -> None:

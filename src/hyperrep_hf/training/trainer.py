@@ -271,8 +271,10 @@ class SaneTrainer:
         self.prefetcher = None
         if main:
             n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
+            exploded = sum(g.splits["train"].exploded for g in data.groups)
+            left_out = f", {exploded} exploded checkpoints left out" if exploded else ""
             print(f"SANE {args.preset}: {n_params:,} parameters, token size {config.token_size}, window {window}; "
-                  f"{num_train} training rows ({len(data.groups)} zoo(s)), {steps_per_epoch} steps/epoch x "
+                  f"{num_train} training rows ({len(data.groups)} zoo(s){left_out}), {steps_per_epoch} steps/epoch x "
                   f"{args.epochs} epochs on {world} process(es), {acc.device}, precision {acc.mixed_precision}")
         if args.eval_at_start and checkpoint is None:
             result.eval_history.append(self.evaluate(0, 0))
