@@ -3,7 +3,8 @@
     python scripts/bench_pipelines.py [--models 256] [--arch cnn-s] [--json out.json]
 
 1. Embedding M models: pipeline one model per call (baseline) vs pipeline batch_size=32 vs a zoo
-   split (datasets.Dataset, read in slices) vs embed_flat on a weight matrix.
+   split (datasets.Dataset, read in slices) vs embed_flat on a weight matrix (also averaged over 8
+   neuron permutations, as the probes embed by default).
 2. Ridge probe over the 17-penalty grid: one eigendecomposition of the Gram matrix for the whole
    path (ridge_path) vs 17 separate normal-equation solves (baseline), on flat weights [M, P].
 
@@ -47,6 +48,7 @@ def main() -> None:
     from hyperrep_hf import SaneConfig, SaneModel, WeightLayout, WeightTokenizer
     from hyperrep_hf.downstream.embedding import embed_flat
     from hyperrep_hf.downstream.probes import PENALTIES, ridge_path
+    from hyperrep_hf.weightspace import permutation_spec
     from hyperrep_hf.zoo import build_model
 
     torch.manual_seed(0)
@@ -56,6 +58,7 @@ def main() -> None:
     tok = WeightTokenizer()
     tok.layout_of(models[0])
     tok.fit_standardization(flat)
+    tok.set_permutation_spec(permutation_spec(models[0]))
     sane = SaneModel(SaneConfig.from_preset("tiny", token_size=tok.token_size)).eval()
     folder = tempfile.mkdtemp(prefix="bench-pipelines-")
     sane.save_pretrained(folder)
@@ -72,6 +75,8 @@ def main() -> None:
         ("pipeline, list with batch_size=32", _time(lambda: pipe(models, batch_size=32))),
         ("pipeline, zoo split (Dataset, slices of 64)", _time(lambda: pipe(ds, batch_size=64))),
         ("embed_flat on weights [M, P]", _time(lambda: embed_flat(sane, tok, flat, batch_size=64))),
+        ("embed_flat, averaged over 8 permutations (the probes' default)",
+         _time(lambda: embed_flat(sane, tok, flat, batch_size=64, permutations=8))),
     ]
     print(f"\nEmbedding {args.models} {args.arch} models ({n_tokens} tokens each), SANE tiny, torch threads {torch.get_num_threads()}")
     print("| method | seconds | models/s | speed-up |\n|---|---|---|---|")
