@@ -93,6 +93,7 @@ def test_a_killed_build_resumes_without_missing_or_duplicate_rows(tmp_path):
     with pytest.raises(ValueError, match="unfinished zoo build"):
         load_zoo(out)
 
+    (out / "data" / ".train-00005.parquet.killed.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
     zoo = build_zoo(cfg, out, progress=False)  # the same command again, in-process
     rows = [(r["model_id"], r["epoch"]) for split in zoo.dataset for r in zoo.dataset[split].select_columns(["model_id", "epoch"])]
     assert sorted(rows) == sorted((m, e) for m in range(6) for e in (0, 1))

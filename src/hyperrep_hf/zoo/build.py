@@ -179,6 +179,10 @@ def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, 
     info = zoo_info(spec, task)
     if rank == 0:
         _claim_folder(out, info)
+        # A writer killed mid-shard leaves its temporary file (files.atomic_save); no process of this
+        # run writes yet, so any there is stale.
+        for tmp in (out / "data").glob(".*.tmp"):
+            tmp.unlink()
     if state:
         state.wait_for_everyone()
     if json.loads(sidecar.read_text(encoding="utf-8")).get("complete"):
