@@ -1,6 +1,6 @@
 """The main job, end to end on built-in data: zoo -> SANE -> probes -> sampling -> tables and plots.
 
-    hyperrep demo --out demo_out            # about 10 minutes on a 2-core CPU, no network
+    hyperrep demo --out demo_out            # about 11 minutes on a 2-core CPU, no network
     hyperrep demo --out demo_out --quick    # the same path on a tiny digits zoo, about a minute
 
 Every stage writes its result into OUT before the next starts, and a second run with the same OUT
