@@ -153,7 +153,7 @@ def test_exploded_checkpoints_are_left_out_of_training_but_still_tokenize_bounde
     monkeypatch.setattr(zoo, "weights", with_exploded)
     data = ZooData.from_zoos([zoo])
     train = data.groups[0].splits["train"]
-    assert train.exploded == 3 and len(train) == len(clean.groups[0].splits["train"]) - 3
+    assert train.exploded == data.num_exploded() == 3 and len(train) == len(clean.groups[0].splits["train"]) - 3
     assert torch.equal(train.weights, clean.groups[0].splits["train"].weights[3:])
     # the statistics keep the clean zoo's scale; an exploded model's tokens stay bounded by the soft clip
     torch.testing.assert_close(data.tokenizer.layer_std(), clean.tokenizer.layer_std(), rtol=0.2, atol=0)

@@ -24,9 +24,12 @@ def write_model_card(output_dir: Path, args, model, data, metrics: list[dict]) -
     hub = _hub_ids(args.zoo)
     dataset = hub[0] if len(hub) == 1 and len(args.zoo) == 1 else "+".join(Path(z).name for z in args.zoo)
     architectures = ", ".join(sorted({g.zoo.architecture for g in data.groups}))
+    tok = data.tokenizer
+    left_out = f" ({data.num_exploded()} exploded checkpoints left out)" if data.num_exploded() else ""
     training = (
         f"\nTrained with `hyperrep train` on {', '.join(f'`{z}`' for z in args.zoo)} ({architectures}; zoo epochs "
-        f"{args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows; standardisation fitted on the train split).\n"
+        f"{args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows{left_out}; {tok.statistics} per-layer "
+        f"standardisation fitted on the train split, soft clip {tok.soft_clip}).\n"
         f"Views: aligned zoo {args.align}, permutation {args.permute_views}, multiplicative noise {args.multiplicative_noise}, additive noise "
         f"{args.additive_noise}, erasing p {args.erase_probability}, one shared random window. AdamW lr "
         f"{args.learning_rate} (weight decay {args.weight_decay} on matrices only), OneCycle (pct_start "

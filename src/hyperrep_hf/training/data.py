@@ -163,6 +163,10 @@ class ZooData:
     def num_rows(self, split: str) -> int:
         return int(self._offsets[split][-1])
 
+    def num_exploded(self, split: str = "train") -> int:
+        """Exploded checkpoints of the split left out of the rows (see `exploded_rows`)."""
+        return sum(g.splits[split].exploded for g in self.groups)
+
     @property
     def max_tokens(self) -> int:
         return max(g.num_tokens for g in self.groups)

@@ -271,8 +271,7 @@ class SaneTrainer:
         self.prefetcher = None
         if main:
             n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
-            exploded = sum(g.splits["train"].exploded for g in data.groups)
-            left_out = f", {exploded} exploded checkpoints left out" if exploded else ""
+            left_out = f", {data.num_exploded()} exploded checkpoints left out" if data.num_exploded() else ""
             print(f"SANE {args.preset}: {n_params:,} parameters, token size {config.token_size}, window {window}; "
                   f"{num_train} training rows ({len(data.groups)} zoo(s){left_out}), {steps_per_epoch} steps/epoch x "
                   f"{args.epochs} epochs on {world} process(es), {acc.device}, precision {acc.mixed_precision}")
