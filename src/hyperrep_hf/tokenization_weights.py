@@ -211,9 +211,9 @@ class TokenLayout:
 
     Attributes: num_tokens N, token_size T, positions [N, 3] int64 (n, l, k), value_mask [N, T]
     bool (real values), layer_of_token [N] int64, names of layers, optional standardisation
-    statistics mean/std [num_layers] float64 and soft clip c (None: linear), optional alignment {"reference": [P] float32,
-    "spec": PermutationSpec as a dict}, optional permutation (the architecture's PermutationSpec as a
-    dict, for permutation-averaged embeddings).
+    statistics mean/std [num_layers] float64 with the soft clip c (None: linear), optional
+    alignment {"reference": [P] float32, "spec": PermutationSpec as a dict}, optional permutation
+    (the architecture's PermutationSpec as a dict, for permutation-averaged embeddings).
     """
 
     def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
