@@ -235,6 +235,14 @@ def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
     assert "--num-samples must be positive" in capsys.readouterr().err
     assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--properties", "lr"]) == 2
     assert "no probe for property 'lr'" in capsys.readouterr().err
+    embed = ["embed", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--out", str(tmp_path / "e.safetensors")]
+    assert cli([*embed, "--device", "gpu0"]) == 2
+    assert "--device 'gpu0' is not a torch device; use cpu, cuda or cuda:N" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible on this machine; use --device cpu" in capsys.readouterr().err
+    assert cli([*embed, "--device", "cpu"]) == 0
+    torch.testing.assert_close(load_file(tmp_path / "e.safetensors")["embeddings"], emb["embeddings"])
 
 
 def test_pipelines_load_probes_and_anchors_from_the_hub(zoo, checkpoint, hub_repo_id):

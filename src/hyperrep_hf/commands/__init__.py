@@ -1,1 +1,21 @@
 """Sub-commands of the `hyperrep` CLI: each module has `register(subparsers)`."""
+
+
+def add_device_argument(parser, what: str) -> None:
+    parser.add_argument("--device", default=None, help=f"torch device for {what} (default: cuda if available, else cpu)")
+
+
+def resolve_device(name: str | None):
+    """The torch.device a --device value names (None: cuda if available, else cpu); a clear error when
+    it is malformed or names a GPU this machine does not have."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible on this machine; use --device cpu")
+    return device

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_device_argument, resolve_device
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--window-size", type=int, default=None, help="tokens per window (default: the checkpoint's)")
     p.add_argument("--halo", type=int, default=None, help="context tokens each side of a window (default: window/4)")
     p.add_argument("--batch-size", type=int, default=64, help="models per forward pass (default 64)")
+    add_device_argument(p, "the SANE model")
     p.add_argument("--out", required=True, help="output .safetensors file ('embeddings' [models, ...])")
     p.set_defaults(func=run)
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..files import atomic_write_bytes
 
-    pipe = pipeline("weight-embedding", model=args.checkpoint)
+    pipe = pipeline("weight-embedding", model=args.checkpoint, device=resolve_device(args.device))
     options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size,
                "permutations": args.permutations}
     tensors = {}

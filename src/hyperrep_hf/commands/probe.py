@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_device_argument, resolve_device
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -49,6 +51,7 @@ def _common(p) -> None:
                    help="feature sets (default: sane); stats = s(W), weights = flat W")
     p.add_argument("--properties", nargs="+", default=None,
                    help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
+    add_device_argument(p, "the SANE embeddings")
 
 
 def _checkpoint_parts(args, features):
@@ -56,7 +59,7 @@ def _checkpoint_parts(args, features):
         return None, None
     from ..downstream.generation import load_checkpoint
 
-    return load_checkpoint(args.checkpoint)
+    return load_checkpoint(args.checkpoint, resolve_device(args.device))
 
 
 def run_fit(args: argparse.Namespace) -> int:

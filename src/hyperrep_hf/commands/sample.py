@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_device_argument, resolve_device
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for sample-NNN.safetensors state_dicts + samples.json")
     p.add_argument("--evaluate", action="store_true", help="fine-tune samples, from-scratch and zoo models and print accuracy")
     p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5], help="epochs for --evaluate (default 0 1 5)")
+    add_device_argument(p, "the SANE model")
     p.set_defaults(func=run)
 
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples == 0:
         return 0
 
-    pipe = pipeline("weight-generation", model=args.checkpoint, task_data=args.task)
+    pipe = pipeline("weight-generation", model=args.checkpoint, task_data=args.task, device=resolve_device(args.device))
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
     options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
     options.update({k: v for k, v in (("bandwidth_scale", args.bandwidth_scale), ("spread", args.spread)) if v is not None})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import resolve_device
+
 
 def _build(args) -> int:
     from hyperrep_hf.zoo import build_zoo
@@ -15,7 +17,7 @@ def _build(args) -> int:
         epochs=args.epochs,
         population_size=args.population_size,
         progress=not args.quiet,
-        device=args.device,
+        device=None if args.device is None else str(resolve_device(args.device)),
         num_threads=args.threads,
     )
     if zoo is not None:  # the main process of a multi-process build

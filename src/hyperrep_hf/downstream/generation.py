@@ -49,12 +49,12 @@ BANDWIDTH_SCALE = 0.25
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def load_checkpoint(folder_or_repo):
-    """(SaneModel in eval mode, WeightTokenizer) from a checkpoint folder or Hub repo id."""
+def load_checkpoint(folder_or_repo, device: str | torch.device = "cpu"):
+    """(SaneModel in eval mode on `device`, WeightTokenizer) from a checkpoint folder or Hub repo id."""
     from ..modeling_sane import SaneModel
     from ..tokenization_weights import WeightTokenizer
 
-    model = SaneModel.from_pretrained(str(folder_or_repo)).eval()
+    model = SaneModel.from_pretrained(str(folder_or_repo)).eval().to(device)
     tokenizer = WeightTokenizer.from_pretrained(str(folder_or_repo))
     return model, tokenizer
 
