@@ -81,7 +81,7 @@ def test_full_sequence_pooling_and_sliding_windows(zoo, embedder):
     assert full.shape == (n_tokens, embedder.model.config.latent_dim)
     torch.testing.assert_close(full.mean(0), embedder(model))
     # One window as long as the model: exactly the SANE encoder on the whole sequence.
-    enc = embedder.feature_extractor(model)
+    enc = embedder.feature_extractor(model).to(embedder.model.device)
     whole = embedder.model.encode(enc["tokens"], enc["positions"], enc["attention_mask"])
     torch.testing.assert_close(embedder(model, pooling="full", window_size=64), whole[0])
     # Sliding windows (16 tokens, halo 4): each kept centre is the encoder's output on its own window.
@@ -140,7 +140,7 @@ def test_generation_gives_working_models_reproducibly(zoo, checkpoint):
             assert torch.equal(s["state_dict"][k], v)
     again = pipe(num_samples=3, method="kde30", seed=0)
     other = pipe(num_samples=3, method="kde30", seed=1)
-    same = ModelGenerator.from_pretrained(checkpoint).generate(3, "kde30", seed=0)
+    same = ModelGenerator.from_pretrained(checkpoint, device=pipe.device).generate(3, "kde30", seed=0)
     for a, b, c in zip(samples, again, same):
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
         assert all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])

@@ -90,6 +90,7 @@ def test_auto_mixed_precision_follows_the_cpu(zoo_dir, tmp_path, monkeypatch, na
     """"auto" is bf16 on a CPU that multiplies bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere."""
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, check, lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run also on a GPU machine
     trainer = SaneTrainer(small_args(zoo_dir, tmp_path))
     assert trainer.args.mixed_precision == "auto"
     assert trainer._accelerator().mixed_precision == expected
@@ -337,7 +338,7 @@ def test_big_models_are_permuted_row_by_row_with_the_same_draws(zoo_dir, monkeyp
 
 def test_two_cpu_processes_on_gloo_train_one_run_and_only_rank_0_writes(zoo_dir, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes also on a GPU machine
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            str(ROOT / "scripts" / "train_sane.py"), "--zoo", zoo_dir, "--output_dir", str(out), "--epochs", "2",

@@ -214,9 +214,9 @@ class ModelGenerator:
         self._task = task
 
     @classmethod
-    def from_pretrained(cls, folder_or_repo, task=None) -> ModelGenerator:
+    def from_pretrained(cls, folder_or_repo, task=None, device: str | torch.device = "cpu") -> ModelGenerator:
         anchors = SamplingAnchors.load(folder_or_repo)
-        model, tokenizer = load_checkpoint(folder_or_repo)
+        model, tokenizer = load_checkpoint(folder_or_repo, device)
         return cls(model, tokenizer, anchors, task)
 
     @property
