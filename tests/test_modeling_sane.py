@@ -12,6 +12,7 @@ from transformers import AutoModel
 
 from hyperrep_hf import SaneConfig, SaneModel
 from hyperrep_hf.losses import masked_reconstruction_mse, nt_xent
+from hyperrep_hf.modeling_sane import pool_latents
 
 TOKEN_SIZE = 12
 
@@ -46,6 +47,7 @@ def test_forward_shapes_and_auto_class(model):
     assert out.loss is None
     assert model.embed(tokens, positions).shape == (3, 8)
     assert model.embed(tokens, positions, pooling="full").shape == (3, 7 * 8)
+    assert model.embed(tokens, positions, pooling="layer").shape == (3, 4 * 8)  # positions span 4 layers
     assert torch.allclose(model.decode(model.encode(tokens, positions), positions), out.reconstruction, atol=1e-6)
     assert type(AutoModel.from_config(tiny_config())) is SaneModel
     loss, latents, *_ = model(tokens, positions, targets=tokens, return_dict=False)
@@ -223,6 +225,22 @@ def test_bad_input_gets_a_clear_error(model, make_input, message):
     tokens, positions = make_batch(2, 5)
     with pytest.raises(ValueError, match=message):
         model(**make_input(tokens, positions))
+
+
+def test_layer_pooling_averages_each_layer_of_real_tokens():
+    latents = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    layer = torch.tensor([[0, 0, 1, 1, 2], [0, 1, 1, 0, 0]])
+    positions = torch.stack([torch.arange(5).expand(2, 5), layer, torch.zeros(2, 5, dtype=torch.long)], -1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    latents[1, 3:] = 1e6  # padding must not count
+    pooled = pool_latents(latents, mask, "layer", positions).reshape(2, 3, 2)
+    torch.testing.assert_close(pooled[0], torch.stack([latents[0, :2].mean(0), latents[0, 2:4].mean(0), latents[0, 4]]))
+    torch.testing.assert_close(pooled[1], torch.stack([latents[1, 0], latents[1, 1:3].mean(0), torch.zeros(2)]))
+    # the token-count-weighted mean of the layer means is the "mean" pooling
+    counts = torch.tensor([2.0, 2.0, 1.0])
+    torch.testing.assert_close((pooled[0] * counts[:, None]).sum(0) / 5, pool_latents(latents, mask, "mean")[0])
+    with pytest.raises(ValueError, match="needs the tokens' positions"):
+        pool_latents(latents, mask, "layer")
 
 
 def test_bad_pooling_is_named(model):

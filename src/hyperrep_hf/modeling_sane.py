@@ -23,6 +23,39 @@ from transformers.utils import ModelOutput
 from .configuration_sane import SaneConfig
 from .losses import SIGMA_FLOOR, masked_reconstruction_mse, nt_xent, sane_loss
 
+POOLINGS = ("mean", "layer", "full")
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    return pooling
+
+
+def pool_latents(latents: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "mean",
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Token latents [B, N, L] -> one vector per model.
+
+    "mean": mean over the real tokens [B, L]. "layer": the mean over each layer's real tokens,
+    layers concatenated [B, num_layers * L] (a layer a row lacks is zero); it needs `positions`
+    [B, N, 3] for the layer index and, like "mean", does not change when neurons are permuted within
+    a layer. "full": the whole sequence [B, N * L] (padded tokens zero).
+    """
+    check_pooling(pooling)
+    if pooling == "full":
+        return latents.flatten(1)
+    mask = torch.ones(latents.shape[:2], device=latents.device) if attention_mask is None else attention_mask
+    mask = torch.as_tensor(mask).to(latents.device, latents.dtype)
+    if pooling == "mean":
+        return (latents * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+    if positions is None:
+        raise ValueError("pooling='layer' needs the tokens' positions (their layer index)")
+    layer = torch.as_tensor(positions)[..., 1].to(latents.device)
+    num_layers = int(layer[mask.bool()].max()) + 1
+    members = F.one_hot(layer, num_layers).to(latents.dtype) * mask.unsqueeze(-1)  # [B, N, num_layers]
+    sums = torch.einsum("bnl,bnd->bld", members, latents)
+    return (sums / members.sum(1).clamp_min(1).unsqueeze(-1)).flatten(1)
+
 
 @dataclass
 class SaneOutput(ModelOutput):
@@ -282,20 +315,9 @@ class SaneModel(SanePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pooling: str = "mean",
     ) -> torch.Tensor:
-        """One vector per model for probing.
-
-        pooling="mean": mean of the latents of the real tokens -> [B, latent_dim].
-        pooling="full": all token latents concatenated (padded ones zero) -> [B, N * latent_dim].
-        """
-        if pooling not in ("mean", "full"):
-            raise ValueError(f"pooling must be 'mean' or 'full', got {pooling!r}.")
-        latents = self.encode(tokens, positions, attention_mask)
-        if pooling == "full":
-            return latents.flatten(1)
-        if attention_mask is None:
-            return latents.mean(dim=1)
-        weight = attention_mask.to(latents.dtype).unsqueeze(-1)
-        return (latents * weight).sum(dim=1) / weight.sum(dim=1)
+        """One vector per model for probing: the encoder's latents pooled by `pool_latents`."""
+        check_pooling(pooling)
+        return pool_latents(self.encode(tokens, positions, attention_mask), attention_mask, pooling, positions)
 
     def project(self, latents: torch.Tensor) -> torch.Tensor | None:
         """latents [B, N, latent_dim] (padded ones zero) -> [B, projection_dim], None if N > window_size."""
@@ -433,4 +455,4 @@ class SaneModel(SanePreTrainedModel):
 # `auto_map`, so checkpoints load with trust_remote_code=True where hyperrep_hf is not installed.
 SaneModel.register_for_auto_class("AutoModel")
 
-__all__ = ["SaneModel", "SaneOutput", "SanePreTrainedModel"]
+__all__ = ["POOLINGS", "SaneModel", "SaneOutput", "SanePreTrainedModel", "pool_latents"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..modeling_sane import POOLINGS
 from . import add_device_argument, resolve_device
 
 
@@ -19,9 +20,10 @@ def register(subparsers) -> None:
     src.add_argument("--zoo", help="zoo folder or Hub dataset id: embed every row of --split")
     src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files to embed")
     p.add_argument("--split", default="test", help="zoo split (default: test)")
-    p.add_argument("--pooling", choices=("mean", "full"), default="mean", help="mean of token latents (default) or all of them")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="mean of token latents (default), per-layer means, or all of them")
     p.add_argument("--permutations", type=int, default=0,
-                   help="average each mean embedding over K function-preserving neuron permutations (default 0)")
+                   help="average each mean or layer embedding over K function-preserving neuron permutations (default 0)")
     p.add_argument("--window-size", type=int, default=None, help="tokens per window (default: the checkpoint's)")
     p.add_argument("--halo", type=int, default=None, help="context tokens each side of a window (default: window/4)")
     p.add_argument("--batch-size", type=int, default=64, help="models per forward pass (default 64)")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         embeddings = pipe(list(args.models), **options)
     shapes = {tuple(e.shape) for e in embeddings}
     if len(shapes) != 1:
-        raise ValueError(f"the models' full-sequence embeddings differ in shape {sorted(shapes)}; use --pooling mean")
+        raise ValueError(f"the models' embeddings differ in shape {sorted(shapes)} (models of different architectures); use --pooling mean")
     tensors["embeddings"] = torch.stack(embeddings).contiguous()
     atomic_write_bytes(args.out, save(tensors))
     print(f"{len(embeddings)} embeddings of shape {list(shapes.pop())} written to {args.out}")

@@ -9,7 +9,7 @@ same function, but SANE (like any sequence model over tokens in neuron order) em
 apart. With `permutations=k` an embedding is the mean over k function-preserving permutations of
 the model; the k permutations are drawn from `seed`, the same for every model, so the embedding is
 one fixed function of the weights. It needs the permutation spec the trainer stores with the
-tokenizer, and "mean" pooling (a permuted sequence has no fixed token order to concatenate).
+tokenizer, and "mean" or "layer" pooling (a permuted sequence has no fixed token order to concatenate).
 
 Shapes: tokens [B, N, T], positions [B, N, 3], attention_mask [B, N], latents [B, N, L];
 flat weights [M, P] in the zoo's WeightLayout order.
@@ -22,10 +22,9 @@ from collections.abc import Mapping
 import torch
 from tqdm.auto import tqdm
 
+from ..modeling_sane import check_pooling, pool_latents
 from ..weightspace.permutation import permute_flat
 from ..windows import sliding_windows
-
-POOLINGS = ("mean", "full")
 
 
 def _windowed(fn, x: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor, out_dim: int,
@@ -86,19 +85,6 @@ def decode(model, latents: torch.Tensor, positions: torch.Tensor, attention_mask
                      model.config.token_size, window_size, halo)
 
 
-def pool(latents: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
-    """latents [B, N, L] -> one vector per model: "mean" over real tokens [B, L], or "full" [B, N * L]
-    (the whole sequence, padded tokens zero; it probes better on hard zoos, RESULTS.md)."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
-    if pooling == "full":
-        return latents.flatten(1)
-    if attention_mask is None:
-        return latents.mean(1)
-    weight = torch.as_tensor(attention_mask).to(latents.device, latents.dtype).unsqueeze(-1)
-    return (latents * weight).sum(1) / weight.sum(1)
-
-
 def encode_flat(model, tokenizer, weights: torch.Tensor, layout_id: int = 0, batch_size: int = 64,
                 window_size: int | None = None, halo: int | None = None, progress: bool = False) -> torch.Tensor:
     """Flat zoo weights [M, P] of one tokenizer layout -> latents [M, N, latent_dim] (on the CPU)."""
@@ -115,8 +101,9 @@ def encode_flat(model, tokenizer, weights: torch.Tensor, layout_id: int = 0, bat
 def check_permutations(permutations: int, pooling: str = "mean") -> int:
     if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
         raise ValueError(f"permutations must be an integer >= 0 (0: the model as given), got {permutations!r}")
-    if permutations and pooling != "mean":
-        raise ValueError(f"permutation-averaged embeddings need pooling='mean', got {pooling!r}; use permutations=0")
+    if permutations and pooling == "full":
+        raise ValueError("permutation-averaged embeddings need pooling='mean' or 'layer' (a permuted sequence has no "
+                         "fixed token order to concatenate); use permutations=0 with pooling='full'")
     return permutations
 
 
@@ -132,10 +119,10 @@ def permuted_views(tokenizer, weights: torch.Tensor, layout_id: int, permutation
 def embed_flat(model, tokenizer, weights: torch.Tensor, pooling: str = "mean", layout_id: int = 0,
                batch_size: int = 64, window_size: int | None = None, halo: int | None = None,
                progress: bool = False, permutations: int = 0, seed: int = 0) -> torch.Tensor:
-    """Flat zoo weights [M, P] -> embeddings [M, latent_dim] ("mean") or [M, N * latent_dim] ("full");
-    with `permutations=k` > 0 the mean embedding over k permutations of each model (module docstring)."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    """Flat zoo weights [M, P] -> embeddings [M, latent_dim] ("mean"), [M, num_layers * latent_dim]
+    ("layer") or [M, N * latent_dim] ("full"); with `permutations=k` > 0 the mean embedding over k
+    permutations of each model (module docstring)."""
+    check_pooling(pooling)
     check_permutations(permutations, pooling)
     weights = torch.as_tensor(weights)
     parts = []
@@ -145,7 +132,8 @@ def embed_flat(model, tokenizer, weights: torch.Tensor, pooling: str = "mean", l
         embeddings = []
         for view in views:
             enc = tokenizer.tokenize_flat(view, layout_id=layout_id)
-            embeddings.append(pool(encode(model, enc, window_size, halo), enc["attention_mask"], pooling).cpu())
+            latents = encode(model, enc, window_size, halo)
+            embeddings.append(pool_latents(latents, enc["attention_mask"], pooling, enc["positions"]).cpu())
         parts.append(torch.stack(embeddings).mean(0))
     return torch.cat(parts)
 

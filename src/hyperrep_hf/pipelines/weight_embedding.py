@@ -3,10 +3,11 @@
 Inputs: an nn.Module, a state_dict, a .safetensors path, a zoo row (a dict with "weights") or a flat
 weight vector [P]; a list of them (batched with batch_size > 1); or a zoo split (datasets.Dataset),
 read in slices. Output per model: the mean of its token latents [latent_dim] (pooling="mean",
-default) or all token latents [num_tokens, latent_dim] (pooling="full"). Models longer than the
-SANE window are encoded in sliding windows with a halo (window_size, halo options).
-`permutations=k` averages the mean embedding over k function-preserving neuron permutations of
-each model (downstream.embedding; the same k permutations for every model).
+default), the mean of each layer's token latents [num_layers, latent_dim] (pooling="layer") or all
+token latents [num_tokens, latent_dim] (pooling="full"). Models longer than the SANE window are
+encoded in sliding windows with a halo (window_size, halo options). `permutations=k` averages the
+"mean" or "layer" embedding over k function-preserving neuron permutations of each model
+(downstream.embedding; the same k permutations for every model).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Pipeline
 
-from ..downstream.embedding import POOLINGS, check_permutations, embed_flat, encode, pool
+from ..downstream.embedding import check_permutations, embed_flat, encode
+from ..modeling_sane import check_pooling, pool_latents
 
 
 class WeightEmbeddingPipeline(Pipeline):
@@ -48,9 +50,7 @@ class WeightEmbeddingPipeline(Pipeline):
                              "permutations")
         pre, forward = {}, {}
         if pooling is not None:
-            if pooling not in POOLINGS:
-                raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
-            forward["pooling"] = pooling
+            forward["pooling"] = check_pooling(pooling)
         if window_size is not None:
             forward["window_size"] = window_size
         if halo is not None:
@@ -80,15 +80,30 @@ class WeightEmbeddingPipeline(Pipeline):
     def _forward(self, model_inputs, pooling="mean", window_size=None, halo=None, permutations=0):
         if permutations:
             layouts = self.feature_extractor.layouts
-            rows = [(w, int(i)) for w, i in zip(model_inputs["weights"], model_inputs["layout_id"])]
-            return {"embedding": torch.cat([
-                embed_flat(self.model, self.feature_extractor, w[None, : layouts[i].weights.num_weights], "mean", i,
-                           window_size=window_size, halo=halo, permutations=permutations)
-                for w, i in rows])}
+            rows = [self._pooled(embed_flat(self.model, self.feature_extractor, w[None, : layouts[i].weights.num_weights],
+                                            pooling, i, window_size=window_size, halo=halo, permutations=permutations),
+                                 pooling)
+                    for w, i in zip(model_inputs["weights"], model_inputs["layout_id"].tolist())]
+            if pooling == "mean":
+                return {"embedding": torch.cat([r["embedding"] for r in rows])}
+            return {"layers": nn.utils.rnn.pad_sequence([r["layers"][0] for r in rows], batch_first=True),
+                    "num_layers": torch.cat([r["num_layers"] for r in rows])}
         latents = encode(self.model, model_inputs, window_size, halo)
+        mask, positions = model_inputs["attention_mask"], model_inputs["positions"]
         if pooling == "full":
-            return {"latents": latents, "attention_mask": model_inputs["attention_mask"]}
-        return {"embedding": pool(latents, model_inputs["attention_mask"], "mean")}
+            return {"latents": latents, "attention_mask": mask}
+        out = self._pooled(pool_latents(latents, mask, pooling, positions), pooling)
+        if pooling == "layer":  # rows of a smaller model in a mixed batch: only their own layers
+            out["num_layers"] = positions[..., 1].to(mask.device).masked_fill(mask == 0, 0).amax(1).cpu() + 1
+        return out
+
+    def _pooled(self, embedding: torch.Tensor, pooling: str) -> dict:
+        """Pooled embeddings [B, d] -> the forward output of "mean" ([B, latent_dim]) or "layer"
+        pooling ([B, num_layers, latent_dim] and the rows' layer counts [B])."""
+        if pooling == "mean":
+            return {"embedding": embedding}
+        layers = embedding.reshape(len(embedding), -1, self.model.config.latent_dim)
+        return {"layers": layers, "num_layers": torch.full((len(layers),), layers.shape[1])}
 
     def postprocess(self, model_outputs, **kwargs):
         return self._unbatch(model_outputs)
@@ -96,9 +111,12 @@ class WeightEmbeddingPipeline(Pipeline):
     # ---- helpers -------------------------------------------------------------------------------
     @staticmethod
     def _unbatch(model_outputs) -> torch.Tensor:
-        """One model's forward output (batch of 1) -> [latent_dim] or [its num_tokens, latent_dim]."""
+        """One model's forward output (batch of 1) -> [latent_dim], [its num_layers, latent_dim] or
+        [its num_tokens, latent_dim]."""
         if "embedding" in model_outputs:
             return model_outputs["embedding"][0].cpu()
+        if "layers" in model_outputs:
+            return model_outputs["layers"][0, : int(model_outputs["num_layers"][0])].cpu()
         n = int(model_outputs["attention_mask"][0].sum())
         return model_outputs["latents"][0, :n].cpu()
 
@@ -151,9 +169,7 @@ class WeightEmbeddingPipeline(Pipeline):
         """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""
         if "weights" not in ds.column_names:
             raise ValueError(f"the dataset has no 'weights' column (columns: {ds.column_names}); is it a zoo split?")
-        pooling = pooling or "mean"
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        pooling = check_pooling(pooling or "mean")
         permutations = check_permutations(permutations or 0, pooling)
         step = batch_size or self._batch_size or 64
         out = []
@@ -162,8 +178,8 @@ class WeightEmbeddingPipeline(Pipeline):
             flat = flat.reshape(flat.shape[0], -1)
             layout_id = self.layout_for_size(flat.shape[1])
             if permutations:
-                res = {"embedding": embed_flat(self.model, self.feature_extractor, flat, "mean", layout_id, len(flat),
-                                               window_size, halo, permutations=permutations)}
+                res = self._pooled(embed_flat(self.model, self.feature_extractor, flat, pooling, layout_id, len(flat),
+                                              window_size, halo, permutations=permutations), pooling)
             else:
                 enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
                 with torch.no_grad():
