@@ -26,7 +26,10 @@ def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
     assert zoo_acc[0] > 0.3
 
     probe_md = (out / "probe_table.md").read_text()
-    assert re.search(r"\| test_acc \| r2 \| -?\d+\.\d+ \| -?\d+\.\d+ \| -?\d+\.\d+ \|", probe_md)
+    num = r"-?\d+\.\d+"
+    assert re.search(rf"\| test_acc \| r2 \| {num} \| {num} \| {num} \| [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \|", probe_md)
+    sane = next(r for r in results["probe_table"] if r["features"] == "sane" and r["property"] == "epoch")
+    assert sane["ci"][0] <= sane["ci"][1] and sane["vs_stats_ci"][0] <= sane["vs_stats_ci"][1]
     gen_md = (out / "generation_table.md").read_text()
     assert re.search(r"\| scratch \| \d\.\d+ ± \d\.\d+ \| \d\.\d+ ± \d\.\d+ \|", gen_md)
 

@@ -93,6 +93,27 @@ def test_full_sequence_pooling_and_sliding_windows(zoo, checkpoint):
     assert not torch.allclose(windowed, whole[0])
 
 
+def test_layer_pooling(zoo, embedder):
+    """pooling="layer": per model [num_layers, latent_dim], each row the mean latent of one layer's
+    tokens; every input route and batching agrees, and the count-weighted layer means give "mean"."""
+    weights = zoo.weights("test")
+    tok = embedder.feature_extractor
+    layer = tok.layouts[0].positions[:, 1]
+    num_layers = int(layer.max()) + 1
+    model = zoo.build_model(weights[0])
+    layers = embedder(model, pooling="layer")
+    assert layers.shape == (num_layers, embedder.model.config.latent_dim)
+    full = embedder(model, pooling="full")
+    torch.testing.assert_close(layers, torch.stack([full[layer == i].mean(0) for i in range(num_layers)]))
+    counts = torch.bincount(layer, minlength=num_layers).float()
+    torch.testing.assert_close((layers * counts[:, None]).sum(0) / counts.sum(), embedder(model))
+    expected = embed_flat(embedder.model, tok, weights, "layer").reshape(len(weights), num_layers, -1)
+    torch.testing.assert_close(torch.stack(embedder(list(weights), pooling="layer", batch_size=3)), expected)
+    torch.testing.assert_close(torch.stack(embedder(zoo.dataset["test"], pooling="layer", batch_size=4)), expected)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        embedder(model, pooling="max")
+
+
 def test_embedding_refuses_other_families_and_dataset_dicts(zoo, embedder):
     before = len(embedder.feature_extractor.layouts)
     with pytest.raises(ValueError, match="cannot encode this model.*checkpoint trained on a zoo of this architecture"):
@@ -193,8 +214,16 @@ def test_anchors_are_the_last_epoch_scored_by_validation_accuracy(zoo, checkpoin
 
 
 def test_result_tables(zoo, checkpoint):
-    rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"])
+    rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"], bootstrap=20)
     assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
+    value = {(r["features"], r["property"]): r["value"] for r in rows}
+    for r in rows:  # intervals over resampled test models; paired differences to s(W)
+        assert r["ci"][0] <= r["ci"][1]
+        if r["features"] == "stats":
+            assert "vs_stats" not in r
+        else:
+            assert r["vs_stats"] == pytest.approx(r["value"] - value["stats", r["property"]])
+            assert r["vs_stats_ci"][0] <= r["vs_stats_ci"][1]
     stats_epoch = next(r for r in rows if r["features"] == "stats" and r["property"] == "epoch")
     assert stats_epoch["value"] > 0.5  # s(W) tells epoch 0 from epoch 1 easily, even on this tiny zoo
     gen_rows = generation_table(checkpoint, zoo, methods=("kde30",), num_samples=2, epochs=(0, 1), batch_size=50)
@@ -213,8 +242,14 @@ def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
     assert emb["embeddings"].shape == (len(zoo.dataset["test"]), 16) and len(emb["model_id"]) == len(zoo.dataset["test"])
 
     assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats", "--properties", "epoch"]) == 0
-    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "sane", "stats", "--json", str(tmp_path / "t.json")]) == 0
-    assert {r["features"] for r in json.loads((tmp_path / "t.json").read_text())} == {"sane", "stats"}
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "sane", "stats",
+                "--bootstrap", "10", "--json", str(tmp_path / "t.json")]) == 0
+    rows = {(r["features"], r["property"]): r for r in json.loads((tmp_path / "t.json").read_text())}
+    assert set(rows) == {("sane", "test_acc"), ("sane", "epoch"), ("stats", "epoch")}
+    assert rows["sane", "epoch"]["vs_stats"] == pytest.approx(rows["sane", "epoch"]["value"] - rows["stats", "epoch"]["value"])
+    assert "vs_stats" not in rows["sane", "test_acc"] and len(rows["sane", "test_acc"]["ci"]) == 2
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--bootstrap", "-1"]) == 2
+    assert "--bootstrap must be >= 0" in capsys.readouterr().err
     assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--out", str(tmp_path / "p.json")]) == 0
     assert set(json.loads((tmp_path / "p.json").read_text())[0]) == {"model_id", "epoch", "test_acc"}
 
@@ -321,7 +356,13 @@ def test_permutation_averaged_embeddings(zoo, spec_checkpoint):
     pair = torch.cat([weights[:1], twin])
     plain, averaged = embed_flat(model, tok, pair), embed_flat(model, tok, pair, permutations=32)
     assert (averaged[0] - averaged[1]).norm() < 0.5 * (plain[0] - plain[1]).norm()
-    with pytest.raises(ValueError, match="need pooling='mean'"):
+    # "layer" pooling averages over the same permutations (its count-weighted mean is the "mean")
+    layers = embed_flat(model, tok, weights, "layer", permutations=3).reshape(len(weights), -1, model.config.latent_dim)
+    torch.testing.assert_close(torch.stack(embedder(list(weights), pooling="layer", batch_size=2, permutations=3)), layers)
+    torch.testing.assert_close(torch.stack(embedder(zoo.dataset["test"], pooling="layer", permutations=3)), layers)
+    counts = torch.bincount(tok.layouts[0].positions[:, 1]).float()
+    torch.testing.assert_close((layers * counts[:, None]).sum(1) / counts.sum(), expected)
+    with pytest.raises(ValueError, match="need pooling='mean' or 'layer'"):
         embedder(weights[0], pooling="full", permutations=2)
     with pytest.raises(ValueError, match="integer >= 0"):
         embed_flat(model, tok, weights, permutations=-1)
@@ -356,10 +397,18 @@ def test_cli_permutations(zoo, spec_checkpoint, tmp_path):
     for f in spec_checkpoint.iterdir():
         if f.is_file():
             (folder / f.name).write_bytes(f.read_bytes())
-    assert cli(["probe", "fit", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--properties", "epoch", "--permutations", "2"]) == 0
-    assert ProbeSet.load(folder, "sane").info["permutations"] == 2
-    assert cli(["probe", "eval", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--json", str(tmp_path / "t.json")]) == 0
+    assert cli(["probe", "fit", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--properties", "epoch", "--permutations", "2",
+                "--pooling", "layer"]) == 0
     probes = ProbeSet.load(folder, "sane")
-    expected = probes.evaluate(embed_flat(model, tok, zoo.weights("test"), permutations=2),
-                               {"epoch": zoo.metadata("test", ["epoch"])["epoch"].tolist()})
+    assert probes.info["permutations"] == 2 and probes.info["pooling"] == "layer"
+    assert cli(["probe", "eval", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--json", str(tmp_path / "t.json")]) == 0
+    features = embed_flat(model, tok, zoo.weights("test"), "layer", permutations=2)
+    expected = probes.evaluate(features, {"epoch": zoo.metadata("test", ["epoch"])["epoch"].tolist()})
     assert json.loads((tmp_path / "t.json").read_text())[0]["value"] == pytest.approx(expected["epoch"]["r2"])
+    # the property-prediction pipeline embeds the way the probes were fitted
+    pipe = pipeline("weight-property-prediction", model=str(folder))
+    assert [r["epoch"] for r in pipe(zoo.dataset["test"])] == pytest.approx(probes.predict(features)["epoch"])
+    assert pipe(zoo.weights("test")[1])["epoch"] == pytest.approx(probes.predict(features[1:2])["epoch"][0])
+    assert cli(["embed", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--pooling", "layer", "--out", str(out)]) == 0
+    assert load_file(out)["embeddings"].shape == (len(features), int(tok.layouts[0].positions[:, 1].max()) + 1,
+                                                  model.config.latent_dim)

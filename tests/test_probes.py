@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hyperrep_hf.downstream.probes import PENALTIES, ProbeSet, ridge_path
+from hyperrep_hf.downstream.evaluation import add_bootstrap_intervals
+from hyperrep_hf.downstream.probes import PENALTIES, ProbeSet, property_score, ridge_path
+from hyperrep_hf.downstream.scores import model_bootstrap, percentile_interval
 
 
 def _toy(n, d=6, seed=0):
@@ -98,3 +100,33 @@ def test_bad_input_names_the_fix(tmp_path):
         ProbeSet.load(tmp_path, "stats")
     with pytest.raises(ValueError, match="NaN"):
         ProbeSet.fit("sane", xt * float("nan"), yt, xv, yv)
+
+
+def test_model_bootstrap_draws_whole_models():
+    groups = np.repeat([7, 3, 5, 9], [2, 3, 1, 4])
+    draws = model_bootstrap(groups, resamples=50, seed=1)
+    assert len(draws) == 50
+    for rows in draws:
+        drawn = groups[rows]
+        for g in set(drawn.tolist()):  # a drawn model comes with all of its rows, k times
+            assert (drawn == g).sum() % (groups == g).sum() == 0
+    assert len({tuple(r) for r in draws}) > 1
+    assert all((a == b).all() for a, b in zip(draws, model_bootstrap(groups, resamples=50, seed=1)))
+
+
+def test_paired_bootstrap_intervals_separate_a_better_probe():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 4)
+    y = rng.normal(size=80)
+    predictions = {("sane", "acc"): y + 0.2 * rng.normal(size=80), ("stats", "acc"): y + 0.8 * rng.normal(size=80),
+                   ("weights", "acc"): y + 0.8 * rng.normal(size=80)}
+    predictions["same", "acc"] = predictions["stats", "acc"]
+    rows = [{"features": f, "property": "acc", "metric": "r2",
+             "value": property_score("regression", y, predictions[f, "acc"])["r2"]} for f in ("sane", "stats", "same")]
+    add_bootstrap_intervals(rows, predictions, {"acc": y}, groups, resamples=200)
+    sane, stats, same = rows
+    assert sane["ci"][0] < sane["value"] < sane["ci"][1] and "vs_stats" not in stats
+    assert sane["vs_stats"] == pytest.approx(sane["value"] - stats["value"])
+    assert sane["vs_stats_ci"][0] > 0  # clearly better on every resample of the models
+    assert same["vs_stats"] == 0 and same["vs_stats_ci"] == [0, 0]
+    assert np.isnan(percentile_interval([np.nan, -np.inf])).all()  # no finite value: no interval

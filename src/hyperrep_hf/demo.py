@@ -58,6 +58,7 @@ class DemoSettings:
     finetune_epochs: tuple[int, ...] = (0, 1, 5)
     properties: tuple[str, ...] = ("test_acc", "epoch", "ggap")
     feature_sets: tuple[str, ...] = ("sane", "stats", "weights")
+    bootstrap: int = 1000  # resamples of the test models for the probe table's intervals
 
     @classmethod
     def default(cls, quick: bool = False) -> DemoSettings:
@@ -102,12 +103,20 @@ def _table_md(title: str, rows: list[dict], columns: list[str]) -> str:
     return f"# {title}\n\n{format_table(rows, columns)}\n"
 
 
+SANE_VS_STATS = "SANE - s(W) [95% CI]"
+
+
 def pivot_probe_table(rows: list[dict]) -> list[dict]:
-    """Probe rows (features, property, value) -> one row per property with a column per feature set."""
+    """Probe rows (features, property, value) -> one row per property with a column per feature set,
+    and SANE_VS_STATS (the paired difference and its bootstrap interval) where the rows have it."""
     names = {"sane": "SANE", "stats": "s(W)", "weights": "W"}
     table: dict[str, dict] = {}
     for r in rows:
-        table.setdefault(r["property"], {"property": r["property"], "metric": r["metric"]})[names.get(r["features"], r["features"])] = r["value"]
+        entry = table.setdefault(r["property"], {"property": r["property"], "metric": r["metric"]})
+        entry[names.get(r["features"], r["features"])] = r["value"]
+        if r["features"] == "sane" and "vs_stats" in r:
+            low, high = r["vs_stats_ci"]
+            entry[SANE_VS_STATS] = f"{r['vs_stats']:+.3f} [{low:+.3f}, {high:+.3f}]"
     return list(table.values())
 
 
@@ -194,11 +203,14 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, progress:
     _stage("3/4 probes: SANE vs s(W) vs W (train fit, validation penalty, test R^2)")
     if "probe_table" not in results:
         t0 = time.perf_counter()
-        results["probe_table"] = probe_table(zoo, ckpt, settings.feature_sets, list(settings.properties), progress=progress)
+        results["probe_table"] = probe_table(zoo, ckpt, settings.feature_sets, list(settings.properties), progress=progress,
+                                             bootstrap=settings.bootstrap)
         fit_probes(zoo, "sane", ckpt, properties=list(settings.properties)).save(ckpt)
         timings["probes"] = round(time.perf_counter() - t0, 1)
         save()
-    probe_md = _table_md("Property prediction (test R^2)", pivot_probe_table(results["probe_table"]), ["property", "metric", "SANE", "s(W)", "W"])
+    pivot = pivot_probe_table(results["probe_table"])
+    columns = ["property", "metric", "SANE", "s(W)", "W"] + ([SANE_VS_STATS] if SANE_VS_STATS in pivot[0] else [])
+    probe_md = _table_md("Property prediction (test R^2)", pivot, columns)
     atomic_write_bytes(out / "probe_table.md", probe_md.encode())
     print(probe_md)
 

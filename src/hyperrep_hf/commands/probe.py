@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..modeling_sane import POOLINGS
 from . import add_device_argument, resolve_device
 
 
@@ -21,10 +22,11 @@ def register(subparsers) -> None:
 
     fit = sub.add_parser("fit", help="fit probes on a zoo's train split (penalty chosen on validation) and save them")
     _common(fit)
-    fit.add_argument("--pooling", choices=("mean", "full"), default="mean", help="SANE embedding pooling (default mean)")
+    fit.add_argument("--pooling", choices=POOLINGS, default="mean",
+                     help="SANE embedding pooling: mean (default), layer or full")
     fit.add_argument("--permutations", type=int, default=None,
                      help="average each SANE embedding over K function-preserving neuron permutations (default: "
-                     "8 where the checkpoint stores the permutation spec and pooling is mean, else 0)")
+                     "8 where the checkpoint stores the permutation spec and pooling is mean or layer, else 0)")
     fit.set_defaults(func=run_fit)
 
     pred = sub.add_parser("predict", help="predict properties of zoo rows or .safetensors models with saved probes")
@@ -41,6 +43,9 @@ def register(subparsers) -> None:
     _common(ev)
     ev.add_argument("--split", default="test", help="zoo split to score on (default: test)")
     ev.add_argument("--json", default=None, help="also write the table rows as JSON here")
+    ev.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                    help="add 95%% intervals over B resamples of the split's models, and each feature set's paired "
+                    "difference to stats where stats is scored too (default 0: none)")
     ev.set_defaults(func=run_eval)
 
 
@@ -105,27 +110,38 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..downstream.evaluation import format_table, zoo_features, zoo_targets
-    from ..downstream.probes import ProbeSet
+    from ..downstream.evaluation import (
+        add_bootstrap_intervals,
+        format_table,
+        zoo_features,
+        zoo_targets,
+    )
+    from ..downstream.probes import ProbeSet, property_score
     from ..files import atomic_write_json
     from ..zoo import load_zoo
 
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be >= 0 (0: no intervals), got {args.bootstrap}")
     zoo = load_zoo(args.zoo)
     if args.split not in zoo.dataset:
         raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
     model, tokenizer = _checkpoint_parts(args, args.features)
-    rows = []
+    rows, predictions, targets = [], {}, {}
     for features in args.features:
         probes = ProbeSet.load(args.checkpoint, features)
         properties = args.properties or probes.properties
         x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean",
                          permutations=probes.info.get("permutations", 0))
-        scores = probes.evaluate(x, zoo_targets(zoo, args.split, properties))
+        targets.update(zoo_targets(zoo, args.split, properties))
+        predicted = probes.predict(x, properties)
         for name in properties:
-            s = scores[name]
+            s = property_score(probes.probes[name].kind, targets[name], predicted[name])
             metric = "r2" if "r2" in s else "accuracy"
+            predictions[features, name] = predicted[name]
             rows.append({"features": features, "property": name, "metric": metric, "value": s[metric],
                          "kendall_tau": s.get("kendall_tau")})
+    if args.bootstrap:
+        add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(args.split, ["model_id"])["model_id"], args.bootstrap)
     print(format_table(rows))
     if args.json:
         atomic_write_json(args.json, rows)

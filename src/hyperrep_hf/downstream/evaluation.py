@@ -23,7 +23,8 @@ from torch import nn
 from ..zoo.architectures import build_model, init_weights
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
-from .probes import FEATURE_SETS, ProbeSet
+from .probes import FEATURE_SETS, ProbeSet, property_score
+from .scores import model_bootstrap, percentile_interval
 
 DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
 CATEGORICAL_HYPERPARAMETERS = ("activation", "init", "optimizer")
@@ -57,11 +58,11 @@ def zoo_targets(zoo, split: str, properties: Sequence[str]) -> dict[str, list]:
 def probe_permutations(tokenizer, zoo, permutations: int | None, pooling: str = "mean") -> int:
     """The number of permutations SANE probe features average over: `permutations`, or when None
     PROBE_PERMUTATIONS if the checkpoint stores the zoo architecture's permutation spec and the
-    pooling is "mean", else 0."""
+    pooling is "mean" or "layer", else 0."""
     if permutations is not None:
         return permutations
     has_spec = tokenizer.layouts[find_layout(tokenizer, zoo.layout)].permutation is not None
-    return PROBE_PERMUTATIONS if has_spec and pooling == "mean" else 0
+    return PROBE_PERMUTATIONS if has_spec and pooling != "full" else 0
 
 
 def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, pooling: str = "mean",
@@ -107,15 +108,19 @@ def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokeniz
 
 def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS, properties: Sequence[str] | None = None,
                 pooling: str = "mean", split: str = "test", progress: bool = False,
-                permutations: int | None = None) -> list[dict]:
+                permutations: int | None = None, bootstrap: int = 0, seed: int = 0) -> list[dict]:
     """Fit probes on train (penalty chosen on validation) for each feature set, score them on `split`.
 
     Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
     "validation"}. "sane" needs `checkpoint` (it is skipped when None, so the baselines alone work).
+    With `bootstrap=B` > 0 every row also gets "ci", the 95% interval of its value over B resamples of
+    the split's models (`add_bootstrap_intervals`), and rows of the other feature sets the paired
+    difference to s(W): "vs_stats" and "vs_stats_ci".
     """
     model = tokenizer = None
-    rows = []
+    rows, predictions = [], {}
     properties = zoo_properties(zoo, properties)
+    targets = zoo_targets(zoo, split, properties)
     for features in feature_sets:
         if features == "sane":
             if checkpoint is None:
@@ -124,15 +129,51 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
         probes = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress, permutations)
         x = zoo_features(zoo, split, features, model, tokenizer, pooling, progress=progress,
                          permutations=probes.info["permutations"])
-        scores = probes.evaluate(x, zoo_targets(zoo, split, properties))
+        predicted = probes.predict(x, properties)
         for name in properties:
-            probe, score = probes.probes[name], scores[name]
+            probe = probes.probes[name]
+            score = property_score(probe.kind, targets[name], predicted[name])
             metric = "accuracy" if probe.kind == "classification" else "r2"
+            predictions[features, name] = predicted[name]
             rows.append({
                 "features": features, "property": name, "metric": metric, "value": score[metric],
                 "kendall_tau": score.get("kendall_tau"), "penalty": probe.penalty,
                 "validation": next(iter(probe.validation.values())),
             })
+    if bootstrap:
+        add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(split, ["model_id"])["model_id"], bootstrap, seed)
+    return rows
+
+
+def add_bootstrap_intervals(rows: list[dict], predictions: dict, targets: dict, groups, resamples: int = 1000,
+                            seed: int = 0, baseline: str = "stats", level: float = 0.95) -> list[dict]:
+    """Add model-level bootstrap intervals to probe-table rows (in place; returns them).
+
+    predictions: {(features, property): one prediction per row}; targets: {property: values};
+    groups: the rows' model ids (a model's checkpoints are resampled together). Every row gets
+    "ci" = [low, high], the central `level` interval of its value over `resamples` resamples of
+    the models; a row of another feature set than `baseline` also gets "vs_<baseline>" (its value
+    minus the baseline's) and "vs_<baseline>_ci", the interval of that difference on the same
+    resamples (paired: it is narrower than the two "ci" suggest, and excludes 0 where the
+    difference holds beyond the choice of test models).
+    """
+    draws = model_bootstrap(groups, resamples, seed)
+    cache = {}
+
+    def resampled(features: str, name: str, metric: str) -> np.ndarray:
+        if (features, name) not in cache:
+            kind = "classification" if metric == "accuracy" else "regression"
+            y, p = np.asarray(targets[name]), np.asarray(predictions[features, name])
+            cache[features, name] = np.array([property_score(kind, y[d], p[d], kendall=False)[metric] for d in draws])
+        return cache[features, name]
+
+    values = {(r["features"], r["property"]): r["value"] for r in rows}
+    for row in rows:
+        own = resampled(row["features"], row["property"], row["metric"])
+        row["ci"] = percentile_interval(own, level)
+        if row["features"] != baseline and (baseline, row["property"]) in predictions:
+            row[f"vs_{baseline}"] = row["value"] - values[baseline, row["property"]]
+            row[f"vs_{baseline}_ci"] = percentile_interval(own - resampled(baseline, row["property"], row["metric"]), level)
     return rows
 
 
@@ -244,6 +285,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, dig
     columns = list(columns or rows[0].keys())
 
     def cell(v):
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(cell(x) for x in v) + "]"
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
         return "" if v is None else str(v)

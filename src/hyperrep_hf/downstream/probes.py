@@ -194,16 +194,7 @@ class ProbeSet:
         """Scores on held-out rows: {property: {"r2", "kendall_tau"}} for regressions and
         {property: {"accuracy"}} for classifications."""
         predictions = self.predict(x, list(targets))
-        scores = {}
-        for name, values in targets.items():
-            values, pred = list(values), predictions[name]
-            if self.probes[name].kind == "classification":
-                scores[name] = {"accuracy": float(np.mean([str(a) == str(b) for a, b in zip(values, pred)]))}
-            else:
-                keep = _finite_rows(values)
-                y, p = np.asarray(values, dtype=np.float64)[keep], np.asarray(pred)[keep]
-                scores[name] = {"r2": r_squared(y, p), "kendall_tau": kendall_tau(y, p) if len(y) > 1 else float("nan")}
-        return scores
+        return {name: property_score(self.probes[name].kind, values, predictions[name]) for name, values in targets.items()}
 
     # ---- files ---------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
@@ -236,6 +227,19 @@ class ProbeSet:
             for name, m in meta["probes"].items()
         }
         return cls(meta["features"], tensors["feature_mean"], tensors["feature_scale"], probes, meta.get("info", {}))
+
+
+def property_score(kind: str, values: Sequence, predictions: Sequence, kendall: bool = True) -> dict:
+    """One property's score: {"accuracy"} for a classification, {"r2", "kendall_tau"} for a regression
+    (rows with a NaN target left out; `kendall=False` skips tau)."""
+    if kind == "classification":
+        return {"accuracy": float(np.mean([str(a) == str(b) for a, b in zip(values, predictions)]))}
+    keep = _finite_rows(values)
+    y, p = np.asarray(values, dtype=np.float64)[keep], np.asarray(predictions, dtype=np.float64)[keep]
+    score = {"r2": r_squared(y, p)}
+    if kendall:
+        score["kendall_tau"] = kendall_tau(y, p) if len(y) > 1 else float("nan")
+    return score
 
 
 def _check_features(x, name: str) -> torch.Tensor:

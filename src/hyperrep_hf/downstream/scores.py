@@ -1,4 +1,5 @@
-"""Scores for property prediction: R^2 and Kendall's tau as plain functions.
+"""Scores for property prediction: R^2 and Kendall's tau as plain functions, and model-level
+bootstrap intervals for them.
 
 The local `evaluate` modules in hyperrep_hf/metrics/ call these, so both routes give the same number.
 """
@@ -45,3 +46,24 @@ def kendall_tau(references, predictions) -> float:
     from scipy import stats  # imported here: scipy.stats costs about a second at package import
 
     return float(stats.kendalltau(y, p).statistic)
+
+
+def model_bootstrap(groups, resamples: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of `resamples` bootstrap samples that draw whole groups with replacement.
+
+    groups: [n] a group id per row (a zoo's model_id: its checkpoints at several epochs are not
+    independent, so the models, not the rows, are resampled). Returns index arrays into the rows.
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]) for _ in range(resamples)]
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float]:
+    """The central `level` percentile interval [low, high] of bootstrap values (non-finite ones left out)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)])]
