@@ -316,7 +316,6 @@ class SaneModel(SanePreTrainedModel):
         pooling: str = "mean",
     ) -> torch.Tensor:
         """One vector per model for probing: the encoder's latents pooled by `pool_latents`."""
-        check_pooling(pooling)
         return pool_latents(self.encode(tokens, positions, attention_mask), attention_mask, pooling, positions)
 
     def project(self, latents: torch.Tensor) -> torch.Tensor | None:

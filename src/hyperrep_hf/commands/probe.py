@@ -113,10 +113,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import (
         add_bootstrap_intervals,
         format_table,
+        score_probes,
         zoo_features,
         zoo_targets,
     )
-    from ..downstream.probes import ProbeSet, property_score
+    from ..downstream.probes import ProbeSet
     from ..files import atomic_write_json
     from ..zoo import load_zoo
 
@@ -133,13 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
         x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean",
                          permutations=probes.info.get("permutations", 0))
         targets.update(zoo_targets(zoo, args.split, properties))
-        predicted = probes.predict(x, properties)
-        for name in properties:
-            s = property_score(probes.probes[name].kind, targets[name], predicted[name])
-            metric = "r2" if "r2" in s else "accuracy"
-            predictions[features, name] = predicted[name]
-            rows.append({"features": features, "property": name, "metric": metric, "value": s[metric],
-                         "kendall_tau": s.get("kendall_tau")})
+        rows += score_probes(probes, x, targets, properties, predictions)
     if args.bootstrap:
         add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(args.split, ["model_id"])["model_id"], args.bootstrap)
     print(format_table(rows))

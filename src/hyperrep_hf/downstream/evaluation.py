@@ -129,19 +129,30 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
         probes = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress, permutations)
         x = zoo_features(zoo, split, features, model, tokenizer, pooling, progress=progress,
                          permutations=probes.info["permutations"])
-        predicted = probes.predict(x, properties)
-        for name in properties:
-            probe = probes.probes[name]
-            score = property_score(probe.kind, targets[name], predicted[name])
-            metric = "accuracy" if probe.kind == "classification" else "r2"
-            predictions[features, name] = predicted[name]
-            rows.append({
-                "features": features, "property": name, "metric": metric, "value": score[metric],
-                "kendall_tau": score.get("kendall_tau"), "penalty": probe.penalty,
-                "validation": next(iter(probe.validation.values())),
-            })
+        rows += score_probes(probes, x, targets, properties, predictions)
     if bootstrap:
         add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(split, ["model_id"])["model_id"], bootstrap, seed)
+    return rows
+
+
+def score_probes(probes: ProbeSet, x: torch.Tensor, targets: dict, properties: Sequence[str],
+                 predictions: dict | None = None) -> list[dict]:
+    """Probe-table rows of one probe set on features x [rows, d]: {"features", "property", "metric",
+    "value", "kendall_tau", "penalty", "validation"} per property. The predictions are also stored
+    in `predictions[(features, property)]` when given (for `add_bootstrap_intervals`)."""
+    predicted = probes.predict(x, properties)
+    rows = []
+    for name in properties:
+        probe = probes.probes[name]
+        score = property_score(probe.kind, targets[name], predicted[name])
+        metric = "accuracy" if probe.kind == "classification" else "r2"
+        if predictions is not None:
+            predictions[probes.features, name] = predicted[name]
+        rows.append({
+            "features": probes.features, "property": name, "metric": metric, "value": score[metric],
+            "kendall_tau": score.get("kendall_tau"), "penalty": probe.penalty,
+            "validation": next(iter(probe.validation.values())),
+        })
     return rows
 
 
