@@ -136,7 +136,7 @@ def prepare_sampling(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise ValueError(f"no usable rows in split {split!r} at epochs {chosen_epochs}; pick other --epochs")
-    from ..zoo.dataset import architecture_kwargs_for_row
+    from ..zoo.architectures import architecture_kwargs_for_row
 
     kwargs = [architecture_kwargs_for_row(zoo.architecture, zoo.architecture_kwargs, meta.iloc[r].to_dict()) for r in rows]
     best_kwargs = kwargs[int(np.argmax(meta[score].to_numpy(dtype=np.float64)[rows]))]

@@ -7,8 +7,9 @@ its architecture name and arguments rebuild a working model.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -205,6 +206,17 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name](**kwargs)
+
+
+def architecture_kwargs_for_row(architecture: str, base_kwargs: dict, row: Mapping | None) -> dict:
+    """build_model arguments for a row: the zoo's kwargs plus the row's activation / dropout."""
+    kw = dict(base_kwargs)
+    if row is not None:
+        accepted = inspect.signature(ARCHITECTURES[architecture]).parameters
+        for key in ("activation", "dropout"):
+            if key in accepted and row.get(key) is not None:
+                kw[key] = row[key]
+    return kw
 
 
 def init_weights(model: nn.Module, method: str = "default", generator: torch.Generator | None = None, bias: float = 0.01) -> nn.Module:

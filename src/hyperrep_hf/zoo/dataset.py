@@ -24,7 +24,7 @@ from torch import nn
 
 from ..files import atomic_save
 from ..layout import WeightLayout
-from .architectures import ARCHITECTURES, build_model
+from .architectures import ARCHITECTURES, architecture_kwargs_for_row, build_model
 
 CONFIG_NAME = "zoo_config.json"
 FORMAT = "hyperrep-zoo"
@@ -73,19 +73,6 @@ def write_shard(path: Path, rows: Mapping[str, list | np.ndarray], num_weights: 
 
 def data_files_config() -> list[dict]:
     return [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in ("train", "validation", "test")]}]
-
-
-def architecture_kwargs_for_row(architecture: str, base_kwargs: dict, row: Mapping | None) -> dict:
-    """build_model arguments for a row: the zoo's kwargs plus the row's activation / dropout."""
-    import inspect
-
-    kw = dict(base_kwargs)
-    if row is not None:
-        accepted = inspect.signature(ARCHITECTURES[architecture]).parameters
-        for key in ("activation", "dropout"):
-            if key in accepted and row.get(key) is not None:
-                kw[key] = row[key]
-    return kw
 
 
 class Zoo:
