@@ -49,7 +49,7 @@ def probe_eval_results(
     return results
 
 
-def _results_table(results: Sequence[EvalResult]) -> str:
+def results_table(results: Sequence[EvalResult]) -> str:
     if not results:
         return "No evaluation recorded."
     rows = [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_name} | {r.metric_value:.4f} |" for r in results]
@@ -103,7 +103,7 @@ def sane_model_card(
         repo_id=repo_id or "path/to/checkpoint",
         description=description,
         training=training or "Not recorded.",
-        results_table=_results_table(eval_results),
+        results_table=results_table(eval_results),
         token_size=config.token_size,
         d_model=config.d_model,
         num_layers=config.num_layers,

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per sub-command group; each defines register(subparsers) and sets args.func.
-COMMANDS: tuple[str, ...] = ("demo", "zoo", "tokenize", "train", "embed", "probe", "sample")
+COMMANDS: tuple[str, ...] = ("demo", "zoo", "tokenize", "train", "embed", "probe", "sample", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # Bad input: one clear line, not a traceback.
+    except (ValueError, OSError, KeyError) as err:
+        # Bad input, a missing file, a Hub error (no such repo or revision, no access; huggingface_hub's
+        # errors are OSErrors naming the repo): a clear message, not a traceback.
         print(f"hyperrep {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -123,6 +123,11 @@ class SaneConfig(PretrainedConfig):
         self.layer_loss_norm = bool(layer_loss_norm)
         self.layer_norm_eps = float(layer_norm_eps)
         self.initializer_range = float(initializer_range)
+        if __name__.startswith("hyperrep_hf."):
+            # config.json names the checkpoint's remote-code pipelines for users without hyperrep_hf.
+            # With the package installed its registered pipelines serve those tasks, and transformers
+            # would demand trust_remote_code for any task listed here: drop the entry.
+            kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
 
     @property

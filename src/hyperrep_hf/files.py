@@ -61,8 +61,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def resolve_file(folder_or_repo: str | os.PathLike, filename: str, missing_hint: str) -> str:
-    """Local path of `filename` inside a checkpoint folder or a Hub repo id (downloaded to the cache).
+def resolve_file(folder_or_repo: str | os.PathLike, filename: str, missing_hint: str,
+                 revision: str | None = None) -> str:
+    """Local path of `filename` inside a checkpoint folder or a Hub repo id (downloaded to the cache,
+    at `revision`: a branch, tag or commit; works offline once cached).
 
     Raises FileNotFoundError naming the file and `missing_hint` (what to run to create it).
     """
@@ -74,10 +76,12 @@ def resolve_file(folder_or_repo: str | os.PathLike, filename: str, missing_hint:
         return str(path)
     from transformers.utils import cached_file
 
+    pushed = "; `hyperrep push CHECKPOINT REPO_ID` uploads a checkpoint folder with its probes and anchors"
     try:
-        found = cached_file(str(folder_or_repo), filename, _raise_exceptions_for_missing_entries=False)
+        found = cached_file(str(folder_or_repo), filename, revision=revision, _raise_exceptions_for_missing_entries=False)
     except OSError as err:
-        raise FileNotFoundError(f"cannot read {filename} from {folder_or_repo!s} ({err}); {missing_hint}") from err
+        raise FileNotFoundError(f"cannot read {filename} from {folder_or_repo!s} ({err}); {missing_hint}{pushed}") from err
     if found is None:
-        raise FileNotFoundError(f"{folder_or_repo!s} has no {filename}; {missing_hint}")
+        at = f" at revision {revision}" if revision else ""
+        raise FileNotFoundError(f"{folder_or_repo!s}{at} has no {filename}; {missing_hint}{pushed}")
     return found

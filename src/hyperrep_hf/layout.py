@@ -77,6 +77,40 @@ class WeightLayout:
             if found != e.shape:
                 raise ValueError(f"{e.name!r} has shape {list(found)}, the layout expects {list(e.shape)}")
 
+    @property
+    def structure(self) -> list[tuple[tuple[int, ...], str]]:
+        """(shape, kind) of every entry in order; the kind is the name's last part ("weight", "bias",
+        "running_mean", ...). Two models with the same structure have the same architecture."""
+        return [(e.shape, _kind(e.name)) for e in self.entries]
+
+    def match(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state_dict of this architecture under any names -> {this layout's name: tensor}.
+
+        Names are used when they are this layout's own; otherwise tensors are matched by structure:
+        the floating-point entries in the state_dict's order (an nn.Module's order), or in module
+        order when the keys come sorted (as safetensors files store them), must have this layout's
+        sequence of shapes and kinds. Raises ValueError naming the first tensor that differs.
+        """
+        floats = [(n, t) for n, t in state_dict.items() if torch.is_tensor(t) and t.is_floating_point()]
+        by_name = dict(floats)
+        if set(by_name) == set(self.names) and all(tuple(by_name[e.name].shape) == e.shape for e in self.entries):
+            return {e.name: by_name[e.name] for e in self.entries}
+        for order in (floats, sorted(floats, key=lambda item: _module_order(item[0]))):
+            if [(tuple(t.shape), _kind(n)) for n, t in order] == self.structure:
+                return {e.name: t for e, (_, t) in zip(self.entries, order)}
+        raise ValueError(self.difference(floats))
+
+    def difference(self, floats: list[tuple[str, torch.Tensor]]) -> str:
+        """Where tensors [(name, tensor)] in order first differ from this layout, in words."""
+        for i, (e, (name, t)) in enumerate(zip(self.entries, floats)):
+            if (tuple(t.shape), _kind(name)) != (e.shape, _kind(e.name)):
+                return (f"tensor {i} of the model, {name!r} of shape {list(t.shape)}, differs from the layout, "
+                        f"which expects {e.name!r} of shape {list(e.shape)} there")
+        return (f"the model has {len(floats)} floating-point tensors, the layout {len(self.entries)}: the first "
+                f"{min(len(floats), len(self.entries))} agree, then "
+                + (f"the model has {floats[len(self.entries)][0]!r} too" if len(floats) > len(self.entries)
+                   else f"the layout expects {self.entries[len(floats)].name!r} too"))
+
     def flatten(self, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """state_dict -> flat vector [num_weights] of `dtype`."""
         self.check(state_dict)
@@ -111,3 +145,19 @@ class WeightLayout:
     @classmethod
     def from_json(cls, text: str) -> WeightLayout:
         return cls.from_dict(json.loads(text))
+
+
+# Within one module, the order nn.Module.state_dict() lists its tensors in.
+_KIND_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
+
+
+def _kind(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def _module_order(name: str) -> tuple:
+    """Sort key that restores module order from sorted keys: numeric parts compare as numbers
+    ("features.10" after "features.9"), and a module's weight comes before its bias."""
+    prefix, _, leaf = name.rpartition(".")
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in prefix.split(".")) if prefix else ()
+    return parts, _KIND_ORDER.get(leaf, len(_KIND_ORDER)), leaf

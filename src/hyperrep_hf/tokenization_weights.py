@@ -430,8 +430,8 @@ class WeightTokenizer(FeatureExtractionMixin):
     def __init__(self, token_size: int | str = "auto", max_token_size: int = 288,
                  allow_nonfinite: bool = False, min_std: float = 1e-4, statistics: str = "median",
                  soft_clip: float | None = 4.0, layouts: list | None = None, **kwargs):
-        kwargs.pop("feature_extractor_type", None)
-        kwargs.pop("format_version", None)
+        for saved_only in ("feature_extractor_type", "format_version", "auto_map"):
+            kwargs.pop(saved_only, None)
         super().__init__(**kwargs)
         if not (isinstance(max_token_size, int) and not isinstance(max_token_size, bool) and max_token_size >= 1):
             raise ValueError(f"max_token_size must be a positive integer, got {max_token_size!r}")
@@ -730,7 +730,7 @@ class WeightTokenizer(FeatureExtractionMixin):
 
     def permutation_spec(self, layout_id: int = 0):
         """The PermutationSpec stored with `set_permutation_spec` for this layout."""
-        from .weightspace import PermutationSpec
+        from .weightspace.permutation import PermutationSpec
 
         tl = self._layout(layout_id)
         if tl.permutation is None:
@@ -743,7 +743,12 @@ class WeightTokenizer(FeatureExtractionMixin):
 
     def align_flat(self, weights: torch.Tensor, layout_id: int = 0) -> torch.Tensor:
         """Flat weights [M, P] -> the same models aligned to the layout's reference [M, P]."""
-        from .weightspace import PermutationSpec, align
+        from .weightspace.permutation import PermutationSpec
+
+        try:
+            from .weightspace.alignment import align
+        except ImportError as err:  # remote code: weight matching needs scipy and the package
+            raise ImportError("aligning models needs hyperrep_hf installed (pip install hyperrep_hf)") from err
 
         tl = self._layout(layout_id)
         if tl.alignment is None:
@@ -824,7 +829,10 @@ class WeightTokenizer(FeatureExtractionMixin):
 
     # -- save / load --
     def to_dict(self) -> dict:
+        # auto_map: AutoFeatureExtractor(..., trust_remote_code=True) finds this class in the
+        # checkpoint's copy of this file (remote_code.py writes it) where hyperrep_hf is not installed.
         return {"feature_extractor_type": type(self).__name__, "format_version": FORMAT_VERSION,
+                "auto_map": {"AutoFeatureExtractor": f"tokenization_weights.{type(self).__name__}"},
                 "token_size": self.token_size, "max_token_size": self.max_token_size,
                 "allow_nonfinite": self.allow_nonfinite, "min_std": self.min_std,
                 "statistics": self.statistics, "soft_clip": self.soft_clip,

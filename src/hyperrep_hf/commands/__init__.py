@@ -1,6 +1,12 @@
 """Sub-commands of the `hyperrep` CLI: each module has `register(subparsers)`."""
 
 
+def add_checkpoint_arguments(parser, help: str = "SANE checkpoint folder or Hub repo id (model + tokenizer)") -> None:
+    parser.add_argument("--checkpoint", required=True, help=help)
+    parser.add_argument("--revision", default=None,
+                        help="with a Hub repo id: the branch, tag or commit to load (default: main)")
+
+
 def add_device_argument(parser, what: str) -> None:
     parser.add_argument("--device", default=None, help=f"torch device for {what} (default: cuda if available, else cpu)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..modeling_sane import POOLINGS
-from . import add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, resolve_device
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         description="Embed the models of a zoo split or of .safetensors state_dict files with a trained SANE "
         "checkpoint (the weight-embedding pipeline) and write the embeddings to a .safetensors file.",
     )
-    p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder or Hub repo id (model + tokenizer)")
+    add_checkpoint_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--zoo", help="zoo folder or Hub dataset id: embed every row of --split")
     src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files to embed")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..files import atomic_write_bytes
 
-    pipe = pipeline("weight-embedding", model=args.checkpoint, device=resolve_device(args.device))
+    pipe = pipeline("weight-embedding", model=args.checkpoint, revision=args.revision, device=resolve_device(args.device))
     options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size,
                "permutations": args.permutations}
     tensors = {}

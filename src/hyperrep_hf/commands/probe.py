@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..modeling_sane import POOLINGS
-from . import add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, resolve_device
 
 
 def register(subparsers) -> None:
@@ -27,10 +27,12 @@ def register(subparsers) -> None:
     fit.add_argument("--permutations", type=int, default=None,
                      help="average each SANE embedding over K function-preserving neuron permutations (default: "
                      "8 where the checkpoint stores the permutation spec and pooling is mean or layer, else 0)")
+    fit.add_argument("--epochs", nargs="+", type=int, default=None,
+                     help="fit only on rows at these epochs, e.g. the final checkpoints (default: all)")
     fit.set_defaults(func=run_fit)
 
     pred = sub.add_parser("predict", help="predict properties of zoo rows or .safetensors models with saved probes")
-    pred.add_argument("--checkpoint", required=True, help="checkpoint folder (or Hub repo id) holding the probes")
+    add_checkpoint_arguments(pred, "checkpoint folder or Hub repo id holding the probes")
     src = pred.add_mutually_exclusive_group(required=True)
     src.add_argument("--zoo", help="zoo folder or Hub dataset id")
     src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files")
@@ -42,6 +44,8 @@ def register(subparsers) -> None:
     ev = sub.add_parser("eval", help="score saved probes on a zoo split: R^2 / Kendall tau / accuracy table")
     _common(ev)
     ev.add_argument("--split", default="test", help="zoo split to score on (default: test)")
+    ev.add_argument("--epochs", nargs="+", type=int, default=None,
+                    help="score only rows at these epochs (default: the epochs the probes were fitted on, else all)")
     ev.add_argument("--json", default=None, help="also write the table rows as JSON here")
     ev.add_argument("--bootstrap", type=int, default=0, metavar="B",
                     help="add 95%% intervals over B resamples of the split's models, and each feature set's paired "
@@ -68,17 +72,20 @@ def _checkpoint_parts(args, features):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from ..downstream.evaluation import fit_probes
+    from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
     zoo = load_zoo(args.zoo)
     model, tokenizer = _checkpoint_parts(args, args.features)
     for features in args.features:
         probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
-                            progress=True, permutations=args.permutations)
+                            progress=True, permutations=args.permutations, epochs=args.epochs)
         path = probes.save(args.checkpoint)
         scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
         print(f"{features}: validation {scores}; saved to {path}")
+        for split, counts in probes.info["left_out"].items():
+            if counts:
+                print(f"{features}: {describe_left_out(counts, split)}")
     return 0
 
 
@@ -87,7 +94,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from ..files import atomic_write_json
 
-    pipe = pipeline("weight-property-prediction", model=args.checkpoint)
+    pipe = pipeline("weight-property-prediction", model=args.checkpoint, revision=args.revision)
     if args.zoo:
         from ..zoo import load_zoo
 
@@ -110,13 +117,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..downstream.evaluation import (
-        add_bootstrap_intervals,
-        format_table,
-        score_probes,
-        zoo_features,
-        zoo_targets,
-    )
+    from ..downstream.evaluation import format_table, score_split
     from ..downstream.probes import ProbeSet
     from ..files import atomic_write_json
     from ..zoo import load_zoo
@@ -127,16 +128,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.split not in zoo.dataset:
         raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
     model, tokenizer = _checkpoint_parts(args, args.features)
-    rows, predictions, targets = [], {}, {}
-    for features in args.features:
-        probes = ProbeSet.load(args.checkpoint, features)
-        properties = args.properties or probes.properties
-        x = zoo_features(zoo, args.split, features, model, tokenizer, probes.info.get("pooling") or "mean",
-                         permutations=probes.info.get("permutations", 0))
-        targets.update(zoo_targets(zoo, args.split, properties))
-        rows += score_probes(probes, x, targets, properties, predictions)
-    if args.bootstrap:
-        add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(args.split, ["model_id"])["model_id"], args.bootstrap)
+    probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features}
+    epochs = args.epochs
+    if epochs is None:
+        fitted = {tuple(p.info["epochs"]) if p.info.get("epochs") else None for p in probe_sets.values()}
+        epochs = list(fitted.pop()) if len(fitted) == 1 and None not in fitted else None
+    rows = score_split(zoo, probe_sets, args.split, model, tokenizer, args.properties, epochs, args.bootstrap)
     print(format_table(rows))
     if args.json:
         atomic_write_json(args.json, rows)

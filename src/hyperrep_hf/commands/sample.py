@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, resolve_device
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "models as sampling anchors into the checkpoint folder (needed once). --evaluate prints accuracy "
         "after fine-tuning epochs for sampled, from-scratch and zoo models.",
     )
-    p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder (or Hub repo id)")
+    add_checkpoint_arguments(p, "SANE checkpoint folder or Hub repo id (model, tokenizer, sampling anchors)")
     p.add_argument("--prepare", action="store_true", help="embed --zoo as sampling anchors into the checkpoint folder")
     p.add_argument("--zoo", default=None, help="zoo folder or Hub dataset id (for --prepare and --evaluate)")
     p.add_argument("--split", default="train", help="zoo split the anchors come from (default: train)")
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples == 0:
         return 0
 
-    pipe = pipeline("weight-generation", model=args.checkpoint, task_data=args.task, device=resolve_device(args.device))
+    pipe = pipeline("weight-generation", model=args.checkpoint, revision=args.revision, task_data=args.task,
+                    device=resolve_device(args.device))
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
     options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
     options.update({k: v for k, v in (("bandwidth_scale", args.bandwidth_scale), ("spread", args.spread)) if v is not None})

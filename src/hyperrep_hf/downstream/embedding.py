@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # transformers' tqdm: this file is remote code too
 
 from ..modeling_sane import check_pooling, pool_latents
 from ..weightspace.permutation import permute_flat

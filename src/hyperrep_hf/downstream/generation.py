@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +50,21 @@ BANDWIDTH_SCALE = 0.25
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def load_checkpoint(folder_or_repo, device: str | torch.device = "cpu"):
-    """(SaneModel in eval mode on `device`, WeightTokenizer) from a checkpoint folder or Hub repo id."""
+def load_checkpoint(folder_or_repo, device: str | torch.device = "cpu", revision: str | None = None):
+    """(SaneModel in eval mode on `device`, WeightTokenizer) from a checkpoint folder or Hub repo id
+    (at `revision`: a branch, tag or commit)."""
     from ..modeling_sane import SaneModel
     from ..tokenization_weights import WeightTokenizer
 
-    model = SaneModel.from_pretrained(str(folder_or_repo)).eval().to(device)
-    tokenizer = WeightTokenizer.from_pretrained(str(folder_or_repo))
+    model = SaneModel.from_pretrained(str(folder_or_repo), revision=revision).eval().to(device)
+    tokenizer = WeightTokenizer.from_pretrained(str(folder_or_repo), revision=revision)
     return model, tokenizer
+
+
+def checkpoint_revision(model) -> str | None:
+    """The commit a model was loaded from (None for a local folder), so files read beside it
+    (probes, anchors) come from the same snapshot."""
+    return getattr(model.config, "_commit_hash", None)
 
 
 def find_layout(tokenizer, layout: WeightLayout, what: str = "the zoo") -> int:
@@ -92,10 +100,11 @@ class SamplingAnchors:
         return base
 
     @classmethod
-    def load(cls, folder_or_repo: str | os.PathLike) -> SamplingAnchors:
+    def load(cls, folder_or_repo: str | os.PathLike, revision: str | None = None) -> SamplingAnchors:
+        """The anchors saved with `save` in a checkpoint folder or a Hub repo id (at `revision`)."""
         hint = f"store anchors first: `hyperrep sample --checkpoint {folder_or_repo} --zoo ZOO --prepare`"
-        info = json.loads(Path(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/sampling.json", hint)).read_text())
-        tensors = load_file(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/anchors.safetensors", hint))
+        info = json.loads(Path(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/sampling.json", hint, revision)).read_text())
+        tensors = load_file(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/anchors.safetensors", hint, revision))
         return cls(tensors["latents"], tensors["scores"], info)
 
 
@@ -214,24 +223,25 @@ class ModelGenerator:
         self._task = task
 
     @classmethod
-    def from_pretrained(cls, folder_or_repo, task=None, device: str | torch.device = "cpu") -> ModelGenerator:
-        anchors = SamplingAnchors.load(folder_or_repo)
-        model, tokenizer = load_checkpoint(folder_or_repo, device)
+    def from_pretrained(cls, folder_or_repo, task=None, device: str | torch.device = "cpu",
+                        revision: str | None = None) -> ModelGenerator:
+        model, tokenizer = load_checkpoint(folder_or_repo, device, revision)
+        anchors = SamplingAnchors.load(folder_or_repo, checkpoint_revision(model))
         return cls(model, tokenizer, anchors, task)
 
     @property
     def task(self):
-        if self._task is None:
-            from ..zoo.tasks import load_task
-
-            name = self.anchors.info.get("task")
+        if self._task is None or isinstance(self._task, str):
+            name = self._task or self.anchors.info.get("task")
             if not name:
                 raise ValueError("the anchors name no task; pass task=load_task(NAME) for BatchNorm conditioning and SUB scoring")
+            try:
+                from ..zoo.tasks import load_task
+            except ImportError as err:  # remote code without hyperrep_hf
+                raise ImportError(f"loading the task {name!r} (BatchNorm conditioning, SUB / BOOT scoring) needs "
+                                  "hyperrep_hf installed; without it use condition_bn=False and kde / gauss / "
+                                  "neighbours sampling") from err
             self._task = load_task(name)
-        elif isinstance(self._task, str):
-            from ..zoo.tasks import load_task
-
-            self._task = load_task(self._task)
         return self._task
 
     @task.setter
@@ -241,7 +251,8 @@ class ModelGenerator:
 
     # -- latents --
     def prompt_latents(self, prompts) -> torch.Tensor:
-        """Prompt models (nn.Modules / state_dicts / flat vectors [P] or a tensor [n, P]) -> latents [n, N, L]."""
+        """Prompt models (nn.Modules / state_dicts / flat vectors [P] or a tensor [n, P]) -> latents [n, N, L].
+        State_dicts match the anchors' layout by structure (WeightLayout.match), whatever their names."""
         if torch.is_tensor(prompts) and prompts.dim() == 2:
             flat = prompts.float()
         else:
@@ -250,7 +261,7 @@ class ModelGenerator:
             for p in items:
                 if isinstance(p, nn.Module):
                     p = p.state_dict()
-                rows.append(torch.as_tensor(p).float() if not isinstance(p, dict) else self.layout.flatten(p))
+                rows.append(torch.as_tensor(p).float() if not isinstance(p, dict) else self.layout.flatten(self.layout.match(p)))
             flat = torch.stack(rows)
         if flat.shape[1] != self.layout.num_weights:
             raise ValueError(f"prompt models must be {self.anchors.info.get('architecture')} models with "
@@ -277,27 +288,48 @@ class ModelGenerator:
         """latents [k, N, L] -> flat weights [k, P] (de-standardised)."""
         return decode_flat(self.model, self.tokenizer, latents, layout_id=self.layout_id)
 
+    @property
+    def buildable(self) -> bool:
+        """Whether the anchors' architecture has a builder here (registered, or shipped with the
+        checkpoint's code); otherwise samples come back as state_dicts only."""
+        from ..zoo.architectures import ARCHITECTURES  # here: the zoo package imports datasets
+
+        return self.anchors.info.get("architecture") in ARCHITECTURES
+
     def build(self, flat: torch.Tensor, condition_bn: bool = True, generator: torch.Generator | None = None) -> list[nn.Module]:
         """flat weights [k, P] -> k models of the anchors' architecture in eval mode (BatchNorm
         statistics re-estimated on the task's training inputs when the model has BatchNorm)."""
-        from ..zoo.architectures import build_model  # here: the zoo package imports datasets
+        from ..zoo.architectures import build_model
 
+        name = self.anchors.info.get("architecture")
+        if not self.buildable:
+            raise ValueError(f"no builder for the anchors' architecture {name!r}: register it with "
+                             "hyperrep_hf.zoo.register_architecture, or use the samples' state_dicts")
         models = []
         for row in flat:
-            m = build_model(self.anchors.info["architecture"], **self.anchors.info.get("architecture_kwargs", {}))
+            m = build_model(name, **self.anchors.info.get("architecture_kwargs", {}))
             missing, unexpected = m.load_state_dict(self.layout.unflatten(row), strict=False)
             missing = [k for k in missing if not k.endswith("num_batches_tracked")]
             if missing or unexpected:
-                raise ValueError(f"decoded weights do not fit {self.anchors.info['architecture']}: missing {missing}, unexpected {unexpected}")
+                raise ValueError(f"decoded weights do not fit {name}: missing {missing}, unexpected {unexpected}")
             if condition_bn and has_batchnorm(m):
-                condition_batchnorm(m, self.task.train_x, generator=generator)
+                try:
+                    inputs = self.task.train_x
+                except ImportError as err:  # remote code without hyperrep_hf: keep the decoded statistics
+                    warnings.warn(f"{err}; BatchNorm statistics are the decoded ones", stacklevel=2)
+                    condition_bn = False
+                else:
+                    condition_batchnorm(m, inputs, generator=generator)
             models.append(m.eval())
         return models
 
     def score(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Validation accuracy [k] of the models decoded from latents [k, N, L] (for SUB / BOOT)."""
-        from ..zoo.population import evaluate_accuracy
-
+        try:
+            from ..zoo.population import evaluate_accuracy
+        except ImportError as err:  # remote code without hyperrep_hf
+            raise ImportError("SUB / BOOT score decoded models on the task's validation data, which needs "
+                              "hyperrep_hf installed; use kde30, gauss or neighbours") from err
         models = self.build(self.decode(latents), generator=generator)
         acc = evaluate_accuracy(models, self.task, "validation").double()
         # A decoded model can hold NaN weights; it must rank last, not break the sort.
@@ -332,12 +364,16 @@ class ModelGenerator:
 
     def items(self, flat: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor | None = None,
               condition_bn: bool = True, seed: int = 0) -> list[dict]:
-        """Decoded flat weights [k, P] -> k result dicts: "model" (nn.Module, eval mode), "state_dict",
-        "latents" [N, L] and, for SUB/BOOT, "score"."""
-        models = self.build(flat, condition_bn, torch.Generator().manual_seed(int(seed) + 2))
+        """Decoded flat weights [k, P] -> k result dicts: "model" (nn.Module, eval mode; None when the
+        architecture has no builder here), "state_dict", "latents" [N, L] and, for SUB/BOOT, "score"."""
+        if self.buildable:
+            models = self.build(flat, condition_bn, torch.Generator().manual_seed(int(seed) + 2))
+            state_dicts = [m.state_dict() for m in models]
+        else:
+            models, state_dicts = [None] * len(flat), [self.layout.unflatten(row) for row in flat]
         out = []
-        for i, m in enumerate(models):
-            item = {"model": m, "state_dict": m.state_dict(), "latents": latents[i].clone()}
+        for i, (m, sd) in enumerate(zip(models, state_dicts)):
+            item = {"model": m, "state_dict": sd, "latents": latents[i].clone()}
             if scores is not None:
                 item["score"] = float(scores[i])
             out.append(item)

@@ -43,7 +43,10 @@ def kendall_tau(references, predictions) -> float:
         raise ValueError(f"references ({y.size}) and predictions ({p.size}) differ in length")
     if y.size < 2:
         raise ValueError("Kendall's tau needs at least two values")
-    from scipy import stats  # imported here: scipy.stats costs about a second at package import
+    try:  # imported here: scipy.stats costs about a second at package import
+        from scipy import stats
+    except ImportError as err:  # remote code without hyperrep_hf's dependencies
+        raise ImportError("Kendall's tau needs scipy (pip install scipy)") from err
 
     return float(stats.kendalltau(y, p).statistic)
 

@@ -25,6 +25,42 @@ from ..downstream.embedding import check_permutations, embed_flat, encode
 from ..modeling_sane import check_pooling, pool_latents
 
 
+def _datasets_class(name: str) -> type | tuple:
+    """datasets.<name>, or () (matches nothing) where the datasets library is not installed (remote code)."""
+    try:
+        import datasets
+    except ImportError:
+        return ()
+    return getattr(datasets, name)
+
+
+def match_layout(tokenizer, state_dict, num_layouts: int | None = None) -> tuple[torch.Tensor, int]:
+    """A state_dict -> (flat weights [1, P], index of the tokenizer layout it has).
+
+    Layouts match by structure (the sequence of tensor shapes and kinds, WeightLayout.match), so a
+    model whose state_dict names differ from the zoo's (a CNN without Dropout modules, keys saved
+    sorted) still embeds; names only break ties between layouts of the same structure. A model of
+    another architecture is refused, naming the first tensor that differs.
+    """
+    layouts = [tl.weights for tl in tokenizer.layouts[:num_layouts]]
+    names = {k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()}
+    found, errors = [], []
+    for i, layout in enumerate(layouts):
+        try:
+            found.append((set(layout.names) != names, i, layout.match(state_dict)))
+        except ValueError as err:
+            errors.append(str(err))
+    if found:
+        _, i, tensors = min(found, key=lambda f: f[:2])
+        return layouts[i].flatten(tensors).unsqueeze(0), i
+    size = sum(state_dict[k].numel() for k in names)
+    raise ValueError(
+        f"the checkpoint's tokenizer cannot encode this model ({len(names)} tensors / {size} weights): it is none of "
+        f"the architectures the checkpoint was trained on; {'; '.join(errors) or 'the tokenizer knows no layout'}. "
+        "Use a checkpoint trained on a zoo of this architecture"
+    )
+
+
 class WeightEmbeddingPipeline(Pipeline):
     """Embed models with a SANE checkpoint; the checkpoint's WeightTokenizer is the feature extractor."""
 
@@ -60,11 +96,9 @@ class WeightEmbeddingPipeline(Pipeline):
         return pre, forward, {}
 
     def __call__(self, inputs, **kwargs):
-        import datasets
-
-        if isinstance(inputs, datasets.DatasetDict):
+        if isinstance(inputs, _datasets_class("DatasetDict")):
             raise ValueError(f"got a DatasetDict with splits {list(inputs)}; pass one split, e.g. zoo.dataset['test']")
-        if isinstance(inputs, datasets.Dataset):
+        if isinstance(inputs, _datasets_class("Dataset")):
             return self._embed_dataset(inputs, **kwargs)
         if torch.is_tensor(inputs) and inputs.dim() == 2:
             inputs = list(inputs)
@@ -132,9 +166,7 @@ class WeightEmbeddingPipeline(Pipeline):
         )
 
     def _flatten(self, item) -> tuple[torch.Tensor, int]:
-        """One model -> (flat weights [1, P], its tokenizer layout): the state_dict is matched by entry
-        names and shapes (not order: safetensors files store keys sorted) to a layout the
-        checkpoint knows, so a model of another family is refused instead of silently tokenized."""
+        """One model -> (flat weights [1, P], its tokenizer layout); see `match_layout`."""
         tok = self.feature_extractor
         if isinstance(item, Mapping) and "weights" in item:  # a zoo row
             item = item["weights"]
@@ -152,18 +184,7 @@ class WeightEmbeddingPipeline(Pipeline):
         else:
             raise ValueError(f"cannot embed a {type(item).__name__}: pass an nn.Module, a state_dict, a .safetensors "
                              "path, a zoo row or a flat weight vector")
-        names = {k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()}
-        for i, tl in enumerate(tok.layouts[: self._known_layouts]):
-            layout = tl.weights
-            if set(layout.names) == names and all(tuple(state_dict[e.name].shape) == e.shape for e in layout.entries):
-                return layout.flatten(state_dict).unsqueeze(0), i
-        known = [f"{len(tl.weights)} tensors / {tl.weights.num_weights} weights" for tl in tok.layouts[: self._known_layouts]]
-        size = sum(state_dict[k].numel() for k in names)
-        raise ValueError(
-            f"the checkpoint's tokenizer cannot encode this model: its architecture ({len(names)} tensors / {size} "
-            f"weights) is none of those the checkpoint was trained on ({known}); use a checkpoint trained on a zoo "
-            "of this architecture"
-        )
+        return match_layout(tok, state_dict, self._known_layouts)
 
     def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, permutations=None, **kwargs):
         """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""

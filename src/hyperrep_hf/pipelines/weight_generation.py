@@ -16,7 +16,12 @@ from __future__ import annotations
 from transformers import Pipeline
 
 from ..downstream.embedding import decode
-from ..downstream.generation import ModelGenerator, SamplingAnchors, check_num_samples
+from ..downstream.generation import (
+    ModelGenerator,
+    SamplingAnchors,
+    check_num_samples,
+    checkpoint_revision,
+)
 
 _DRAW_OPTIONS = ("num_draws", "rounds", "bandwidth", "bandwidth_scale", "spread")
 
@@ -40,7 +45,7 @@ class WeightGenerationPipeline(Pipeline):
     @property
     def generator(self) -> ModelGenerator:
         if self._generator is None:
-            anchors = self._anchors or SamplingAnchors.load(self.model.name_or_path)
+            anchors = self._anchors or SamplingAnchors.load(self.model.name_or_path, checkpoint_revision(self.model))
             self._generator = ModelGenerator(self.model, self.feature_extractor, anchors, self._task)
         return self._generator
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..downstream.generation import checkpoint_revision
 from ..downstream.probes import ProbeSet
 from .weight_embedding import WeightEmbeddingPipeline
 
@@ -24,7 +25,7 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
     @property
     def probes(self) -> ProbeSet:
         if self._probes is None:
-            self._probes = ProbeSet.load(self.model.name_or_path, "sane")
+            self._probes = ProbeSet.load(self.model.name_or_path, "sane", checkpoint_revision(self.model))
         return self._probes
 
     def _sanitize_parameters(self, properties=None, window_size=None, halo=None, **kwargs):

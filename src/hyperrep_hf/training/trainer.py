@@ -7,6 +7,7 @@ Runs unchanged on one CPU, one GPU or several processes (`accelerate launch`). O
 process writes files. OUT (output_dir) receives:
 
     config.json, model.safetensors     the final SaneModel (AutoModel.from_pretrained(OUT))
+    *.py                               the code of model, tokenizer and pipelines (trust_remote_code)
     preprocessor_config.json           the weight tokenizer with its standardisation (train split only)
     training_args.json                 every option of the run
     metrics.jsonl                      one JSON object per log line ("train", "eval", "error")
@@ -39,6 +40,7 @@ from ..configuration_sane import PRESETS, SaneConfig
 from ..files import atomic_write_text
 from ..modeling_sane import SaneModel
 from ..precision import auto_mixed_precision
+from ..remote_code import write_remote_code
 from .arguments import SaneTrainingArguments, parse_epochs
 from .card import write_model_card
 from .data import Augmentation, ZooData
@@ -459,6 +461,7 @@ class SaneTrainer:
             model = acc.unwrap_model(self.model)
             model.save_pretrained(self.output_dir, save_function=acc.save)
             self.data.tokenizer.save_pretrained(self.output_dir)
+            write_remote_code(self.output_dir)  # tokenizer and pipelines load without hyperrep_hf too
             write_model_card(self.output_dir, self.args, model, self.data, self._read_metrics())
         acc.wait_for_everyone()
 
