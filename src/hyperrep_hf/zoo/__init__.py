@@ -10,7 +10,8 @@ from .architectures import (
 from .build import build_zoo
 from .dataset import Zoo, load_zoo
 from .hub import push_zoo
-from .importers import import_modelzoos
+from .importers import FORMATS as IMPORT_FORMATS
+from .importers import import_modelzoos, import_zoo
 from .population import (
     LoopPopulation,
     StackedPopulation,
@@ -37,7 +38,9 @@ __all__ = [
     "build_zoo",
     "evaluate_accuracy",
     "finetune",
+    "IMPORT_FORMATS",
     "import_modelzoos",
+    "import_zoo",
     "init_weights",
     "load_task",
     "load_zoo",

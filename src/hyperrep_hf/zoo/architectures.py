@@ -7,8 +7,10 @@ its architecture name and arguments rebuild a working model.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping
 
 import torch
@@ -92,6 +94,36 @@ def cnn_l(in_channels: int = 3, num_classes: int = 10, activation: str = "gelu",
         _activation(activation),
         nn.Linear(20, num_classes),
     )
+
+
+@register_architecture("cnn-smallzoo")
+def cnn_smallzoo(in_channels: int = 1, num_classes: int = 10, activation: str = "relu", dropout: float = 0.0) -> nn.Module:
+    """The CNN of the Small CNN Zoo (Unterthiner et al. 2020): 4,970 parameters (1 input channel).
+
+    Three Conv2d(16, 3x3, stride 2, no padding) each with its activation and dropout, global
+    average pooling, Linear(16, num_classes) logits. Input [batch, in_channels, H, W] (28x28 or
+    32x32 grayscale in [-1, 1]) -> logits [batch, num_classes]. The Dropout modules are always
+    there (p=0 when unused), so state_dict names do not depend on the dropout rate.
+    """
+    layers: list[nn.Module] = []
+    c = in_channels
+    for _ in range(3):
+        layers += [nn.Conv2d(c, 16, 3, stride=2), _activation(activation), nn.Dropout(dropout)]
+        c = 16
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+@register_architecture("transformers")
+def transformers_model(config: dict) -> nn.Module:
+    """A transformers model built from its config.json (a dict): the class named in
+    `config["architectures"]` when transformers has it, else AutoModel.from_config."""
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(**config)
+    names = config.get("architectures") or []
+    cls = getattr(transformers, names[0], None) if names else None
+    model = cls(cfg) if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else transformers.AutoModel.from_config(cfg)
+    return model.eval()
 
 
 @register_architecture("cnn-digits")
@@ -201,18 +233,54 @@ def vgg_s(in_channels: int = 3, num_classes: int = 10, widths=(16, 32, 64), batc
     return nn.Sequential(*layers)
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered architecture by name, e.g. `build_model("cnn-s", activation="gelu")`."""
+def is_builder_reference(name: str | None) -> bool:
+    """True for "package.module:builder" (a callable to import), False for a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+def import_builder(reference: str) -> Callable[..., nn.Module]:
+    """Import the callable of "package.module:builder". Standard-library modules are refused: a zoo
+    names its builder in zoo_config.json, and a stdlib callable is never a model builder."""
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"architecture {reference!r}: expected package.module:builder (a callable returning an nn.Module)")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise ValueError(f"architecture {reference!r}: {module_name} is a standard-library module, not a model builder")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # ImportError, or whatever the module raises while importing
+        raise ValueError(
+            f"architecture {reference!r}: cannot import {module_name} ({type(err).__name__}: {err}); install it or put it on PYTHONPATH"
+        ) from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"architecture {reference!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def architecture_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of a registered architecture name or of a "package.module:builder" reference."""
+    if is_builder_reference(name):
+        return import_builder(name)
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](**kwargs)
+        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)} (or give package.module:builder)")
+    return ARCHITECTURES[name]
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture by name, e.g. `build_model("cnn-s", activation="gelu")`, or
+    call a builder given as "package.module:builder" with `kwargs`."""
+    model = architecture_builder(name)(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"architecture {name!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def architecture_kwargs_for_row(architecture: str, base_kwargs: dict, row: Mapping | None) -> dict:
     """build_model arguments for a row: the zoo's kwargs plus the row's activation / dropout."""
     kw = dict(base_kwargs)
     if row is not None:
-        accepted = inspect.signature(ARCHITECTURES[architecture]).parameters
+        accepted = inspect.signature(architecture_builder(architecture)).parameters
         for key in ("activation", "dropout"):
             if key in accepted and row.get(key) is not None:
                 kw[key] = row[key]
