@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 
 from .modelzoos import import_modelzoos
+from .smallcnnzoo import import_smallcnnzoo
 
 FORMATS = {
+    "smallcnnzoo": import_smallcnnzoo,
     "modelzoos": import_modelzoos,
 }
 
@@ -35,4 +37,4 @@ def import_zoo(format: str, path: str | os.PathLike | None, out_dir: str | os.Pa
     return FORMATS[format](path, out_dir, **options)
 
 
-__all__ = ["FORMATS", "import_modelzoos", "import_zoo"]
+__all__ = ["FORMATS", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
