@@ -77,6 +77,21 @@ def test_rows_with_nan_targets_are_left_out():
     assert np.isfinite(probes.predict(xv)["test_acc"]).all()
 
 
+def test_missing_categorical_targets_are_left_out_and_counted():
+    (xt, yt), (xv, yv) = _toy(100, seed=0), _toy(40, seed=1)
+    train = {"activation": [None, None] + yt["activation"][2:], "test_acc": [float("nan")] + yt["test_acc"][1:]}
+    val = {"activation": [None] + yv["activation"][1:], "test_acc": yv["test_acc"]}
+    probes = ProbeSet.fit("weights", xt, train, xv, val)
+    assert probes.probes["activation"].classes == ["relu", "tanh"]  # None is no class
+    assert probes.info["left_out"] == {"train": {"activation": 2, "test_acc": 1}, "validation": {"activation": 1}}
+    # scores leave a missing target's row out, and give nan when no target is left
+    assert property_score("classification", [None, "relu", "tanh"], ["tanh", "relu", "tanh"]) == {"accuracy": 1.0}
+    assert np.isnan(property_score("classification", [None], ["relu"])["accuracy"])
+    assert np.isnan(property_score("regression", [float("nan")], [0.5])["r2"])
+    with pytest.raises(ValueError, match="'activation' has no training or no validation target"):
+        ProbeSet.fit("weights", xt, {"activation": yt["activation"]}, xv, {"activation": [None] * 40})
+
+
 def test_save_and_load_round_trip(tmp_path):
     (xt, yt), (xv, yv) = _toy(100, seed=0), _toy(40, seed=1)
     probes = ProbeSet.fit("sane", xt, yt, xv, yv, info={"pooling": "mean"})

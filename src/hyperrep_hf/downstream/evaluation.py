@@ -23,7 +23,7 @@ from torch import nn
 from ..zoo.architectures import build_model, init_weights
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
-from .probes import FEATURE_SETS, ProbeSet, property_score
+from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
 from .scores import model_bootstrap, percentile_interval
 
 DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
@@ -36,22 +36,50 @@ PROBE_PERMUTATIONS = 8
 
 
 # ------------------------------------------------------------------------------------ features
-def zoo_properties(zoo, properties: Sequence[str] | None = None) -> list[str]:
+def zoo_properties(zoo, properties: Sequence[str] | None = None, epochs: Sequence[int] | None = None) -> list[str]:
     """The properties to probe: the given ones (checked against the zoo's columns), or test accuracy,
-    epoch, generalisation gap and every hyperparameter the zoo varies (activation, lr, ...)."""
+    epoch, generalisation gap and every hyperparameter the zoo varies (activation, lr, ...). With a
+    single epoch in `epochs` the default leaves out "epoch" (constant there)."""
     columns = set(zoo.dataset["train"].column_names)
     if properties is None:
         varied = [v for v in zoo.info.get("varied", []) if v in CATEGORICAL_HYPERPARAMETERS + NUMERIC_HYPERPARAMETERS]
         properties = [p for p in DEFAULT_PROPERTIES if p in columns] + varied
+        if epochs is not None and len(set(epochs)) == 1:
+            properties = [p for p in properties if p != "epoch"]
     missing = [p for p in properties if p not in columns or p == "weights"]
     if missing:
         raise ValueError(f"the zoo has no column(s) {missing} to probe; columns: {sorted(columns - {'weights'})}")
     return list(properties)
 
 
-def zoo_targets(zoo, split: str, properties: Sequence[str]) -> dict[str, list]:
-    """{property: one value per row of `split`} from the zoo's metadata columns."""
+def usable_rows(zoo, split: str, epochs: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    """The rows of a zoo split that probes, tables and embeddings use, and the count of those left out.
+
+    Returns (rows [n] int64 indices into the split, left_out {reason: count}). A row is used when it
+    is at one of `epochs` (None: every epoch) and all its weights are finite; a diverged checkpoint
+    with NaN / inf weights is left out of every feature set, counted as "non-finite weights".
+    Rows at other epochs are filtered, not counted.
+    """
+    if split not in zoo.dataset:
+        raise ValueError(f"the zoo has no split {split!r}; splits: {list(zoo.dataset)}")
+    keep = np.ones(len(zoo.dataset[split]), dtype=bool)
+    if epochs is not None:
+        chosen = sorted({int(e) for e in epochs})
+        at = zoo.metadata(split, ["epoch"])["epoch"].to_numpy()
+        keep = np.isin(at, chosen)
+        if not keep.any():
+            raise ValueError(f"split {split!r} has no rows at epochs {chosen}; its epochs: {sorted(set(at.tolist()))}")
+    finite = torch.isfinite(zoo.weights(split)).all(1).numpy()
+    left_out = {"non-finite weights": int((keep & ~finite).sum())}
+    return np.flatnonzero(keep & finite), {k: n for k, n in left_out.items() if n}
+
+
+def zoo_targets(zoo, split: str, properties: Sequence[str], rows=None) -> dict[str, list]:
+    """{property: one value per row of `split`} from the zoo's metadata columns; `rows` (indices, e.g.
+    from `usable_rows`) picks rows, default all."""
     meta = zoo.metadata(split, list(properties))
+    if rows is not None:
+        meta = meta.iloc[np.asarray(rows, dtype=np.int64)]
     return {p: meta[p].tolist() for p in properties}
 
 
@@ -66,13 +94,16 @@ def probe_permutations(tokenizer, zoo, permutations: int | None, pooling: str = 
 
 
 def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, pooling: str = "mean",
-                 batch_size: int = 64, progress: bool = False, permutations: int = 0) -> torch.Tensor:
+                 batch_size: int = 64, progress: bool = False, permutations: int = 0, rows=None) -> torch.Tensor:
     """One feature vector per row of a zoo split: "sane" (embeddings; needs model and tokenizer;
     averaged over `permutations` neuron permutations), "stats" (s(W) statistics) or "weights" (the
-    flat weights W). Returns [rows, d]."""
+    flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
+    leave out diverged checkpoints. Returns [rows, d]."""
     if features not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {features!r}; choose one of {list(FEATURE_SETS)}")
     weights = zoo.weights(split)
+    if rows is not None:
+        weights = weights[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
     if features == "weights":
         return weights.float()
     if features == "stats":
@@ -86,65 +117,121 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
                       permutations=permutations)
 
 
+def describe_left_out(left_out: dict[str, int], split: str) -> str:
+    """{reason or property: count} -> "left out of SPLIT: 1 row with non-finite weights, 2 rows
+    without test_acc" ("" when nothing was left out)."""
+    parts = []
+    for reason, n in left_out.items():
+        rows = f"{n} row{'s' if n != 1 else ''}"
+        parts.append(f"{rows} with {reason}" if reason.startswith("non-finite") else f"{rows} without {reason}")
+    return f"left out of {split}: " + ", ".join(parts) if parts else ""
+
+
+def _leave_out_non_finite(x: dict[str, torch.Tensor], rows: np.ndarray, left_out: dict[str, int]):
+    """Rows whose features are non-finite in any feature set (finite but huge weights can overflow
+    s(W)), left out of all of them so every feature set is scored on the same rows."""
+    finite = np.logical_and.reduce([torch.isfinite(v).all(1).numpy() for v in x.values()])
+    if finite.all():
+        return x, rows, left_out
+    left_out = {**left_out, "non-finite features": int((~finite).sum())}
+    keep = torch.as_tensor(finite)
+    return {k: v[keep] for k, v in x.items()}, rows[finite], left_out
+
+
 def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokenizer=None,
                properties: Sequence[str] | None = None, pooling: str = "mean", progress: bool = False,
-               permutations: int | None = None) -> ProbeSet:
+               permutations: int | None = None, epochs: Sequence[int] | None = None) -> ProbeSet:
     """Fit a ProbeSet of one feature set on the zoo's train split (penalties chosen on validation).
     SANE features average over `permutations` (None: see `probe_permutations`); the number is
-    saved with the probes, and the property-prediction pipeline embeds the same way."""
+    saved with the probes, and the property-prediction pipeline embeds the same way.
+
+    Only rows at `epochs` (None: all) are used; rows with non-finite weights or features are left
+    out, rows without a target left out of that property's probe: `info["left_out"]` counts both
+    per split ({"train": {"non-finite weights": 1, "test_acc": 2}, ...}), `info["epochs"]` keeps `epochs`.
+    """
     if features == "sane" and (model is None or tokenizer is None):
         if checkpoint is None:
             raise ValueError("SANE probes need a checkpoint: pass checkpoint=FOLDER (or model and tokenizer)")
         model, tokenizer = load_checkpoint(checkpoint)
-    properties = zoo_properties(zoo, properties)
+    properties = zoo_properties(zoo, properties, epochs)
     permutations = probe_permutations(tokenizer, zoo, permutations, pooling) if features == "sane" else 0
-    x = {s: zoo_features(zoo, s, features, model, tokenizer, pooling, progress=progress, permutations=permutations)
-         for s in ("train", "validation")}
+    x, targets, left_out = {}, {}, {}
+    for s in ("train", "validation"):
+        rows, left_out[s] = usable_rows(zoo, s, epochs)
+        features_s = {features: zoo_features(zoo, s, features, model, tokenizer, pooling, progress=progress,
+                                             permutations=permutations, rows=rows)}
+        features_s, rows, left_out[s] = _leave_out_non_finite(features_s, rows, left_out[s])
+        x[s], targets[s] = features_s[features], zoo_targets(zoo, s, properties, rows)
     info = {"pooling": pooling if features == "sane" else None, "permutations": permutations,
-            "zoo": str(getattr(zoo, "path", "")), "checkpoint": None if checkpoint is None else str(checkpoint)}
-    return ProbeSet.fit(features, x["train"], zoo_targets(zoo, "train", properties),
-                        x["validation"], zoo_targets(zoo, "validation", properties), info=info)
+            "zoo": str(getattr(zoo, "path", "")), "checkpoint": None if checkpoint is None else str(checkpoint),
+            "epochs": None if epochs is None else sorted({int(e) for e in epochs}), "left_out": left_out}
+    return ProbeSet.fit(features, x["train"], targets["train"], x["validation"], targets["validation"], info=info)
 
 
 def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS, properties: Sequence[str] | None = None,
                 pooling: str = "mean", split: str = "test", progress: bool = False,
-                permutations: int | None = None, bootstrap: int = 0, seed: int = 0) -> list[dict]:
+                permutations: int | None = None, bootstrap: int = 0, seed: int = 0,
+                epochs: Sequence[int] | None = None) -> list[dict]:
     """Fit probes on train (penalty chosen on validation) for each feature set, score them on `split`.
 
     Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
-    "validation"}. "sane" needs `checkpoint` (it is skipped when None, so the baselines alone work).
+    "validation", "num_rows", "left_out"}. "sane" needs `checkpoint` (it is skipped when None, so the
+    baselines alone work). `epochs` fits and scores only rows at those epochs (e.g. the final
+    checkpoints, NFN's test set). Rows with non-finite weights are left out of every score, rows
+    without a target out of that property's; "left_out" counts the split's rows a score leaves out.
     With `bootstrap=B` > 0 every row also gets "ci", the 95% interval of its value over B resamples of
     the split's models (`add_bootstrap_intervals`), and rows of the other feature sets the paired
     difference to s(W): "vs_stats" and "vs_stats_ci".
     """
     model = tokenizer = None
-    rows, predictions = [], {}
-    properties = zoo_properties(zoo, properties)
-    targets = zoo_targets(zoo, split, properties)
+    properties = zoo_properties(zoo, properties, epochs)
+    probe_sets = {}
     for features in feature_sets:
         if features == "sane":
             if checkpoint is None:
                 continue
             model, tokenizer = load_checkpoint(checkpoint)
-        probes = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress, permutations)
-        x = zoo_features(zoo, split, features, model, tokenizer, pooling, progress=progress,
-                         permutations=probes.info["permutations"])
-        rows += score_probes(probes, x, targets, properties, predictions)
+        probe_sets[features] = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress,
+                                          permutations, epochs)
+    return score_split(zoo, probe_sets, split, model, tokenizer, properties, epochs, bootstrap, seed, progress)
+
+
+def score_split(zoo, probe_sets: dict[str, ProbeSet], split: str = "test", model=None, tokenizer=None,
+                properties: Sequence[str] | None = None, epochs: Sequence[int] | None = None, bootstrap: int = 0,
+                seed: int = 0, progress: bool = False) -> list[dict]:
+    """Probe-table rows of fitted probe sets ({features: ProbeSet}; SANE ones need model and tokenizer)
+    scored on the rows of `split` at `epochs` (None: all), every feature set on the same rows.
+    Properties: the given ones, else each probe set's own. Rows with non-finite weights (or
+    features) are left out and counted in each row's "left_out"; `bootstrap` as in `probe_table`."""
+    rows, left_out = usable_rows(zoo, split, epochs)
+    x = {f: zoo_features(zoo, split, f, model, tokenizer, p.info.get("pooling") or "mean", progress=progress,
+                         permutations=p.info.get("permutations", 0), rows=rows) for f, p in probe_sets.items()}
+    x, rows, left_out = _leave_out_non_finite(x, rows, left_out)
+    names = {f: list(properties) if properties is not None else p.properties for f, p in probe_sets.items()}
+    targets = zoo_targets(zoo, split, list(dict.fromkeys(n for ns in names.values() for n in ns)), rows)
+    table, predictions = [], {}
+    for features, probes in probe_sets.items():
+        table += score_probes(probes, x[features], targets, names[features], predictions, sum(left_out.values()))
     if bootstrap:
-        add_bootstrap_intervals(rows, predictions, targets, zoo.metadata(split, ["model_id"])["model_id"], bootstrap, seed)
-    return rows
+        add_bootstrap_intervals(table, predictions, targets, zoo.metadata(split, ["model_id"])["model_id"].to_numpy()[rows],
+                                bootstrap, seed)
+    return table
 
 
 def score_probes(probes: ProbeSet, x: torch.Tensor, targets: dict, properties: Sequence[str],
-                 predictions: dict | None = None) -> list[dict]:
+                 predictions: dict | None = None, left_out: int = 0) -> list[dict]:
     """Probe-table rows of one probe set on features x [rows, d]: {"features", "property", "metric",
-    "value", "kendall_tau", "penalty", "validation"} per property. The predictions are also stored
-    in `predictions[(features, property)]` when given (for `add_bootstrap_intervals`)."""
+    "value", "kendall_tau", "penalty", "validation", "num_rows", "left_out"} per property. "num_rows"
+    counts the rows scored (a missing target leaves its row out), "left_out" the rows left out: those
+    without a target plus `left_out` (rows dropped before x, e.g. with non-finite weights). The
+    predictions are also stored in `predictions[(features, property)]` when given (for
+    `add_bootstrap_intervals`)."""
     predicted = probes.predict(x, properties)
     rows = []
     for name in properties:
         probe = probes.probes[name]
         score = property_score(probe.kind, targets[name], predicted[name])
+        missing = int(missing_targets(targets[name]).sum())
         metric = "accuracy" if probe.kind == "classification" else "r2"
         if predictions is not None:
             predictions[probes.features, name] = predicted[name]
@@ -152,6 +239,7 @@ def score_probes(probes: ProbeSet, x: torch.Tensor, targets: dict, properties: S
             "features": probes.features, "property": name, "metric": metric, "value": score[metric],
             "kendall_tau": score.get("kendall_tau"), "penalty": probe.penalty,
             "validation": next(iter(probe.validation.values())),
+            "num_rows": len(x) - missing, "left_out": int(left_out) + missing,
         })
     return rows
 

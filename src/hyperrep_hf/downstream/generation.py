@@ -139,9 +139,15 @@ def prepare_sampling(
         raise ValueError(f"the zoo has no column {score!r} to score anchors by; columns: {list(meta.columns)}")
     chosen_epochs = [int(meta["epoch"].max())] if epochs is None else [int(e) for e in epochs]
     keep = meta["epoch"].isin(chosen_epochs).to_numpy().copy()
-    if "diverged" in meta.columns:
-        keep &= ~meta["diverged"].fillna(False).astype(bool).to_numpy()
-    keep &= np.isfinite(meta[score].to_numpy(dtype=np.float64))
+    # Real zoos hold diverged checkpoints (NaN / inf weights) and unscored ones; each is left out and counted.
+    reasons = {"diverged": ~meta["diverged"].fillna(False).astype(bool).to_numpy() if "diverged" in meta.columns else keep,
+               "non-finite weights": torch.isfinite(zoo.weights(split)).all(1).numpy(),
+               f"missing {score}": np.isfinite(meta[score].to_numpy(dtype=np.float64))}
+    left_out = {}
+    for reason, ok in reasons.items():
+        if (keep & ~ok).any():
+            left_out[reason] = int((keep & ~ok).sum())
+        keep &= ok
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise ValueError(f"no usable rows in split {split!r} at epochs {chosen_epochs}; pick other --epochs")
@@ -163,6 +169,7 @@ def prepare_sampling(
         "score": score,
         "model_ids": meta["model_id"].to_numpy()[rows].tolist(),
         "num_anchors": len(rows),
+        "left_out": left_out,
     }
     anchors = SamplingAnchors(latents, torch.as_tensor(meta[score].to_numpy(dtype=np.float64)[rows]), info)
     anchors.save(save_to or checkpoint)

@@ -92,9 +92,10 @@ def _is_categorical(values: Sequence) -> bool:
     return any(isinstance(v, (str, bool, np.bool_)) for v in values)
 
 
-def _finite_rows(values: Sequence) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
-    return np.isfinite(arr)
+def missing_targets(values: Sequence) -> np.ndarray:
+    """[n] bool: which of a property's values are missing (None, NaN or infinite), as a zoo's metric
+    is for a checkpoint that was not evaluated or diverged."""
+    return np.array([v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)) for v in values], dtype=bool)
 
 
 @dataclass
@@ -131,7 +132,8 @@ class ProbeSet:
 
         x_train: [n_train, d], x_val: [n_val, d]; targets map a property name (a zoo column, e.g.
         "test_acc") to one value per row. Properties with strings or booleans get a classifier,
-        numeric ones a ridge regression (rows whose target is NaN are left out of that probe).
+        numeric ones a ridge regression. Rows whose target is missing (None / NaN) are left out of
+        that property's probe only, and counted in `info["left_out"][split][property]`.
         """
         x_train, x_val = _check_features(x_train, "x_train"), _check_features(x_val, "x_val")
         if x_train.shape[1] != x_val.shape[1]:
@@ -147,6 +149,10 @@ class ProbeSet:
         z_train, z_val = (x_train.double() - mean) / scale, (x_val.double() - mean) / scale
 
         probes = {}
+        info = dict(info or {})
+        left_out = {split: dict(counts) for split, counts in info.get("left_out", {}).items()}
+        for split in ("train", "validation"):
+            left_out.setdefault(split, {})
         for name, train_values in train_targets.items():
             if name not in val_targets:
                 raise ValueError(f"property {name!r} has training targets but no validation targets")
@@ -156,11 +162,14 @@ class ProbeSet:
                     f"property {name!r}: {len(train_values)}/{len(val_values)} targets for "
                     f"{len(z_train)}/{len(z_val)} train/validation rows"
                 )
+            for split, values in (("train", train_values), ("validation", val_values)):
+                if missing_targets(values).any():
+                    left_out[split][name] = int(missing_targets(values).sum())
             if _is_categorical(train_values):
-                probes[name] = _fit_classifier(z_train, train_values, z_val, val_values, penalties)
+                probes[name] = _fit_classifier(name, z_train, train_values, z_val, val_values, penalties)
             else:
                 probes[name] = _fit_regression(name, z_train, train_values, z_val, val_values, penalties)
-        info = dict(info or {})
+        info["left_out"] = left_out
         info.setdefault("num_train", int(len(z_train)))
         info.setdefault("num_validation", int(len(z_val)))
         return cls(features, mean.float(), scale.float(), probes, info)
@@ -215,11 +224,11 @@ class ProbeSet:
         return base / f"{self.features}.json"
 
     @classmethod
-    def load(cls, folder_or_repo: str | os.PathLike, features: str = "sane") -> ProbeSet:
-        """Load the probe set saved with `save` from a checkpoint folder or a Hub repo id."""
+    def load(cls, folder_or_repo: str | os.PathLike, features: str = "sane", revision: str | None = None) -> ProbeSet:
+        """Load the probe set saved with `save` from a checkpoint folder or a Hub repo id (at `revision`)."""
         hint = f"fit the probes first: `hyperrep probe fit --checkpoint {folder_or_repo} --zoo ZOO --features {features}`"
-        meta_path = resolve_file(folder_or_repo, f"probes/{features}.json", hint)
-        tensor_path = resolve_file(folder_or_repo, f"probes/{features}.safetensors", hint)
+        meta_path = resolve_file(folder_or_repo, f"probes/{features}.json", hint, revision)
+        tensor_path = resolve_file(folder_or_repo, f"probes/{features}.safetensors", hint, revision)
         meta = json.loads(Path(meta_path).read_text())
         tensors = load_file(tensor_path)
         probes = {
@@ -231,11 +240,14 @@ class ProbeSet:
 
 def property_score(kind: str, values: Sequence, predictions: Sequence, kendall: bool = True) -> dict:
     """One property's score: {"accuracy"} for a classification, {"r2", "kendall_tau"} for a regression
-    (rows with a NaN target left out; `kendall=False` skips tau)."""
+    (rows with a missing target, None or NaN, left out; `kendall=False` skips tau)."""
+    keep = ~missing_targets(values)
     if kind == "classification":
-        return {"accuracy": float(np.mean([str(a) == str(b) for a, b in zip(values, predictions)]))}
-    keep = _finite_rows(values)
+        pairs = [(a, b) for a, b, k in zip(values, predictions, keep) if k]
+        return {"accuracy": float(np.mean([str(a) == str(b) for a, b in pairs])) if pairs else float("nan")}
     y, p = np.asarray(values, dtype=np.float64)[keep], np.asarray(predictions, dtype=np.float64)[keep]
+    if len(y) == 0:
+        return {"r2": float("nan"), **({"kendall_tau": float("nan")} if kendall else {})}
     score = {"r2": r_squared(y, p)}
     if kendall:
         score["kendall_tau"] = kendall_tau(y, p) if len(y) > 1 else float("nan")
@@ -252,7 +264,7 @@ def _check_features(x, name: str) -> torch.Tensor:
 
 
 def _fit_regression(name, z_train, train_values, z_val, val_values, penalties) -> LinearProbe:
-    train_keep, val_keep = _finite_rows(train_values), _finite_rows(val_values)
+    train_keep, val_keep = ~missing_targets(train_values), ~missing_targets(val_values)
     if train_keep.sum() < 2 or val_keep.sum() < 1:
         raise ValueError(f"property {name!r} has fewer than 2 finite training targets or no finite validation target")
     y_train = torch.as_tensor(np.asarray(train_values, dtype=np.float64)[train_keep]).unsqueeze(1)
@@ -265,7 +277,13 @@ def _fit_regression(name, z_train, train_values, z_val, val_values, penalties) -
     return LinearProbe("regression", coefs[best], biases[best], float(penalties[best]), None, {"r2": float(val_r2[best])})
 
 
-def _fit_classifier(z_train, train_values, z_val, val_values, penalties) -> LinearProbe:
+def _fit_classifier(name, z_train, train_values, z_val, val_values, penalties) -> LinearProbe:
+    train_keep, val_keep = ~missing_targets(train_values), ~missing_targets(val_values)
+    if train_keep.sum() < 1 or val_keep.sum() < 1:
+        raise ValueError(f"property {name!r} has no training or no validation target (all missing)")
+    train_values = [v for v, k in zip(train_values, train_keep) if k]
+    val_values = [v for v, k in zip(val_values, val_keep) if k]
+    z_train, z_val = z_train[torch.as_tensor(train_keep)], z_val[torch.as_tensor(val_keep)]
     classes = sorted({v.item() if isinstance(v, np.generic) else v for v in train_values}, key=str)
     index = {str(c): i for i, c in enumerate(classes)}
     labels = torch.tensor([index[str(v)] for v in train_values])

@@ -1,0 +1,163 @@
+"""What real zoos contain: diverged checkpoints (NaN / inf weights) and missing metrics. Probes,
+probe tables, the probe command, split embeddings and sampling anchors leave such rows out and
+count them; `epochs=` scores only the chosen checkpoints (NFN's test set: the final ones)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hyperrep_hf import SaneConfig, SaneModel, WeightTokenizer
+from hyperrep_hf.cli import main as cli
+from hyperrep_hf.downstream.evaluation import (
+    fit_probes,
+    format_table,
+    probe_table,
+    usable_rows,
+    zoo_features,
+)
+from hyperrep_hf.downstream.generation import prepare_sampling
+from hyperrep_hf.downstream.probes import ProbeSet
+from hyperrep_hf.zoo import build_zoo, load_zoo
+
+
+def _corrupt_shard(path, weights_rows: dict[int, float], nan_acc_rows: list[int]) -> None:
+    """Rewrite one parquet shard with some rows' weights set to `value` and some test_acc to NaN,
+    keeping the schema (and its datasets feature metadata)."""
+    table = pq.read_table(path)
+    weights = table.column("weights").combine_chunks()
+    size = weights.type.list_size
+    flat = weights.flatten().to_numpy().copy().reshape(-1, size)
+    for row, value in weights_rows.items():
+        flat[row, :: max(1, size // 7)] = value  # a few entries, as a diverged checkpoint would hold
+    acc = table.column("test_acc").to_numpy().copy()
+    acc[nan_acc_rows] = np.nan
+    i_w, i_a = table.schema.get_field_index("weights"), table.schema.get_field_index("test_acc")
+    table = table.set_column(i_w, table.schema.field(i_w), pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), size))
+    table = table.set_column(i_a, table.schema.field(i_a), pa.array(acc, type=pa.float32()))
+    pq.write_table(table, path)
+
+
+@pytest.fixture(scope="module")
+def clean_zoo(tmp_path_factory):
+    # 10 models x epochs 0..2: 18 train, 6 validation, 6 test rows
+    return build_zoo("digits-seed", tmp_path_factory.mktemp("zoo") / "clean", num_models=10, epochs=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def zoo(clean_zoo, tmp_path_factory):
+    """The clean zoo with train row 0 diverged (NaN weights), train row 1 without test_acc, test row 0
+    diverged (inf weights) and test row 1 without test_acc."""
+    folder = tmp_path_factory.mktemp("zoo") / "real"
+    shutil.copytree(clean_zoo.path, folder)
+    (train,) = sorted((folder / "data").glob("train-*.parquet"))
+    (test,) = sorted((folder / "data").glob("test-*.parquet"))
+    _corrupt_shard(train, {0: float("nan")}, [1])
+    _corrupt_shard(test, {0: float("inf")}, [1])
+    return load_zoo(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(clean_zoo, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    train = clean_zoo.weights("train")
+    tok = WeightTokenizer()
+    tok.layout_of(clean_zoo.build_model(train[0]))
+    tok.fit_standardization(train)
+    torch.manual_seed(0)
+    SaneModel(SaneConfig.from_preset("tiny", token_size=tok.token_size, window_size=16)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_the_fixture_zoo_holds_what_real_zoos_hold(zoo):
+    weights = zoo.weights("train")
+    assert not torch.isfinite(weights[0]).all() and torch.isfinite(weights[1:]).all()
+    assert math.isnan(zoo.metadata("train")["test_acc"][1]) and math.isnan(zoo.metadata("test")["test_acc"][1])
+    assert torch.isinf(zoo.weights("test")[0]).any()
+
+
+def test_usable_rows_leave_out_non_finite_weights_and_other_epochs(zoo):
+    rows, left_out = usable_rows(zoo, "train")
+    assert rows.tolist() == list(range(1, 18)) and left_out == {"non-finite weights": 1}
+    epoch = zoo.metadata("test")["epoch"].to_numpy()
+    rows, left_out = usable_rows(zoo, "test", epochs=[2])
+    assert rows.tolist() == [i for i in range(6) if epoch[i] == 2 and i != 0]
+    assert left_out == ({"non-finite weights": 1} if epoch[0] == 2 else {})
+    with pytest.raises(ValueError, match=r"no rows at epochs \[7\].*epochs: \[0, 1, 2\]"):
+        usable_rows(zoo, "test", epochs=[7])
+    # features of the usable rows only: one per row, all finite
+    for features in ("stats", "weights"):
+        x = zoo_features(zoo, "train", features, rows=usable_rows(zoo, "train")[0])
+        assert len(x) == 17 and torch.isfinite(x).all()
+
+
+def test_probe_table_leaves_out_diverged_rows_and_missing_targets_and_counts_them(zoo, checkpoint):
+    rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"], bootstrap=10)
+    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
+    for r in rows:
+        assert math.isfinite(r["value"]) and math.isfinite(r["kendall_tau"])
+        # test row 0 (inf weights) leaves every score; test row 1 leaves the test_acc scores only
+        assert r["left_out"] == (2 if r["property"] == "test_acc" else 1)
+        assert r["num_rows"] == 6 - r["left_out"]
+    table = format_table(rows)
+    assert "| left_out |" in table.splitlines()[0] and "kendall_tau" in table.splitlines()[0]
+    probes = fit_probes(zoo, "stats", properties=["test_acc", "epoch"])
+    assert probes.info["left_out"] == {"train": {"non-finite weights": 1, "test_acc": 1}, "validation": {}}
+    assert probes.info["num_train"] == 17
+
+
+def test_probe_command_fits_and_scores_a_zoo_with_diverged_rows(zoo, checkpoint, tmp_path, capsys):
+    assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
+                "--properties", "test_acc", "epoch"]) == 0
+    assert "left out of train: 1 row with non-finite weights, 1 row without test_acc" in capsys.readouterr().out
+    out = tmp_path / "rows.json"
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
+                "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["property"]: r["left_out"] for r in rows} == {"test_acc": 2, "epoch": 1}
+    assert "left_out" in capsys.readouterr().out
+
+
+def test_epochs_fit_and_score_only_those_checkpoints(zoo, checkpoint, tmp_path, capsys):
+    meta = zoo.metadata("test")
+    last = meta["epoch"] == 2
+    rows = probe_table(zoo, None, feature_sets=("stats",), epochs=[2])
+    # one epoch: epoch is no property to predict; test_acc and ggap are scored on the final checkpoints
+    assert {r["property"] for r in rows} == {"test_acc", "ggap"}
+    bad = int((~np.isfinite(meta["test_acc"].to_numpy()) & last.to_numpy()).sum()) + int(last[0])
+    acc = next(r for r in rows if r["property"] == "test_acc")
+    assert acc["num_rows"] == int(last.sum()) - bad and acc["left_out"] == bad
+    probes = fit_probes(zoo, "stats", properties=["test_acc"], epochs=[2])
+    assert probes.info["epochs"] == [2] and probes.info["num_train"] == len(usable_rows(zoo, "train", [2])[0])
+    assert probes.info["num_train"] in (5, 6)  # 6 train models at epoch 2, one of them perhaps diverged
+    with pytest.raises(ValueError, match="no rows at epochs"):
+        fit_probes(zoo, "stats", properties=["test_acc"], epochs=[5])
+    # the command: probes fitted at epoch 2 are scored at epoch 2 unless --epochs says otherwise
+    assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
+                "--properties", "test_acc", "--epochs", "2"]) == 0
+    assert ProbeSet.load(checkpoint, "stats").info["epochs"] == [2]
+    out = tmp_path / "rows.json"
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
+                "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["num_rows"] == acc["num_rows"]
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
+                "--epochs", "0", "1", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["num_rows"] == 6 - 2
+
+
+def test_sampling_anchors_leave_out_diverged_rows(zoo, checkpoint):
+    model, tok = SaneModel.from_pretrained(checkpoint), WeightTokenizer.from_pretrained(checkpoint)
+    for epochs in ([0], [1], [2]):
+        rows, left_out = usable_rows(zoo, "train", epochs)
+        meta = zoo.metadata("train").iloc[rows]
+        usable = int(np.isfinite(meta["val_acc"].to_numpy()).sum())
+        anchors = prepare_sampling(checkpoint, zoo, epochs=epochs, model=model, tokenizer=tok, progress=False)
+        assert anchors.info["num_anchors"] == usable
+        assert anchors.info["left_out"].get("non-finite weights", 0) == left_out.get("non-finite weights", 0)
+        assert torch.isfinite(anchors.latents).all()
