@@ -117,13 +117,21 @@ def cnn_smallzoo(in_channels: int = 1, num_classes: int = 10, activation: str = 
 def transformers_model(config: dict) -> nn.Module:
     """A transformers model built from its config.json (a dict): the class named in
     `config["architectures"]` when transformers has it, else AutoModel.from_config."""
+    cls, cfg = transformers_class(config)
+    return cls(cfg).eval()
+
+
+def transformers_class(config: dict):
+    """(model class, PretrainedConfig) of a config.json dict: the class its `architectures` names
+    when transformers has it, else the AutoModel class of its model_type."""
     import transformers
 
     cfg = transformers.AutoConfig.for_model(**config)
     names = config.get("architectures") or []
     cls = getattr(transformers, names[0], None) if names else None
-    model = cls(cfg) if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else transformers.AutoModel.from_config(cfg)
-    return model.eval()
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = transformers.AutoModel._model_mapping[type(cfg)]
+    return cls, cfg
 
 
 @register_architecture("cnn-digits")

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 
+from .checkpoints import import_checkpoints
 from .modelzoos import import_modelzoos
 from .smallcnnzoo import import_smallcnnzoo
 
 FORMATS = {
     "smallcnnzoo": import_smallcnnzoo,
     "modelzoos": import_modelzoos,
+    "checkpoints": import_checkpoints,
 }
 
 
@@ -37,4 +39,4 @@ def import_zoo(format: str, path: str | os.PathLike | None, out_dir: str | os.Pa
     return FORMATS[format](path, out_dir, **options)
 
 
-__all__ = ["FORMATS", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
+__all__ = ["FORMATS", "import_checkpoints", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]

@@ -205,7 +205,7 @@ def _complete_row(row: dict, model_index: int, architecture: str | None, num_wei
     if weights.size != num_weights:
         raise ValueError(f"{row.get('source')}: {weights.size} weights, the zoo's layout holds {num_weights}")
     out = {"model_id": model_index, "architecture": architecture, **row, "weights": weights}
-    out["epoch"] = int(out["epoch"])
+    out["model_id"], out["epoch"] = int(out["model_id"]), int(out["epoch"])
     metrics = {m: out.get(m) for m in METRICS}
     if metrics["ggap"] is None and metrics["train_acc"] is not None and metrics["test_acc"] is not None:
         metrics["ggap"] = float(metrics["train_acc"]) - float(metrics["test_acc"])
