@@ -18,7 +18,7 @@ import numpy as np
 from ..files import read_config_file
 from .architectures import ACTIVATIONS, ARCHITECTURES, INITS, build_model
 from .population import OPTIMIZERS, TrainSettings
-from .tasks import TASKS
+from .tasks import check_task, task_label
 
 # Every hyperparameter a model of a zoo has; each becomes a column of the zoo dataset.
 DEFAULT_HYPERPARAMETERS: dict = {
@@ -110,7 +110,7 @@ class ZooSpec:
     """A zoo's generating configuration (see the module docstring)."""
 
     architecture: str
-    task: str = "mnist-5k"
+    task: str | dict = "mnist-5k"  # a task name (built-in or registered) or a task mapping (zoo.tasks)
     name: str = "zoo"
     description: str = ""
     architecture_kwargs: dict = field(default_factory=dict)
@@ -130,6 +130,8 @@ class ZooSpec:
         self.hyperparameters = {k: v if isinstance(v, list | tuple) else [v] for k, v in self.hyperparameters.items()}
         self.hyperparameters = {k: list(v) for k, v in self.hyperparameters.items()}
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        # a mapping gets its defaults and an absolute local folder, so the zoo records a task that loads anywhere
+        self.task = check_task(self.task)
         self.validate()
 
     # -- construction ---------------------------------------------------------------------------
@@ -162,8 +164,7 @@ class ZooSpec:
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; registered: {sorted(ARCHITECTURES)}")
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {list(TASKS)}")
+        check_task(self.task)
         unknown = sorted(set(self.hyperparameters) - set(DEFAULT_HYPERPARAMETERS))
         if unknown:
             raise ValueError(f"unknown hyperparameters {unknown}; valid: {sorted(DEFAULT_HYPERPARAMETERS)}")
@@ -253,10 +254,10 @@ class ZooSpec:
         except (RuntimeError, TypeError) as err:
             raise ValueError(
                 f"architecture {self.architecture!r} ({kw}) does not take inputs of shape {list(task_input_shape)} "
-                f"of task {self.task!r}: {str(err).splitlines()[0]}"
+                f"of task {task_label(self.task)!r}: {str(err).splitlines()[0]}"
             ) from err
         if out.shape[-1] != num_classes:
-            raise ValueError(f"architecture {self.architecture!r} gives {out.shape[-1]} outputs; task {self.task!r} has {num_classes} classes")
+            raise ValueError(f"architecture {self.architecture!r} gives {out.shape[-1]} outputs; task {task_label(self.task)!r} has {num_classes} classes")
 
 
 def split_by_model(n: int, fractions, seed: int) -> list[str]:
