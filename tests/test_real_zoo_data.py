@@ -7,23 +7,27 @@ import math
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from hyperrep_hf import SaneConfig, SaneModel, WeightTokenizer
+from hyperrep_hf.cards import check_model_card, probe_eval_results, sane_model_card
 from hyperrep_hf.cli import main as cli
 from hyperrep_hf.downstream.evaluation import (
     fit_probes,
     format_table,
     probe_table,
+    score_split,
     usable_rows,
     zoo_features,
 )
 from hyperrep_hf.downstream.generation import prepare_sampling
 from hyperrep_hf.downstream.probes import ProbeSet
-from hyperrep_hf.zoo import build_zoo, load_zoo
+from hyperrep_hf.zoo import build_zoo, import_zoo, load_zoo
+from test_import_smallcnnzoo import write_zoo as write_small_cnn_zoo
 
 
 def _corrupt_shard(path, weights_rows: dict[int, float], nan_acc_rows: list[int]) -> None:
@@ -112,6 +116,20 @@ def test_probe_table_leaves_out_diverged_rows_and_missing_targets_and_counts_the
     assert probes.info["num_train"] == 17
 
 
+def test_the_model_card_notes_what_its_probe_scores_left_out(zoo):
+    probes = fit_probes(zoo, "stats", properties=["test_acc"])
+    rows = score_split(zoo, {"stats": probes}, "test")
+    card = sane_model_card(SaneConfig.from_preset("tiny", token_size=33), model_name="SANE on a real zoo",
+                           eval_results=probe_eval_results({"test_acc": rows[0]["value"]}, dataset="org/zoo"),
+                           left_out={**probes.info["left_out"], "test": {"non-finite weights": 1, "test_acc": 1}})
+    check_model_card(card)
+    text = str(card)
+    assert "Left out of train: 1 row with non-finite weights, 1 row without test_acc." in text
+    assert "Left out of test: 1 row with non-finite weights, 1 row without test_acc." in text
+    assert "Left out of validation" not in text  # nothing was
+    assert "Left out" not in str(sane_model_card(SaneConfig.from_preset("tiny", token_size=33), model_name="x"))
+
+
 def test_probe_command_fits_and_scores_a_zoo_with_diverged_rows(zoo, checkpoint, tmp_path, capsys):
     assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
                 "--properties", "test_acc", "epoch"]) == 0
@@ -161,3 +179,21 @@ def test_sampling_anchors_leave_out_diverged_rows(zoo, checkpoint):
         assert anchors.info["num_anchors"] == usable
         assert anchors.info["left_out"].get("non-finite weights", 0) == left_out.get("non-finite weights", 0)
         assert torch.isfinite(anchors.latents).all()
+
+
+def test_epochs_86_scores_exactly_nfns_test_set_of_the_small_cnn_zoo(tmp_path):
+    # the Small CNN Zoo fixture: 6 models x 9 steps, model /tmp/zoo/31 diverged (NaN weights from step 20)
+    folder, weights, metrics = write_small_cnn_zoo(tmp_path / "src")
+    perm = np.random.default_rng(7).permutation(len(weights))
+    pd.DataFrame(perm).to_csv(tmp_path / "split.csv", index=False)
+    zoo = import_zoo("smallcnnzoo", folder, tmp_path / "zoo", split_file=tmp_path / "split.csv", progress=False)
+    order = np.concatenate([[0], perm])  # NFN's reading of the split file (see test_import_smallcnnzoo)
+    final = [i for i in order if metrics.step[i] == 86]
+    nfn_test = {metrics.modeldir[final[p]] for p in range(len(final) // 2, len(final))}
+    assert "/tmp/zoo/31" in nfn_test and len(zoo.dataset["test"]) > len(nfn_test)  # every epoch is in the split
+    rows, left_out = usable_rows(zoo, "test", epochs=[86])
+    assert set(zoo.metadata("test").source.iloc[rows]) == nfn_test - {"/tmp/zoo/31"} and left_out == {"non-finite weights": 1}
+    table = probe_table(zoo, None, feature_sets=("stats", "weights"), properties=["test_acc"], epochs=[86])
+    for r in table:  # NFN's test set: its final checkpoints, the diverged one left out and counted
+        assert (r["num_rows"], r["left_out"]) == (len(nfn_test) - 1, 1)
+        assert r["metric"] == "r2" and r["kendall_tau"] is not None

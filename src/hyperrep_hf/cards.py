@@ -49,11 +49,21 @@ def probe_eval_results(
     return results
 
 
-def results_table(results: Sequence[EvalResult]) -> str:
+def results_table(results: Sequence[EvalResult], left_out: Mapping[str, Mapping[str, int]] | None = None) -> str:
+    """The card's evaluation section: a markdown table of the results, and below it what the scores
+    left out per split (`left_out`: {split: {reason or property: rows}}, as in ProbeSet.info["left_out"]:
+    diverged checkpoints, rows without the property)."""
     if not results:
         return "No evaluation recorded."
     rows = [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_name} | {r.metric_value:.4f} |" for r in results]
-    return "| zoo | split | metric | value |\n|---|---|---|---|\n" + "\n".join(rows)
+    table = "| zoo | split | metric | value |\n|---|---|---|---|\n" + "\n".join(rows)
+    notes = []
+    for split, counts in (left_out or {}).items():
+        if counts:
+            from .downstream.evaluation import describe_left_out  # here: it imports the zoo package
+
+            notes.append(describe_left_out(dict(counts), split).capitalize() + ".")
+    return table + ("\n\n" + " ".join(notes) if notes else "")
 
 
 def sane_model_card(
@@ -67,6 +77,7 @@ def sane_model_card(
     license: str = "apache-2.0",
     description: str = "",
     training: str = "",
+    left_out: Mapping[str, Mapping[str, int]] | None = None,
 ) -> ModelCard:
     """A ModelCard for a SaneModel (or its SaneConfig), rendered from model_cards/sane_card.md.
 
@@ -78,6 +89,8 @@ def sane_model_card(
         eval_results: model-index entries, e.g. from `probe_eval_results`.
         tags: extra tags (the library's defaults are always added).
         description, training: free Markdown paragraphs for the body.
+        left_out: rows the evaluation left out per split ({split: {reason or property: rows}}, e.g.
+            ProbeSet.info["left_out"]), noted below the results.
     """
     config = model_or_config if isinstance(model_or_config, SaneConfig) else getattr(model_or_config, "config", None)
     if not isinstance(config, SaneConfig):
@@ -103,7 +116,7 @@ def sane_model_card(
         repo_id=repo_id or "path/to/checkpoint",
         description=description,
         training=training or "Not recorded.",
-        results_table=results_table(eval_results),
+        results_table=results_table(eval_results, left_out),
         token_size=config.token_size,
         d_model=config.d_model,
         num_layers=config.num_layers,
