@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hyperrep_hf.zoo import import_zoo, load_zoo
-from hyperrep_hf.zoo.importers import modelzoos
+from hyperrep_hf.zoo.importers import modelzoos, writer
 from hyperrep_hf.zoo.importers.writer import work_folder
 from test_zoo_import import _write_trial
 
@@ -61,6 +61,25 @@ def test_a_killed_import_resumes_where_it_stopped_and_matches_a_clean_one(tmp_pa
         assert got[key][0] == split
         torch.testing.assert_close(got[key][1], w)
     assert zoo.info["checkpoint_epochs"] == [0, 1] and zoo.info["num_models"] == 5
+
+
+def test_large_shards_are_written_in_parts_and_a_kill_between_parts_leaves_no_duplicates(tmp_path, monkeypatch):
+    src = _source(tmp_path)
+    reference = _rows(import_zoo("modelzoos", src, tmp_path / "ref", progress=False))
+    monkeypatch.setattr(writer, "MAX_SHARD_BYTES", 3 * 2464 * 4)  # a part every three rows
+    _count_reads(monkeypatch, fail_at=8)  # one shard of 5 models: dies after two parts of it are on disk
+    with pytest.raises(KeyboardInterrupt):
+        import_zoo("modelzoos", src, tmp_path / "zoo", progress=False)
+    assert len(list((work_folder(tmp_path / "zoo") / "data").glob("*.parquet"))) >= 2
+    _count_reads(monkeypatch)
+    zoo = import_zoo("modelzoos", src, tmp_path / "zoo", progress=False)
+    parts = sorted(p.name for p in (tmp_path / "zoo" / "data").glob("*.parquet"))
+    assert len(parts) >= 4 and all(p.split("-")[1] == "00000" for p in parts)
+    got = _rows(zoo)
+    assert got.keys() == reference.keys() and sum(len(d) for d in zoo.dataset.values()) == 10
+    for key, (split, w) in reference.items():
+        assert got[key][0] == split
+        torch.testing.assert_close(got[key][1], w)
 
 
 def test_an_interrupted_import_with_other_options_restarts_cleanly(tmp_path, monkeypatch):

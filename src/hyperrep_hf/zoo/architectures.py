@@ -221,7 +221,12 @@ class ResNet(nn.Module):
 
 @register_architecture("resnet18")
 def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Module:
-    """ResNet-18 (BasicBlock, 3x3 stem, no max-pool): 11,173,962 parameters for 10 classes."""
+    """ResNet-18 (BasicBlock, 3x3 stem, no max-pool): 11,173,962 parameters for 10 classes.
+
+    The Model Zoos ResNet-18 (torchvision's ResNet with conv1 = Conv2d(c, 64, 3, 1, 1, bias=False)
+    and maxpool = Identity) computes the same function with its tensors in the same order, so its
+    checkpoints (torchvision names: downsample, fc) import by order and shape.
+    """
     return ResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 

@@ -61,6 +61,9 @@ class FolderTree:
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
 
+    def position(self, name: str) -> int:
+        return 0
+
     def where(self, name: str) -> str:
         return str(self.root / name)
 
@@ -82,6 +85,11 @@ class TarTree:
             raise ValueError(f"{self.where(name)} is not a regular file")
         return f.read()
 
+    def position(self, name: str) -> int:
+        """Where the member lies: a compressed tar seeks backwards by decompressing from the start again,
+        so readers read members in this order."""
+        return self.members[name].offset
+
     def where(self, name: str) -> str:
         return f"{self.label}:{name}"
 
@@ -96,6 +104,9 @@ class ZipTree:
 
     def read(self, name: str) -> bytes:
         return self.zip.read(name)
+
+    def position(self, name: str) -> int:
+        return 0
 
     def where(self, name: str) -> str:
         return f"{self.label}:{name}"
@@ -183,9 +194,9 @@ def find_trials(tree) -> list[dict]:
     return out
 
 
-def read_json(tree, name: str) -> dict:
+def read_json(texts: dict[str, bytes], tree, name: str) -> dict:
     try:
-        d = json.loads(tree.read(name).decode("utf-8"))
+        d = json.loads(texts[name].decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{tree.where(name)}: cannot read it as JSON ({err})") from err
     if not isinstance(d, dict):
@@ -196,12 +207,12 @@ def read_json(tree, name: str) -> dict:
 METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "ggap", "loss")
 
 
-def read_results(tree, name: str) -> dict[int, dict]:
+def read_results(texts: dict[str, bytes], tree, name: str) -> dict[int, dict]:
     """result.json -> {training_iteration: metrics}; the key is "training_iteration" (Ray Tune), else "epoch"."""
-    if name not in set(tree.names):
+    if name not in texts:
         raise ValueError(f"{tree.where(name)} is missing: every trial needs result.json (one JSON line per epoch)")
     out = {}
-    for n, line in enumerate(tree.read(name).decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(texts[name].decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -222,10 +233,10 @@ def result_offset(trials: list[dict], tree) -> int:
         epochs = [e for e, _ in t["checkpoints"]]
         fits = {o for o in (0, 1) if all(e + o in t["results"] for e in epochs)}
         if not fits:
-            missing = [e for e in epochs if e not in t["results"] and e + 1 not in t["results"]] or epochs
+            gaps = [f"checkpoint {next(e for e in epochs if e + o not in t['results'])} has no training_iteration {next(e for e in epochs if e + o not in t['results']) + o}" for o in (0, 1)]
             raise ValueError(
-                f"{tree.where(t['result'])}: no result line for checkpoint(s) {missing[:5]} (training_iteration {sorted(t['results'])[:3]}...); "
-                "every checkpoint_N needs the line with training_iteration N or N + 1"
+                f"{tree.where(t['result'])}: result lines do not cover the checkpoints (with offset 0: {gaps[0]}; with offset 1: {gaps[1]}); "
+                "every checkpoint_N needs the line with training_iteration N, or N + 1 in every trial"
             )
         if not fits & agreed:
             raise ValueError(
@@ -319,9 +330,12 @@ def import_modelzoos(
         label = str(local.resolve())
     tree = open_tree(local)
     trials = find_trials(tree)
+    present = set(tree.names)
+    small = sorted((n for t in trials for n in (t["config"], t["result"]) if n in present), key=tree.position)
+    texts = {n: tree.read(n) for n in small}  # configs and results: one forward pass through an archive
     for t in trials:
-        t["params"] = read_json(tree, t["config"])
-        t["results"] = read_results(tree, t["result"])
+        t["params"] = read_json(texts, tree, t["config"])
+        t["results"] = read_results(texts, tree, t["result"])
     offset = result_offset(trials, tree)
     architecture, kwargs = infer_architecture(tree, trials[0], trials[0]["params"], architecture, architecture_kwargs)
     layout = WeightLayout.from_state_dict(build_model(architecture, **kwargs).state_dict())
@@ -333,20 +347,19 @@ def import_modelzoos(
     extras = config_columns([t["params"] for t in trials])
     what = f"{architecture} {kwargs}"
 
-    def read_trial(t: dict) -> list[dict]:
+    def read_trial(t: dict):
+        """The trial's rows, one checkpoint at a time, in archive order (a compressed tar reads forwards only)."""
         p = t["params"]
         hp = {col: p.get(key) for key, col in PARAM_KEYS.items()}
         hp["activation"] = _activation(hp["activation"])
-        rows = []
-        for epoch, member in t["checkpoints"]:
+        for epoch, member in sorted(t["checkpoints"], key=lambda c: tree.position(c[1])):
             where = tree.where(member)
             flat = flatten_by_order(torch_state_dict(tree.read(member), where), layout, where, what)
             rec = t["results"][epoch + offset]
             metrics = {m: rec.get(m) for m in METRIC_KEYS if m != "loss"}
             if metrics["train_loss"] is None:
                 metrics["train_loss"] = rec.get("loss")
-            rows.append({"epoch": epoch, "weights": flat, **metrics, **hp, **{col: p.get(k) for k, (col, _) in extras.items()}, "source": t["name"]})
-        return rows
+            yield {"epoch": epoch, "weights": flat, **metrics, **hp, **{col: p.get(k) for k, (col, _) in extras.items()}, "source": t["name"]}
 
     info = {
         "name": PurePosixPath(label.rstrip("/")).name,

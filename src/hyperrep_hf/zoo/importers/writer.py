@@ -2,7 +2,7 @@
 
 An importer lists its models (cheap metadata), gives each a split, and hands the writer a function
 that reads one model's rows. The writer reads `models_per_shard` models at a time (memory is bounded
-by a shard, never by the zoo), writes their rows as parquet shards into a work folder beside the
+by a shard and a byte budget, never by the zoo), writes their rows as parquet shards into a work folder beside the
 target, `.{name}.importing/`, and records each finished shard in `progress/shard-NNNNN.json`.
 At the end it writes the card and sidecar and renames the work folder to the target, so the zoo
 appears whole or not at all. A rerun of the same import after a kill resumes from the last finished
@@ -45,6 +45,7 @@ PROGRESS_DIR = "progress"
 STATE_NAME = "import.json"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 LOSSES = ("train_loss", "val_loss", "test_loss")
+MAX_SHARD_BYTES = 512 << 20  # weights per parquet part: a ResNet-18 zoo's shard does not sit in memory whole
 
 
 def model_splits(num_models: int, seed: int, where: str) -> list[str]:
@@ -79,16 +80,28 @@ def _metric(value) -> float:
 
 
 class _Shard:
-    """Columns of one shard, per split."""
+    """The rows of shard `index`, per split, written as parquet parts whenever ~`max_bytes` of weights have gathered."""
 
-    def __init__(self, columns: Sequence[str]):
-        self.columns = columns
+    def __init__(self, folder: Path, index: int, columns: Sequence[str], num_weights: int, extra: Mapping[str, str], max_bytes: int):
+        self.folder, self.index, self.columns, self.num_weights, self.extra, self.max_bytes = folder, index, columns, num_weights, extra, max_bytes
         self.splits: dict[str, dict[str, list]] = {}
+        self.nbytes, self.part = 0, 0
+        self.counts: dict[str, int] = {}
 
     def add(self, split: str, row: dict) -> None:
         cols = self.splits.setdefault(split, {c: [] for c in self.columns})
         for c in self.columns:
             cols[c].append(row.get(c))
+        self.nbytes += row["weights"].nbytes
+        if self.nbytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        for split, cols in self.splits.items():
+            cols["weights"] = np.stack(cols["weights"])
+            path = self.folder / f"{split}-{self.index:05d}-{self.part:03d}.parquet"
+            self.counts[split] = self.counts.get(split, 0) + write_shard(path, cols, self.num_weights, self.extra)
+        self.splits, self.nbytes, self.part = {}, 0, self.part + 1
 
 
 def _claim(out: Path, work: Path, fingerprint: dict) -> None:
@@ -119,6 +132,7 @@ def write_zoo(
     extra_columns: Mapping[str, str],
     fingerprint: Mapping,
     models_per_shard: int = 64,
+    max_shard_bytes: int | None = None,
     progress: bool = True,
     desc: str = "import",
 ) -> Zoo:
@@ -127,6 +141,8 @@ def write_zoo(
     `info`: the sidecar's fields the importer knows (name, architecture, architecture_kwargs, task,
     config); the writer adds format, layout, counts, epochs, varied hyperparameters and extra columns.
     `fingerprint`: what identifies this import (format, path, options): a rerun with the same one resumes.
+    A shard holds `models_per_shard` models, written as parquet parts of at most ~`max_shard_bytes` of
+    weights each (`{split}-{shard:05d}-{part:03d}.parquet`), so memory stays bounded for large models too.
     """
     out = Path(out_dir)
     extra = check_extra_columns(extra_columns)
@@ -148,11 +164,13 @@ def write_zoo(
     for k in range(num_shards):
         if done[k]:
             continue
-        shard = _Shard(columns)
+        for stale in (work / "data").glob(f"*-{k:05d}-*.parquet"):  # parts of this shard from a killed run
+            stale.unlink()
+        shard = _Shard(work / "data", k, columns, layout.num_weights, extra, max_shard_bytes or MAX_SHARD_BYTES)
         epochs: set[int] = set()
         values: dict[str, list] = {}
         for i in range(k * models_per_shard, min(len(models), (k + 1) * models_per_shard)):
-            for row in read_model(models[i]):
+            for row in read_model(models[i]):  # an iterable: a model's checkpoints need not all be in memory
                 row = _complete_row(row, i, info.get("architecture"), layout.num_weights, extra)
                 shard.add(splits[i], row)
                 epochs.add(row["epoch"])
@@ -162,11 +180,8 @@ def write_zoo(
                     if v not in seen and len(seen) < 2:  # two distinct values are enough to call a column varied
                         seen.append(v)
             bar.update(1)
-        counts = {}
-        for split, cols in shard.splits.items():
-            cols["weights"] = np.stack(cols["weights"])
-            counts[split] = write_shard(work / "data" / f"{split}-{k:05d}.parquet", cols, layout.num_weights, extra)
-        atomic_write_json(markers[k], {"shard": k, "rows": counts, "epochs": sorted(epochs), "values": values})
+        shard.flush()
+        atomic_write_json(markers[k], {"shard": k, "rows": shard.counts, "epochs": sorted(epochs), "values": values})
     bar.close()
 
     epochs, values = set(), {}
