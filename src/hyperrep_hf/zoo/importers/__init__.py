@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from .checkpoints import import_checkpoints
+from .hub_models import import_hub_models
 from .modelzoos import import_modelzoos
 from .smallcnnzoo import import_smallcnnzoo
 
@@ -25,6 +26,7 @@ FORMATS = {
     "smallcnnzoo": import_smallcnnzoo,
     "modelzoos": import_modelzoos,
     "checkpoints": import_checkpoints,
+    "hub-models": import_hub_models,
 }
 
 
@@ -39,4 +41,4 @@ def import_zoo(format: str, path: str | os.PathLike | None, out_dir: str | os.Pa
     return FORMATS[format](path, out_dir, **options)
 
 
-__all__ = ["FORMATS", "import_checkpoints", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
+__all__ = ["FORMATS", "import_checkpoints", "import_hub_models", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
