@@ -101,6 +101,23 @@ def test_usable_rows_leave_out_non_finite_weights_and_other_epochs(zoo):
         assert len(x) == 17 and torch.isfinite(x).all()
 
 
+def test_a_split_with_only_diverged_rows_is_refused_by_name():
+    class AllDiverged:  # the three things usable_rows reads of a zoo
+        dataset = {"test": [0, 1]}
+        metadata = staticmethod(lambda split, columns: pd.DataFrame({"epoch": [3, 3]}))
+        weights = staticmethod(lambda split: torch.full((2, 4), float("nan")))
+
+    with pytest.raises(ValueError, match=r"every row of split 'test' at epochs \[3\] has non-finite weights"):
+        usable_rows(AllDiverged(), "test", epochs=[3])
+
+
+def test_embedding_a_split_with_a_diverged_row_does_not_raise(zoo, checkpoint):
+    model, tok = SaneModel.from_pretrained(checkpoint), WeightTokenizer.from_pretrained(checkpoint)
+    x = zoo_features(zoo, "train", "sane", model, tok)  # every row, aligned with the split
+    assert len(x) == 18 and torch.isnan(x[0]).all() and torch.isfinite(x[1:]).all()
+    torch.testing.assert_close(x[1:], zoo_features(zoo, "train", "sane", model, tok, rows=usable_rows(zoo, "train")[0]))
+
+
 def test_probe_table_leaves_out_diverged_rows_and_missing_targets_and_counts_them(zoo, checkpoint):
     rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"], bootstrap=10)
     assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}

@@ -70,6 +70,9 @@ def usable_rows(zoo, split: str, epochs: Sequence[int] | None = None) -> tuple[n
         if not keep.any():
             raise ValueError(f"split {split!r} has no rows at epochs {chosen}; its epochs: {sorted(set(at.tolist()))}")
     finite = torch.isfinite(zoo.weights(split)).all(1).numpy()
+    if not (keep & finite).any():
+        raise ValueError(f"every row of split {split!r}{'' if epochs is None else f' at epochs {chosen}'} has non-finite "
+                         "weights (diverged checkpoints): nothing to probe or embed; pick other epochs or another split")
     left_out = {"non-finite weights": int((keep & ~finite).sum())}
     return np.flatnonzero(keep & finite), {k: n for k, n in left_out.items() if n}
 
@@ -98,7 +101,8 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
     """One feature vector per row of a zoo split: "sane" (embeddings; needs model and tokenizer;
     averaged over `permutations` neuron permutations), "stats" (s(W) statistics) or "weights" (the
     flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
-    leave out diverged checkpoints. Returns [rows, d]."""
+    leave out diverged checkpoints (it also counts them). Returns [rows, d]; a row with non-finite
+    weights gets non-finite features (NaN SANE embeddings: it is not embedded)."""
     if features not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {features!r}; choose one of {list(FEATURE_SETS)}")
     weights = zoo.weights(split)
@@ -113,8 +117,14 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
     if model is None or tokenizer is None:
         raise ValueError("SANE features need the checkpoint: pass model and tokenizer (or checkpoint=FOLDER)")
     layout_id = find_layout(tokenizer, zoo.layout)
-    return embed_flat(model, tokenizer, weights, pooling, layout_id, batch_size, progress=progress,
-                      permutations=permutations)
+    finite = torch.isfinite(weights).all(1)
+    embeddings = embed_flat(model, tokenizer, weights[finite], pooling, layout_id, batch_size, progress=progress,
+                            permutations=permutations)
+    if bool(finite.all()):
+        return embeddings
+    out = embeddings.new_full((len(weights), *embeddings.shape[1:]), float("nan"))
+    out[finite] = embeddings
+    return out
 
 
 def describe_left_out(left_out: dict[str, int], split: str) -> str:
