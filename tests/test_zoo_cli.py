@@ -54,4 +54,4 @@ def test_bad_input_is_one_clear_error_line(tmp_path, capsys):
     assert main(["zoo", "info", str(tmp_path)]) == 2
     assert "is not a zoo: it has no zoo_config.json" in capsys.readouterr().err
     assert main(["zoo", "import", "--format", "tfrecords", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown import format 'tfrecords'; supported: modelzoos" in capsys.readouterr().err
+    assert "unknown import format 'tfrecords'; choose one of ['checkpoints', 'hub-models', 'modelzoos', 'smallcnnzoo']" in capsys.readouterr().err

@@ -45,12 +45,35 @@ def _info(args) -> int:
     return 0
 
 
-def _import(args) -> int:
-    from hyperrep_hf.zoo import import_modelzoos
+# --option -> import_zoo keyword, for the options only some formats take
+FORMAT_OPTIONS = {
+    "split_file": "--split-file", "metadata": "--metadata", "architecture": "--architecture",
+    "architecture_kwargs": "--architecture-kwargs", "repo": "--repo", "path_in_repo": "--path",
+    "repo_type": "--repo-type", "revision": "--revision", "models": "--models",
+}
 
-    if args.format != "modelzoos":
-        raise ValueError(f"unknown import format {args.format!r}; supported: modelzoos")
-    zoo = import_modelzoos(args.path, args.out, architecture=args.architecture, task=args.task, progress=not args.quiet)
+
+def _import(args) -> int:
+    import inspect
+    import json
+
+    from hyperrep_hf.zoo import IMPORT_FORMATS, import_zoo
+    from hyperrep_hf.zoo.importers import resolve_format
+
+    options = {k: getattr(args, k) for k in FORMAT_OPTIONS if getattr(args, k) is not None}
+    fmt = resolve_format(args.format, args.path, options)
+    if "architecture_kwargs" in options:
+        try:
+            options["architecture_kwargs"] = json.loads(options["architecture_kwargs"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--architecture-kwargs is not JSON ({err}); e.g. '{{\"in_channels\": 3}}'") from err
+        if not isinstance(options["architecture_kwargs"], dict):
+            raise ValueError("--architecture-kwargs must be a JSON object of keyword arguments")
+    accepted = inspect.signature(IMPORT_FORMATS[fmt]).parameters
+    wrong = [FORMAT_OPTIONS[k] for k in options if k not in accepted]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} do(es) not apply to --format {fmt}")
+    zoo = import_zoo(fmt, args.path, args.out, task=args.task, seed=args.seed, progress=not args.quiet, **options)
     print(zoo)
     return 0
 
@@ -83,13 +106,23 @@ def register(subparsers) -> None:
     i.add_argument("path", help="zoo folder or Hub dataset repo id")
     i.set_defaults(func=_info)
 
-    m = sub.add_parser("import", help="convert a downloaded zoo (Model Zoos trial folders) to a zoo dataset")
-    m.add_argument("path", help="folder of trials")
-    m.add_argument("--format", default="modelzoos", help="source format (modelzoos)")
-    m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--architecture", help="architecture name (default: inferred from the checkpoints)")
+    m = sub.add_parser("import", help="convert a published zoo or your own checkpoints to a zoo dataset (resumes after a kill)")
+    m.add_argument("path", nargs="?", help="the source: a folder, archive, hf:// path or file of Hub ids (none for --repo / --models)")
+    m.add_argument("--format", default="auto", help="smallcnnzoo, modelzoos, checkpoints, hub-models (default: auto, from PATH)")
+    m.add_argument("--out", required=True, help="output folder (appears only when the import is complete)")
+    m.add_argument("--architecture", help="registered name or package.module:builder (modelzoos: default from the trials' config; "
+                   "checkpoints / hub-models: default from a transformers config, else rows are state_dicts)")
+    m.add_argument("--architecture-kwargs", help="JSON keyword arguments of the architecture, e.g. '{\"in_channels\": 3}'")
+    m.add_argument("--split-file", help="smallcnnzoo: NFN's *_split.csv, to reproduce its train/validation/test split")
+    m.add_argument("--metadata", help="checkpoints: table (CSV, JSON lines, parquet) with file, model_id, epoch and property columns")
+    m.add_argument("--repo", help="modelzoos: Hub repo holding the zoo (with --path inside it)")
+    m.add_argument("--path", dest="path_in_repo", help="modelzoos: folder or archive inside --repo")
+    m.add_argument("--repo-type", choices=("dataset", "model"), help="modelzoos: type of --repo (default dataset)")
+    m.add_argument("--revision", help="modelzoos: revision of --repo")
+    m.add_argument("--models", nargs="+", help="hub-models: repo ids org/name[@revision], or one file with an id per line")
     m.add_argument("--task", help="task name to record (e.g. mnist)")
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--seed", type=int, default=0, help="seed of the by-model split (default 0)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_import)
 
     p = sub.add_parser("push", help="upload a zoo folder to the Hub as a dataset repo")

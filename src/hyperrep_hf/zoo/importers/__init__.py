@@ -16,7 +16,10 @@ when whole, and a killed import resumed by rerunning it.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
+from . import checkpoints, modelzoos, smallcnnzoo
 from .checkpoints import import_checkpoints
 from .hub_models import import_hub_models
 from .modelzoos import import_modelzoos
@@ -30,15 +33,52 @@ FORMATS = {
 }
 
 
+EXPECTED = {
+    "smallcnnzoo": smallcnnzoo.EXPECTS,
+    "modelzoos": f"{modelzoos.EXPECTS} (a folder, .tar, .tar.gz, .zip or hf:// path)",
+    "checkpoints": checkpoints.EXPECTS,
+    "hub-models": "no PATH: Hub repo ids given with --models org/name ...",
+}
+
+
+def detect_format(path: str | os.PathLike | None) -> str:
+    """The format of what lies at `path`, or a ValueError saying what each format expects to find."""
+    text = str(path) if path is not None else ""
+    if text.startswith("hf://"):
+        return "modelzoos"
+    p = Path(text)
+    if path is not None and p.is_file() and p.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".zip", ".pt")):
+        return "modelzoos"
+    if path is not None and p.is_dir():
+        if any(p.rglob("weights.npy")):
+            return "smallcnnzoo"
+        if any(re.fullmatch(r"checkpoint_\d+", q.name) and q.is_dir() for q in p.rglob("checkpoint_*")):
+            return "modelzoos"
+        if checkpoints.find_checkpoints(p):
+            return "checkpoints"
+    expected = "; ".join(f"{name} expects {what}" for name, what in EXPECTED.items())
+    raise ValueError(f"{path} is none of the import formats: {expected}. Pass --format to say which it is")
+
+
 def import_zoo(format: str, path: str | os.PathLike | None, out_dir: str | os.PathLike, **options):
-    """Import the zoo at `path` (of `format`, one of FORMATS) into a zoo dataset at `out_dir`; returns it loaded.
+    """Import the zoo at `path` (of `format`, one of FORMATS, or "auto") into a zoo dataset at `out_dir`; returns it loaded.
 
     `options` are the format's own (see each importer), e.g. architecture=, task=, seed=, progress=,
     models_per_shard=. Rerunning an interrupted import with the same arguments resumes it.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown import format {format!r}; choose one of {sorted(FORMATS)}")
+    format = resolve_format(format, path, options)
     return FORMATS[format](path, out_dir, **options)
 
 
-__all__ = ["FORMATS", "import_checkpoints", "import_hub_models", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
+def resolve_format(format: str, path, options: dict) -> str:
+    """`format`, checked, or for "auto" the format of `path` (hub-models for --models, modelzoos for --repo)."""
+    if format == "auto":
+        if path is None and options.get("models"):
+            return "hub-models"
+        return "modelzoos" if options.get("repo") else detect_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"unknown import format {format!r}; choose one of {sorted(FORMATS)} (or auto)")
+    return format
+
+
+__all__ = ["FORMATS", "detect_format", "resolve_format", "import_checkpoints", "import_hub_models", "import_modelzoos", "import_smallcnnzoo", "import_zoo"]
