@@ -147,6 +147,19 @@ def test_the_model_card_notes_what_its_probe_scores_left_out(zoo):
     assert "Left out" not in str(sane_model_card(SaneConfig.from_preset("tiny", token_size=33), model_name="x"))
 
 
+def test_rows_whose_statistics_overflow_leave_every_feature_set(clean_zoo, tmp_path):
+    folder = tmp_path / "huge"
+    shutil.copytree(clean_zoo.path, folder)
+    (test,) = sorted((folder / "data").glob("test-*.parquet"))
+    _corrupt_shard(test, {2: 1e30}, [])  # finite weights, but their squares overflow float32 s(W)
+    zoo = load_zoo(folder)
+    assert torch.isfinite(zoo.weights("test")).all()
+    rows = probe_table(zoo, None, feature_sets=("stats", "weights"), properties=["test_acc"], bootstrap=5)
+    # left out of W too, so that both are scored (and paired in the bootstrap) on the same rows
+    assert [(r["features"], r["num_rows"], r["left_out"]) for r in rows] == [("stats", 5, 1), ("weights", 5, 1)]
+    assert all(math.isfinite(r["value"]) for r in rows) and "vs_stats" in rows[1]
+
+
 def test_probe_command_fits_and_scores_a_zoo_with_diverged_rows(zoo, checkpoint, tmp_path, capsys):
     assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats",
                 "--properties", "test_acc", "epoch"]) == 0
