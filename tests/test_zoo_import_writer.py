@@ -108,6 +108,9 @@ def test_imported_rows_carry_their_source_and_the_configs_hyperparameters_as_typ
     assert {r["model_type"] for r in rows} == {"CNN"}
     for r in rows:
         assert r["source"].endswith(f"seed={r['seed']}")
+    card = (tmp_path / "zoo" / "README.md").read_text()
+    assert "Imported with `hyperrep zoo import --format modelzoos`" in card and "`source` names the original model" in card
+    assert "population training" not in card
 
 
 def test_a_rerun_on_a_finished_zoo_refuses_to_overwrite_it(tmp_path):

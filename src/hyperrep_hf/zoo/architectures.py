@@ -273,6 +273,8 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
 
 def architecture_builder(name: str) -> Callable[..., nn.Module]:
     """The builder of a registered architecture name or of a "package.module:builder" reference."""
+    if name is None:
+        raise ValueError("this zoo has no architecture (it was imported as state_dicts): import it again with --architecture NAME or package.module:builder")
     if is_builder_reference(name):
         return import_builder(name)
     if name not in ARCHITECTURES:

@@ -1,4 +1,4 @@
-"""The dataset card (README.md) of a zoo, rendered from model_cards/zoo_card.md."""
+"""The dataset card (README.md) of a zoo, rendered from templates/zoo_card.md."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .dataset import CONFIG_NAME, data_files_config
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "zoo_card.md"
 SPLITS = ("train", "validation", "test")
+IMPORTED = ("smallcnnzoo", "modelzoos", "checkpoints", "hub-models")  # config["source"] of imported zoos
 
 
 def shard_metadata(out: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -52,6 +53,18 @@ def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
     total_rows = sum(len(s["epoch"]) for s in stats.values())
     size = "n<1K" if total_rows < 1_000 else "1K<n<10K" if total_rows < 10_000 else "10K<n<100K" if total_rows < 100_000 else "100K<n<1M"
     config = info.get("config", {})
+    extra = info.get("extra_columns") or {}
+    extra_text = (" Extra columns: " + ", ".join(f"`{k}` ({t})" for k, t in extra.items()) + "." if extra else "")
+    if "source" in extra:
+        extra_text += " `source` names the original model each row comes from."
+    if config.get("source") in IMPORTED:
+        how_made = (f"Imported with `hyperrep zoo import --format {config['source']}` from `{config.get('path') or 'Hub model repos'}`; "
+                    "the weights are stored in this library's layout (PyTorch state_dict order), the metrics and hyperparameters "
+                    "as the source recorded them.")
+    else:
+        how_made = ("Generated with `hyperrep_hf` population training: all models of a group train at once on stacked "
+                    "parameters, each with its own seed, initialisation, data order, learning rate, weight decay and "
+                    f"optimizer. Training batch size {config.get('batch_size', 'unknown')}.")
     card_data = DatasetCardData(
         tags=["model-zoo", "weight-space-learning", "hyperrep_hf"],
         size_categories=[size],
@@ -62,7 +75,7 @@ def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
         template_path=str(TEMPLATE),
         zoo_name=info.get("name", out.name),
         num_models=models,
-        architecture=info["architecture"],
+        architecture=info["architecture"] or "(no architecture: rows are state_dicts)",
         task=info.get("task") or "an unnamed task",
         checkpoint_epochs=info.get("checkpoint_epochs", "all"),
         description=config.get("description", ""),
@@ -72,7 +85,8 @@ def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
         split_table="\n".join(rows),
         num_diverged=diverged,
         repo_hint=repo_hint or "path/to/zoo",
-        batch_size=config.get("batch_size", "unknown"),
+        extra_columns=extra_text,
+        how_made=how_made,
         config_json=json.dumps(config, indent=2, default=str),
     )
     atomic_write_text(out / "README.md", str(card))

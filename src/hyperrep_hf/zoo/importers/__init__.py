@@ -22,12 +22,11 @@ from pathlib import Path
 from . import checkpoints, modelzoos, smallcnnzoo
 from .checkpoints import import_checkpoints
 from .hub_models import import_hub_models
-from .modelzoos import import_modelzoos
 from .smallcnnzoo import import_smallcnnzoo
 
 FORMATS = {
     "smallcnnzoo": import_smallcnnzoo,
-    "modelzoos": import_modelzoos,
+    "modelzoos": modelzoos.import_modelzoos,
     "checkpoints": import_checkpoints,
     "hub-models": import_hub_models,
 }
@@ -68,6 +67,14 @@ def import_zoo(format: str, path: str | os.PathLike | None, out_dir: str | os.Pa
     """
     format = resolve_format(format, path, options)
     return FORMATS[format](path, out_dir, **options)
+
+
+def import_modelzoos(path, out_dir, architecture=None, architecture_kwargs=None, task=None, seed=0, shard_models=None, progress=True, **options):
+    """`import_zoo("modelzoos", ...)`, the public name of the first importer (`shard_models` is models_per_shard)."""
+    if shard_models is not None:
+        options["models_per_shard"] = shard_models
+    return import_zoo("modelzoos", path, out_dir, architecture=architecture, architecture_kwargs=architecture_kwargs,
+                      task=task, seed=seed, progress=progress, **options)
 
 
 def resolve_format(format: str, path, options: dict) -> str:
