@@ -181,4 +181,7 @@ def test_bad_small_cnn_zoo_files_are_named_and_leave_nothing_behind(tmp_path):
     pd.DataFrame([0, 10_000]).to_csv(tmp_path / "bad_split.csv", index=False)
     with pytest.raises(ValueError, match=r"bad_split.csv: indices reach 10000, but the zoo has 53 checkpoints"):
         import_zoo("smallcnnzoo", folder, tmp_path / "z5", split_file=tmp_path / "bad_split.csv", progress=False)
-    assert not any((tmp_path / f"z{i}").exists() for i in range(6))
+    (tmp_path / "mnist.tar.xz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"mnist.tar.xz is an archive: extract it first .* tar -xf mnist.tar.xz -C zoo"):
+        import_zoo("auto", tmp_path / "mnist.tar.xz", tmp_path / "z6", progress=False)
+    assert not any((tmp_path / f"z{i}").exists() for i in range(7))

@@ -46,6 +46,8 @@ def detect_format(path: str | os.PathLike | None) -> str:
     if text.startswith("hf://"):
         return "modelzoos"
     p = Path(text)
+    if path is not None and p.is_file() and p.name.lower().endswith((".tar.xz", ".txz")):
+        return "smallcnnzoo"  # the Small CNN Zoo ships as .tar.xz, the Model Zoos as .zip / .tar
     if path is not None and p.is_file() and p.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".zip", ".pt")):
         return "modelzoos"
     if path is not None and p.is_dir():

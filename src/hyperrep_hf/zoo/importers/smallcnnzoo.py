@@ -53,6 +53,11 @@ def find_files(root: Path) -> Path:
     """The folder below `root` that holds the three files."""
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist: give the folder of the extracted Small CNN Zoo tarball ({EXPECTS})")
+    if root.is_file() and root.name.lower().endswith((".tar.xz", ".txz", ".tar", ".tar.gz", ".tgz")):
+        raise ValueError(
+            f"{root} is an archive: extract it first (weights.npy is read memory-mapped, which needs it on disk), "
+            f"e.g. `mkdir zoo && tar -xf {root.name} -C zoo`, then import the folder"
+        )
     if root.is_dir() and all((root / f).is_file() for f in FILES):
         return root
     found = sorted(p.parent for p in root.rglob("weights.npy")) if root.is_dir() else []
