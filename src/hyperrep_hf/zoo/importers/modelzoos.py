@@ -374,7 +374,7 @@ def import_modelzoos(
             "description": f"Imported from the Model Zoos trial folders in {label}.",
         },
     }
-    fingerprint = {"format": "modelzoos", "path": label, "architecture": architecture, "kwargs": kwargs, "seed": seed, "models_per_shard": models_per_shard}
+    fingerprint = {"format": "modelzoos", "path": label, "revision": revision, "architecture": architecture, "kwargs": kwargs, "seed": seed, "models_per_shard": models_per_shard}
     return write_zoo(
         out_dir, info, trials, model_splits(len(trials), seed, tree.label), read_trial,
         layout=layout, extra_columns={"source": "string", **{col: typ for col, typ in extras.values()}},

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,7 @@ def write_zoo(
     info: dict,
     models: Sequence,
     splits: Sequence[str],
-    read_model: Callable[[object], list[dict]],
+    read_model: Callable[[object], Iterable[dict]],
     *,
     layout: WeightLayout,
     extra_columns: Mapping[str, str],
