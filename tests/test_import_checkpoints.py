@@ -1,5 +1,6 @@
 """Importing people's own checkpoints (state_dict files, transformers folders) with a metadata table."""
 
+import sys
 import textwrap
 
 import pandas as pd
@@ -79,7 +80,7 @@ def _check_rows(zoo, states, buildable=True):
 
 
 @pytest.mark.parametrize("table_format", ["csv", "jsonl", "parquet"])
-def test_checkpoints_with_a_builder_and_a_metadata_table(tmp_path, builder_module, table_format):
+def test_checkpoints_with_a_builder_and_a_metadata_table(tmp_path, builder_module, table_format, monkeypatch):
     table, states = _runs(tmp_path / "src")
     meta = tmp_path / f"meta.{table_format}"
     {"csv": lambda: table.to_csv(meta, index=False), "jsonl": lambda: table.to_json(meta, orient="records", lines=True),
@@ -98,6 +99,13 @@ def test_checkpoints_with_a_builder_and_a_metadata_table(tmp_path, builder_modul
     for s in zoo.dataset:
         for r in zoo.dataset[s]:
             assert splits.setdefault(r["model_name"], s) == s
+    # elsewhere, without the builder installed: the zoo still loads (rows as state_dicts); building says what is missing
+    monkeypatch.delitem(sys.modules, builder_module)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("mods")])
+    zoo = load_zoo(tmp_path / "zoo")
+    assert len(zoo.state_dict(zoo.dataset["train"][0])) == 4
+    with pytest.raises(ValueError, match=r"architecture 'my_nets:make_net': cannot import my_nets .* install it or put it on PYTHONPATH"):
+        zoo.build_model(zoo.dataset["train"][0])
 
 
 def test_registered_architecture_and_a_split_column(tmp_path):
