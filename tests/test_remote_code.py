@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
+import pytest
 import torch
 
 from hyperrep_hf import SaneConfig, SaneModel
@@ -85,3 +88,25 @@ def test_checkpoint_loads_with_trust_remote_code_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "remote ok transformers_modules." in result.stdout
+
+
+def test_the_code_a_checkpoint_carries_needs_only_a_plain_transformers_install():
+    from transformers.dynamic_module_utils import get_imports
+
+    from hyperrep_hf.remote_code import MODULES, check_remote_code, remote_sources
+
+    sources = remote_sources()
+    assert set(sources) == set(MODULES.values())
+    check_remote_code(sources)
+    for name, source in sources.items():
+        assert "from .." not in source, name  # flat: transformers loads remote code from the repo's top level
+    allowed = {"torch", "transformers", "safetensors", "numpy"}
+    with tempfile.TemporaryDirectory() as tmp:  # what transformers' own check reads
+        for name, source in sources.items():
+            (Path(tmp) / name).write_text(source)
+            assert set(get_imports(Path(tmp) / name)) - set(sys.stdlib_module_names) <= allowed, name
+    broken = {**sources, "probes.py": sources["probes.py"] + "\nimport scipy\n"}
+    with pytest.raises(RuntimeError, match=r"probes.py imports \['scipy'\] outside a try block"):
+        check_remote_code(broken)
+    with pytest.raises(RuntimeError, match="imports .alignment, which a checkpoint does not carry"):
+        check_remote_code({**sources, "probes.py": "from .alignment import align\n"})

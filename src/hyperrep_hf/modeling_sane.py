@@ -219,6 +219,24 @@ class SanePreTrainedModel(PreTrainedModel):
     main_input_name = "tokens"
     _supports_sdpa = True
     _no_split_modules = ["SaneBlock"]
+    # The Hub commit the checkpoint was loaded from (None: a local folder or a new model).
+    commit_hash: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """PreTrainedModel.from_pretrained, pinned to one commit of a Hub repo, which the model keeps as
+        `commit_hash`: files read beside it later (probes, sampling anchors) come from the same
+        snapshot (transformers 5 keeps no revision on the model)."""
+        from transformers.utils import hub
+
+        if hasattr(hub, "resolve_revision"):  # transformers >= 5.24
+            kwargs["revision"] = hub.resolve_revision(
+                pretrained_model_name_or_path, kwargs.get("revision"), token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False), cache_dir=kwargs.get("cache_dir"))
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        revision = kwargs.get("revision")
+        (loaded[0] if isinstance(loaded, tuple) else loaded).commit_hash = getattr(revision, "resolved", revision)
+        return loaded  # (model, loading_info) with output_loading_info=True
 
     def _init_weights(self, module: nn.Module) -> None:
         """Every parameter and buffer is set here: transformers 5 builds models on the meta device."""

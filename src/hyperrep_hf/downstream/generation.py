@@ -62,9 +62,9 @@ def load_checkpoint(folder_or_repo, device: str | torch.device = "cpu", revision
 
 
 def checkpoint_revision(model) -> str | None:
-    """The commit a model was loaded from (None for a local folder), so files read beside it
+    """The commit a SANE model was loaded from (None for a local folder), so files read beside it
     (probes, anchors) come from the same snapshot."""
-    return getattr(model.config, "_commit_hash", None)
+    return getattr(model, "commit_hash", None)
 
 
 def find_layout(tokenizer, layout: WeightLayout, what: str = "the zoo") -> int:
