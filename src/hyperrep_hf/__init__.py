@@ -17,6 +17,7 @@ from transformers import AutoFeatureExtractor as _AutoFeatureExtractor
 from transformers import AutoModel as _AutoModel
 
 from .configuration_sane import SaneConfig
+from .hub import push_checkpoint
 from .layout import WeightEntry, WeightLayout
 from .modeling_sane import SaneModel, SaneOutput
 from .tokenization_weights import LayerSpec, WeightTokenizer
@@ -32,4 +33,5 @@ from . import pipelines  # noqa: E402, F401
 
 __version__ = "0.1.0"
 
-__all__ = ["LayerSpec", "SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__"]
+__all__ = ["LayerSpec", "SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__",
+           "push_checkpoint"]
