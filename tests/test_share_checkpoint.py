@@ -119,8 +119,7 @@ WITH_PACKAGE = textwrap.dedent(
     import hyperrep_hf
     from safetensors.torch import load_file
     from transformers import AutoFeatureExtractor, AutoModel, pipeline
-    from hyperrep_hf import WeightTokenizer
-from hyperrep_hf.cli import main as cli
+    from hyperrep_hf.cli import main as cli
     from hyperrep_hf.zoo import load_zoo
 
     repo, zoo_repo, first, root, out = sys.argv[1:6]
