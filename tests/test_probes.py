@@ -8,7 +8,7 @@ import torch
 
 from hyperrep_hf.downstream.evaluation import add_bootstrap_intervals
 from hyperrep_hf.downstream.probes import PENALTIES, ProbeSet, property_score, ridge_path
-from hyperrep_hf.downstream.scores import model_bootstrap, percentile_interval
+from hyperrep_hf.downstream.scores import model_bootstrap, num_nonfinite, percentile_interval
 
 
 def _toy(n, d=6, seed=0):
@@ -145,3 +145,18 @@ def test_paired_bootstrap_intervals_separate_a_better_probe():
     assert sane["vs_stats_ci"][0] > 0  # clearly better on every resample of the models
     assert same["vs_stats"] == 0 and same["vs_stats_ci"] == [0, 0]
     assert np.isnan(percentile_interval([np.nan, -np.inf])).all()  # no finite value: no interval
+
+
+def test_bootstrap_intervals_count_the_resamples_without_a_finite_score():
+    # Two models with a constant target each: a resample that draws one model twice has targets of
+    # variance 0, so its R^2 is not finite. Those resamples are counted, not silently dropped.
+    groups = np.repeat([0, 1], 3)
+    y = np.repeat([0.25, 0.75], 3)
+    predictions = {("stats", "acc"): y + np.linspace(-0.05, 0.05, 6), ("sane", "acc"): y + 0.01}
+    rows = [{"features": f, "property": "acc", "metric": "r2",
+             "value": property_score("regression", y, predictions[f, "acc"])["r2"]} for f in ("stats", "sane")]
+    add_bootstrap_intervals(rows, predictions, {"acc": y}, groups, resamples=100, seed=3)
+    single = sum(len(set(groups[d].tolist())) == 1 for d in model_bootstrap(groups, 100, seed=3))
+    assert 0 < single < 100
+    assert rows[0]["nonfinite"] == rows[1]["nonfinite"] == rows[1]["vs_stats_nonfinite"] == single
+    assert all(np.isfinite(rows[1]["ci"])) and num_nonfinite([1.0, np.nan, -np.inf]) == 2

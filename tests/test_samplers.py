@@ -83,11 +83,20 @@ def test_bandwidth_scale_multiplies_the_rule_and_boot_keeps_it(monkeypatch):
         KDESampler(anchors, scale=-1.0)
 
 
-def test_gauss_matches_anchor_moments():
+def test_gauss_fit_matches_anchor_moments():
     anchors = torch.randn(400, 3, generator=_gen(4)) * torch.tensor([1.0, 2.0, 0.5]) + 3
-    s = GaussianSampler(anchors).sample(4000, _gen(5))
+    s = GaussianSampler.fit(anchors).sample(4000, _gen(5))
     torch.testing.assert_close(s.mean(0), anchors.mean(0), atol=0.15, rtol=0)
     torch.testing.assert_close(s.std(0), anchors.std(0), atol=0.1, rtol=0)
+
+
+def test_published_gauss_is_n_0_100_whatever_the_anchors():
+    # METHOD.md §6: GAUSS draws from N(0, 10^2) in every latent dimension; the anchors play no part.
+    s = GaussianSampler.published((5, 3)).sample(4000, _gen(6))
+    assert s.shape == (4000, 5, 3)
+    assert s.mean(0).abs().max() < 0.6 and (s.std(0) - 10).abs().max() < 0.5
+    with pytest.raises(ValueError, match="std must be finite"):
+        GaussianSampler(torch.zeros(2), -1.0)
 
 
 def test_neighbours_stay_near_their_prompts():
@@ -129,6 +138,7 @@ def test_bad_requests_name_the_fix():
     assert parse_method("kde30") == ("kde", 0.3)
     assert parse_method("SUB") == ("sub", 0.3)
     assert parse_method("boot50") == ("boot", 0.5)
+    assert parse_method("gauss") == ("gauss", 0.3) and parse_method("gauss-fit50") == ("gauss-fit", 0.5)
     with pytest.raises(ValueError, match="unknown sampling method"):
         parse_method("gan")
 

@@ -8,7 +8,9 @@ latents [A, num_tokens, latent_dim] of the zoo's models) and draw new latents [k
   A draw picks ONE anchor at random and adds independent Gaussian noise to every dimension: a proper
   draw from the joint density. (The reference code seeds every per-dimension KDE with the same
   random_state, so all dimensions pick the same anchor and the same noise offset; METHOD.md §6 FLAW.)
-- `GaussianSampler`: the weak baseline "GAUSS", an independent Gaussian per dimension.
+- `GaussianSampler`: an independent Gaussian per dimension. `GaussianSampler.published` is the weak
+  baseline GAUSS of METHOD.md §6 (N(0, 10^2) in every latent dimension, the anchors ignored);
+  `GaussianSampler.fit` (method "gauss-fit") fits mean and std per dimension to the anchors.
 - `neighbour_sampler`: a KDE centred on a few prompt latents: models near given models.
 - `sub_sample` (SUB): draw k, score each, keep the best m. `boot_sample` (BOOT): refit the KDE on the
   best and repeat.
@@ -100,19 +102,32 @@ class KDESampler:
         return self.anchors[which] + noise * self.bandwidth
 
 
-class GaussianSampler:
-    """The GAUSS baseline: an independent Gaussian per dimension, fitted to the anchors [A, ...] (or
-    given as `mean` and `std`), times `scale`. It ignores how dimensions go together, hence weak."""
+# METHOD.md §6: GAUSS draws anchors from N(0, 10^2), whatever the zoo's latents look like.
+GAUSS_STD = 10.0
 
-    def __init__(self, anchors: torch.Tensor | None = None, mean=None, std=None, scale: float = 1.0):
-        if anchors is not None:
-            anchors = _as_anchors(anchors)
-            mean = anchors.mean(0)
-            std = anchors.std(0, unbiased=anchors.shape[0] > 1) if anchors.shape[0] > 1 else torch.ones_like(mean)
-        if mean is None or std is None:
-            raise ValueError("GaussianSampler needs anchors, or both mean and std")
+
+class GaussianSampler:
+    """An independent Gaussian per dimension: draws mean + std * N(0, 1), mean and std of one
+    latent's shape [...]. It ignores how dimensions go together, hence weak."""
+
+    def __init__(self, mean, std):
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
-        self.std = torch.as_tensor(std, dtype=torch.float32) * scale
+        self.std = torch.as_tensor(std, dtype=torch.float32).expand(self.mean.shape)
+        if not (torch.isfinite(self.std).all() and (self.std >= 0).all()):
+            raise ValueError("the Gaussian's std must be finite and >= 0")
+
+    @classmethod
+    def published(cls, shape, std: float = GAUSS_STD) -> GaussianSampler:
+        """GAUSS as published: N(0, std^2) (std 10) in every dimension of a latent of `shape`."""
+        return cls(torch.zeros(tuple(shape)), torch.full(tuple(shape), float(std)))
+
+    @classmethod
+    def fit(cls, anchors: torch.Tensor, scale: float = 1.0) -> GaussianSampler:
+        """"gauss-fit": mean and std (times `scale`) of each dimension of the anchors [A, ...]
+        (std 1 for a single anchor)."""
+        anchors = _as_anchors(anchors)
+        std = anchors.std(0, unbiased=True) if anchors.shape[0] > 1 else torch.ones(anchors.shape[1:])
+        return cls(anchors.mean(0), std * scale)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_count(num_samples)
@@ -178,13 +193,14 @@ def boot_sample(
     return latents, scores
 
 
-METHODS = ("kde", "sub", "boot", "gauss", "neighbours")
+METHODS = ("kde", "sub", "boot", "gauss", "gauss-fit", "neighbours")
 
 
 def parse_method(method: str) -> tuple[str, float]:
     """"kde30" -> ("kde", 0.30): a sampling method and the best fraction of the zoo it draws from
-    (default 0.3 when no number is given). Methods: kde, sub, boot, gauss, neighbours."""
-    m = re.fullmatch(r"([a-z]+?)(\d+)?", str(method).lower())
+    (default 0.3 when no number is given). Methods: kde, sub, boot, gauss (the published N(0, 10^2),
+    which uses no anchors), gauss-fit (a Gaussian fitted to the best anchors), neighbours."""
+    m = re.fullmatch(r"([a-z]+(?:-fit)?)(\d+)?", str(method).lower())
     if m is None or m.group(1) not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {list(METHODS)}, optionally with a percentage (e.g. 'kde30')")
     pct = int(m.group(2)) if m.group(2) else 30

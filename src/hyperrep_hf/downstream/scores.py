@@ -64,9 +64,16 @@ def model_bootstrap(groups, resamples: int = 1000, seed: int = 0) -> list[np.nda
 
 
 def percentile_interval(values, level: float = 0.95) -> list[float]:
-    """The central `level` percentile interval [low, high] of bootstrap values (non-finite ones left out)."""
+    """The central `level` percentile interval [low, high] of bootstrap values [B], over the finite
+    ones: report `num_nonfinite(values)` beside it, so resamples that gave no score are counted."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return [float("nan"), float("nan")]
     return [float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)])]
+
+
+def num_nonfinite(values) -> int:
+    """How many bootstrap values [B] are NaN or infinite (e.g. R^2 of a resample whose targets are all
+    equal), which `percentile_interval` leaves out."""
+    return int((~np.isfinite(np.asarray(values, dtype=np.float64))).sum())
