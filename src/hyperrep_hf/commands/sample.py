@@ -22,12 +22,16 @@ def register(subparsers) -> None:
     p.add_argument("--anchor-epochs", nargs="+", type=int, default=None,
                    help="zoo epochs the anchors come from (default: the last one)")
     p.add_argument("--num-samples", type=int, default=0, help="models to generate (default 0: only --prepare)")
-    p.add_argument("--method", default="kde30", help="kde30 (default), sub, boot, gauss, neighbours (with --prompts)")
+    p.add_argument("--method", default="kde30",
+                   help="kde30 (default; kde50: the best 50%% anchors), sub, boot, gauss (the published weak baseline, "
+                   "N(0, 10^2) per latent dimension), gauss-fit (a Gaussian fitted to the best anchors), neighbours "
+                   "(with --prompts)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
-    p.add_argument("--bandwidth-scale", type=float, default=None,
-                   help="KDE/SUB/BOOT: Silverman's bandwidth times this (default 0.25; 1 = the plain rule)")
+    p.add_argument("--bandwidth-scale", default=None, metavar="auto|SCALE",
+                   help="KDE/SUB/BOOT: Silverman's bandwidth times this; auto (default) = the scale chosen on the "
+                   "task's validation split by --prepare and stored with the anchors (1 = the plain rule)")
     p.add_argument("--spread", type=float, default=None, help="neighbours: noise as a fraction of the anchors' std (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same models)")
     p.add_argument("--task", default=None, help="task for BatchNorm conditioning, SUB scoring and --evaluate "
@@ -37,6 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-epochs", nargs="+", type=int, default=[0, 1, 5], help="epochs for --evaluate (default 0 1 5)")
     add_device_argument(p, "the SANE model")
     p.set_defaults(func=run)
+
+
+def _bandwidth_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError(f"--bandwidth-scale {text!r} is no bandwidth scale; use auto or a number >= 0 (e.g. 0.25)")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 0 or (args.num_samples == 0 and not args.prepare):
         raise ValueError(f"--num-samples must be positive (got {args.num_samples}); or pass --prepare to only store anchors")
     zoo = None
+    scale = "auto" if args.bandwidth_scale in (None, "auto") else _bandwidth_scale(args.bandwidth_scale)
     if args.prepare or args.evaluate:
         if not args.zoo:
             raise ValueError("--prepare and --evaluate need --zoo")
@@ -61,8 +76,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--prepare writes into the checkpoint folder; {args.checkpoint} is not a local folder")
         from ..downstream.generation import prepare_sampling
 
-        anchors = prepare_sampling(args.checkpoint, zoo, args.split, args.anchor_epochs)
+        anchors = prepare_sampling(args.checkpoint, zoo, args.split, args.anchor_epochs,
+                                   bandwidth_scale=scale, task=args.task)
         print(f"{len(anchors.scores)} anchors (epochs {anchors.info['epochs']}) stored in {args.checkpoint}/sampling/")
+        choice = anchors.info["bandwidth_choice"]
+        if "validation_accuracy" in choice:
+            figures = ", ".join(f"{s:g}: {a:.3f}" for s, a in zip(choice["scales"], choice["validation_accuracy"]))
+            print(f"bandwidth scale {anchors.info['bandwidth_scale']:g}, chosen by validation accuracy of "
+                  f"{choice['num_samples']} decoded KDE draws per scale ({figures})")
     if args.num_samples == 0:
         return 0
 
@@ -70,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     device=resolve_device(args.device))
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
     options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
-    options.update({k: v for k, v in (("bandwidth_scale", args.bandwidth_scale), ("spread", args.spread)) if v is not None})
+    options.update({k: v for k, v in (("bandwidth_scale", scale), ("spread", args.spread)) if v is not None})
     samples = pipe(prompts, num_samples=args.num_samples, method=args.method, seed=args.seed, **options)
     print(f"{len(samples)} models sampled with {args.method} (seed {args.seed})")
     if args.out:
@@ -84,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             "architecture_kwargs": pipe.generator.anchors.info.get("architecture_kwargs", {}),
             "files": [f"sample-{i:03d}.safetensors" for i in range(len(samples))],
             "scores": [s.get("score") for s in samples],
+            "bandwidth_scale": pipe.generator.bandwidth_scale(scale) if args.method.lower().startswith(("kde", "sub", "boot")) else None,
         })
         print(f"state_dicts written to {out}/")
     if args.evaluate:

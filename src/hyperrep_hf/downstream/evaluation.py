@@ -24,7 +24,7 @@ from ..zoo.architectures import build_model, init_weights
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
-from .scores import model_bootstrap, percentile_interval
+from .scores import model_bootstrap, num_nonfinite, percentile_interval
 
 DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
 CATEGORICAL_HYPERPARAMETERS = ("activation", "init", "optimizer")
@@ -261,10 +261,12 @@ def add_bootstrap_intervals(rows: list[dict], predictions: dict, targets: dict, 
     predictions: {(features, property): one prediction per row}; targets: {property: values};
     groups: the rows' model ids (a model's checkpoints are resampled together). Every row gets
     "ci" = [low, high], the central `level` interval of its value over `resamples` resamples of
-    the models; a row of another feature set than `baseline` also gets "vs_<baseline>" (its value
-    minus the baseline's) and "vs_<baseline>_ci", the interval of that difference on the same
-    resamples (paired: it is narrower than the two "ci" suggest, and excludes 0 where the
-    difference holds beyond the choice of test models).
+    the models, and "nonfinite", how many resamples gave no finite value (e.g. R^2 of resampled
+    targets that are all equal) and so are not in "ci"; a row of another feature set than
+    `baseline` also gets "vs_<baseline>" (its value minus the baseline's), "vs_<baseline>_ci", the
+    interval of that difference on the same resamples (paired: it is narrower than the two "ci"
+    suggest, and excludes 0 where the difference holds beyond the choice of test models) and
+    "vs_<baseline>_nonfinite".
     """
     draws = model_bootstrap(groups, resamples, seed)
     cache = {}
@@ -279,10 +281,13 @@ def add_bootstrap_intervals(rows: list[dict], predictions: dict, targets: dict, 
     values = {(r["features"], r["property"]): r["value"] for r in rows}
     for row in rows:
         own = resampled(row["features"], row["property"], row["metric"])
-        row["ci"] = percentile_interval(own, level)
+        row["ci"], row["nonfinite"] = percentile_interval(own, level), num_nonfinite(own)
         if row["features"] != baseline and (baseline, row["property"]) in predictions:
+            with np.errstate(invalid="ignore"):  # -inf - -inf: a resample neither could score, counted below
+                difference = own - resampled(baseline, row["property"], row["metric"])
             row[f"vs_{baseline}"] = row["value"] - values[baseline, row["property"]]
-            row[f"vs_{baseline}_ci"] = percentile_interval(own - resampled(baseline, row["property"], row["metric"]), level)
+            row[f"vs_{baseline}_ci"] = percentile_interval(difference, level)
+            row[f"vs_{baseline}_nonfinite"] = num_nonfinite(difference)
     return rows
 
 

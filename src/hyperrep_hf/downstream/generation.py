@@ -5,10 +5,11 @@ Two steps:
 1. `prepare_sampling(checkpoint, zoo)` embeds the zoo's models (full token sequences of latents),
    and stores them as sampling anchors with their validation accuracy, plus what a sampled model
    needs to become a working nn.Module (architecture, its arguments, weight layout, task name), in
-   the checkpoint folder: `sampling/anchors.safetensors` + `sampling/sampling.json`.
-   (`hyperrep sample --prepare` and `hyperrep probe fit` run it.)
-2. `ModelGenerator` draws latents (KDE on the best anchors, SUB, BOOT, GAUSS, neighbours of prompt
-   models), decodes them with the SANE decoder and the tokenizer's de-standardisation, builds the
+   the checkpoint folder: `sampling/anchors.safetensors` + `sampling/sampling.json`, with the KDE
+   bandwidth scale chosen on the task's validation split (`choose_bandwidth_scale`), so sampling
+   later needs no task data for it. (`hyperrep sample --prepare` runs it.)
+2. `ModelGenerator` draws latents (KDE on the best anchors, SUB, BOOT, GAUSS, a fitted Gaussian,
+   neighbours of prompt models), decodes them with the SANE decoder and the tokenizer's de-standardisation, builds the
    models and re-estimates BatchNorm statistics on task data (no weight update).
 """
 
@@ -40,13 +41,16 @@ from .samplers import (
 )
 
 SAMPLING_DIR = "sampling"
-# The KDE bandwidth is Silverman's per-dimension rule times this. The full rule is made for one
-# dimension: over a whole model's latents (48 tokens x 32 or x 128 on the demo zoo) its independent
-# noise adds up far beyond the gaps between anchors, and the decoded models break. Test accuracy of
-# KDE30 draws on the demo zoo at scale 1 / 0.5 / 0.25 / 0.1, against the decoded anchors themselves:
-# latent 32: 0.34 / 0.63 / 0.75 / 0.80 vs 0.81; latent 128: 0.77 / 0.90 / 0.94 / 0.94 vs 0.94.
-# Larger scales give more distinct models (README, results).
-BANDWIDTH_SCALE = 0.25
+# The KDE bandwidth is Silverman's per-dimension rule times a scale. The full rule is made for one
+# dimension: over a whole model's latents (dozens of tokens x latent_dim) its independent noise adds
+# up far beyond the gaps between anchors and the decoded models can break, so the scale is chosen
+# per checkpoint (bandwidth_scale="auto", the default): the grid value whose KDE draws, decoded,
+# score best on the task's VALIDATION split (`choose_bandwidth_scale`; ties go to the larger scale,
+# which gives more distinct models). The test split never enters the choice.
+BANDWIDTH_SCALES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+# What the choice draws: KDE samples of the default method (kde30) with a fixed seed, per grid value.
+BANDWIDTH_CHOICE_SAMPLES = 8
+BANDWIDTH_CHOICE_FRACTION = 0.3
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -119,6 +123,8 @@ def prepare_sampling(
     batch_size: int = 64,
     save_to: str | os.PathLike | None = None,
     progress: bool = True,
+    bandwidth_scale: float | str | None = "auto",
+    task=None,
 ) -> SamplingAnchors:
     """Embed a zoo's models as sampling anchors and save them into the checkpoint folder.
 
@@ -130,6 +136,11 @@ def prepare_sampling(
     In a zoo whose models differ in an architecture argument (activation, dropout of a
     hyperparameter zoo), the same weights make a different function under another activation, so
     only anchors built like the best-scoring one are kept; `info["architecture_kwargs"]` records it.
+
+    bandwidth_scale: "auto" (default) chooses the KDE bandwidth scale on the validation split of
+    `task` (a TaskData or task name; default the zoo's task) and stores it with the choice's
+    figures in `info["bandwidth_scale"]` / `info["bandwidth_choice"]`; a number is stored as given;
+    None stores none (a ModelGenerator then chooses when it first samples).
     """
     if model is None or tokenizer is None:
         model, tokenizer = load_checkpoint(checkpoint)
@@ -172,8 +183,26 @@ def prepare_sampling(
         "left_out": left_out,
     }
     anchors = SamplingAnchors(latents, torch.as_tensor(meta[score].to_numpy(dtype=np.float64)[rows]), info)
+    if bandwidth_scale == "auto":
+        ModelGenerator(model, tokenizer, anchors, task if task is not None else zoo.task).bandwidth_scale()
+    elif bandwidth_scale is not None:
+        info["bandwidth_scale"] = check_bandwidth_scale(bandwidth_scale)
+        info["bandwidth_choice"] = {"given": True}
     anchors.save(save_to or checkpoint)
     return anchors
+
+
+def check_bandwidth_scale(scale) -> float | str:
+    """"auto" or a finite number >= 0 (the bandwidth scale); a clear error otherwise."""
+    if scale == "auto":
+        return scale
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(scale, bool) or not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"bandwidth_scale must be 'auto' or a finite number >= 0, got {scale!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------------ BatchNorm
@@ -275,20 +304,39 @@ class ModelGenerator:
                              f"{self.layout.num_weights} weights, got {flat.shape[1]}")
         return encode(self.model, self.tokenizer.tokenize_flat(flat, layout_id=self.layout_id)).cpu()
 
+    def bandwidth_scale(self, scale: float | str = "auto") -> float:
+        """The KDE bandwidth scale to sample with: `scale` when a number; for "auto" the scale stored
+        with the anchors (`info["bandwidth_scale"]`), else chosen now on the task's validation split
+        by `choose_bandwidth_scale` (once per generator: recorded in the anchors' info)."""
+        scale = check_bandwidth_scale(scale)
+        if scale != "auto":
+            return scale
+        if "bandwidth_scale" not in self.anchors.info:
+            try:
+                self.anchors.info.update(choose_bandwidth_scale(self))
+            except ImportError as err:  # remote code without hyperrep_hf: no task data to choose on
+                raise ImportError("these anchors store no bandwidth scale, and choosing one on validation data needs "
+                                  "hyperrep_hf installed; pass bandwidth_scale=0.25 (or store anchors with "
+                                  "`hyperrep sample --prepare`)") from err
+        return float(self.anchors.info["bandwidth_scale"])
+
     def sampler(self, method: str = "kde30", prompts=None, bandwidth="silverman",
-                bandwidth_scale: float = BANDWIDTH_SCALE, spread: float = 0.1):
+                bandwidth_scale: float | str = "auto", spread: float = 0.1):
         """The latent sampler of a method: (kind, sampler). "kdeNN", "subNN", "bootNN" fit a KDE on the
-        best NN% anchors (bandwidth x bandwidth_scale); "gauss" a per-dimension Gaussian on them;
-        "neighbours" a KDE around the prompts."""
+        best NN% anchors (bandwidth x bandwidth_scale; "auto": see `bandwidth_scale`); "gauss" is
+        the published N(0, 10^2) per latent dimension (anchors unused); "gauss-fitNN" a per-dimension
+        Gaussian fitted to the best NN% anchors; "neighbours" a KDE around the prompts."""
         kind, fraction = parse_method(method)
         if kind == "neighbours":
             if prompts is None:
                 raise ValueError("method 'neighbours' samples around prompt models: pass prompts=[model, ...]")
             return kind, neighbour_sampler(self.prompt_latents(prompts), self.anchors.latents, spread)
-        best = best_fraction(self.anchors.latents, self.anchors.scores, fraction)
         if kind == "gauss":
-            return kind, GaussianSampler(best)
-        return kind, KDESampler(best, bandwidth, bandwidth_scale)
+            return kind, GaussianSampler.published(self.anchors.latents.shape[1:])
+        best = best_fraction(self.anchors.latents, self.anchors.scores, fraction)
+        if kind == "gauss-fit":
+            return kind, GaussianSampler.fit(best)
+        return kind, KDESampler(best, bandwidth, self.bandwidth_scale(bandwidth_scale))
 
     # -- latents -> models --
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -351,7 +399,7 @@ class ModelGenerator:
         num_draws: int | None = None,
         rounds: int = 2,
         bandwidth="silverman",
-        bandwidth_scale: float = BANDWIDTH_SCALE,
+        bandwidth_scale: float | str = "auto",
         spread: float = 0.1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draw latents [num_samples, N, L] with a method (see `generate`); returns (latents, scores),
@@ -392,13 +440,42 @@ class ModelGenerator:
 
         method: "kde30" (KDE on the best 30% anchors; "kde50" the best 50%, ...), "sub" (draw
         num_draws, default 5 x num_samples, keep the best by validation accuracy), "boot" (SUB, then
-        refit on the kept, `rounds` times), "gauss" (per-dimension Gaussian), "neighbours" (around
-        `prompts`, noise `spread` x the anchors' std). Options: num_draws, rounds, bandwidth ("silverman",
-        a float or a tensor), bandwidth_scale (default BANDWIDTH_SCALE), spread.
+        refit on the kept, `rounds` times), "gauss" (the published weak baseline: N(0, 10^2) per
+        latent dimension), "gauss-fit30" (per-dimension Gaussian fitted to the best 30% anchors),
+        "neighbours" (around `prompts`, noise `spread` x the anchors' std). Options: num_draws,
+        rounds, bandwidth ("silverman", a float or a tensor), bandwidth_scale ("auto", the default:
+        the validation-chosen scale stored with the anchors, see `bandwidth_scale`; or a number),
+        spread.
         Same seed, same models.
         """
         latents, scores = self.draw(num_samples, method, seed, prompts, **draw_options)
         return self.items(self.decode(latents), latents, scores, condition_bn, seed)
+
+
+def choose_bandwidth_scale(generator: ModelGenerator, scales: Sequence[float] = BANDWIDTH_SCALES,
+                           num_samples: int = BANDWIDTH_CHOICE_SAMPLES, fraction: float = BANDWIDTH_CHOICE_FRACTION,
+                           seed: int = 0) -> dict:
+    """Choose the KDE bandwidth scale on validation data: for each of `scales`, draw `num_samples`
+    latents from the KDE on the best `fraction` of the anchors (Silverman's rule x scale, the same
+    seed for every scale), decode and build them, and score them with `generator.score`: accuracy on
+    the task's validation split (the test split is never read). The scale with the highest mean
+    validation accuracy wins; ties go to the larger scale.
+
+    Returns {"bandwidth_scale": float, "bandwidth_choice": {"scales", "validation_accuracy",
+    "num_samples", "fraction", "seed"}}, the form stored in the anchors' info.
+    """
+    scales = sorted(float(check_bandwidth_scale(s)) for s in scales)
+    if not scales:
+        raise ValueError("choose_bandwidth_scale needs at least one scale in the grid")
+    best = best_fraction(generator.anchors.latents, generator.anchors.scores, fraction)
+    accuracy = []
+    for scale in scales:
+        latents = KDESampler(best, "silverman", scale).sample(num_samples, torch.Generator().manual_seed(int(seed)))
+        accuracy.append(float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean()))
+    chosen = max(range(len(scales)), key=lambda i: (accuracy[i], scales[i]))
+    return {"bandwidth_scale": scales[chosen],
+            "bandwidth_choice": {"scales": scales, "validation_accuracy": accuracy, "num_samples": int(num_samples),
+                                 "fraction": float(fraction), "seed": int(seed)}}
 
 
 def check_num_samples(num_samples) -> int:

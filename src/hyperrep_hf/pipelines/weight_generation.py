@@ -6,7 +6,7 @@
     samples[0]["state_dict"]
 
 The checkpoint folder must hold sampling anchors (`hyperrep sample --prepare`, or
-downstream.generation.prepare_sampling). Methods: "kde30", "sub", "boot", "gauss", "neighbours"
+downstream.generation.prepare_sampling). Methods: "kde30", "sub", "boot", "gauss" (N(0, 10^2)), "gauss-fit", "neighbours"
 (pass prompt models as the first argument). Stages: preprocess draws latents, _forward decodes them
 into tokens with the SANE decoder, postprocess de-standardises them into weights and builds models.
 """
