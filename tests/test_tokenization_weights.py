@@ -27,12 +27,15 @@ def assert_same_state_dict(decoded, model_or_sd):
 
 
 def randomize(model, seed=0):
-    """Random values everywhere, including BatchNorm running statistics."""
+    """Random values everywhere, including BatchNorm running statistics (variances positive, as
+    in every real model: decode raises a negative one to a floor)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for t in model.state_dict().values():
+        for name, t in model.state_dict().items():
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=g))
+                if name.endswith("running_var"):
+                    t.abs_()
     return model
 
 
@@ -289,9 +292,9 @@ def test_decoding_tokens_of_another_layout_names_the_first_mismatching_layer():
     tok(build_model("cnn-s"))
     other = WeightTokenizer(token_size=201)
     enc = other(build_model("cnn-s", num_classes=7))  # the last layer has 7 channels, not 10
-    with pytest.raises(ValueError, match=r"layer '13.weight' expects tokens of shape \[10, 201\].*found \[7, 201\]"):
+    with pytest.raises(ValueError, match=r"layer '14.weight' expects tokens of shape \[10, 201\].*found \[7, 201\]"):
         tok.decode(enc["tokens"])
-    with pytest.raises(ValueError, match=r"from token 45 on: layer '13.weight' expects .*\[10, 201\].*found \[7, 201\]"):
+    with pytest.raises(ValueError, match=r"from token 45 on: layer '14.weight' expects .*\[10, 201\].*found \[7, 201\]"):
         tok.decode(enc)
     enc_l = other(build_model("cnn-l"))  # 16 channels in the first conv, cnn-s has 8
     with pytest.raises(ValueError, match=r"from token 8 on: layer '4.weight' expects tokens of shape \[6, 201\]"):
@@ -410,3 +413,46 @@ def test_alignment_reference_gives_permuted_copies_the_same_tokens_and_survives_
         tok.set_alignment(torch.zeros(5), permutation_spec(reference))
     with pytest.raises(ValueError, match="no alignment reference"):
         WeightTokenizer()(reference, align=True)
+
+
+def test_decode_follows_the_encodings_standardized_flag():
+    """Tokens made with standardize=False come back as the model, also from a fitted tokenizer."""
+    train = [randomize(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), seed=s) for s in range(4)]
+    with torch.no_grad():
+        for m in train:
+            m[0].weight.mul_(5).add_(3)
+    tok = WeightTokenizer(token_size=8).fit_standardization(train)
+    raw = tok(train[0], standardize=False)
+    assert raw["standardized"].tolist() == [False] and tok(train[0])["standardized"].tolist() == [True]
+    assert_same_state_dict(tok.decode(raw)[0], train[0])
+    flat = WeightLayout.from_state_dict(train[0].state_dict()).flatten(train[0].state_dict())
+    assert torch.equal(tok.decode_flat(raw)[0], flat)
+    # rows of one batch tokenized each way decode each their own way
+    rows = torch.stack([WeightLayout.from_state_dict(m.state_dict()).flatten(m.state_dict()) for m in train[:2]])
+    raw_rows, std_rows = tok.tokenize_flat(rows, standardize=False), tok.tokenize_flat(rows)
+    mixed = {**std_rows, "tokens": torch.stack([raw_rows["tokens"][0], std_rows["tokens"][1]]),
+             "standardized": torch.tensor([False, True])}
+    torch.testing.assert_close(tok.decode_flat(mixed), rows, rtol=1e-6, atol=1e-5)
+    # the argument still overrides what the encoding says; bare tokens follow the fitted layout
+    assert not torch.equal(tok.decode(raw, standardized=True)[0]["0.weight"], train[0][0].weight)
+    torch.testing.assert_close(tok.decode_flat(std_rows["tokens"]), rows, rtol=1e-6, atol=1e-5)
+
+
+def test_a_decoded_negative_batchnorm_running_var_is_raised_to_the_floor():
+    from hyperrep_hf.tokenization_weights import RUNNING_VAR_FLOOR
+
+    model = randomize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+    with torch.no_grad():
+        model[1].running_var.copy_(torch.tensor([0.5, 1e-7, 2.0, 3.0]))
+    tok = WeightTokenizer(token_size=10)
+    enc = tok(model)
+    assert_same_state_dict(tok.decode(enc)[0], model)  # a real model's variances come back exactly
+    var_tokens = enc["positions"][0, :, 1] == tok.layouts[0].layer_names.index("1.running_var")
+    generated = enc["tokens"].clone()
+    generated[0, var_tokens, 0] = torch.tensor([-0.3, 0.2, -1e-6, 4.0])  # what a decoder may produce
+    decoded = tok.decode({**enc, "tokens": generated})[0]["1.running_var"]
+    assert decoded.tolist() == pytest.approx([RUNNING_VAR_FLOOR, 0.2, RUNNING_VAR_FLOOR, 4.0])
+    assert torch.isfinite(nn.functional.batch_norm(torch.randn(2, 4, 3, 3), torch.zeros(4), decoded)).all()
+    flat = tok.decode_flat(generated)[0]
+    offset = tok.layouts[0].weights.offsets[[e.name for e in tok.layouts[0].weights.entries].index("1.running_var")]
+    assert flat[offset:offset + 4].tolist() == pytest.approx([RUNNING_VAR_FLOOR, 0.2, RUNNING_VAR_FLOOR, 4.0])

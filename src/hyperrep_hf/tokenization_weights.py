@@ -39,6 +39,10 @@ __all__ = ["LayerSpec", "TokenLayout", "WeightTokenizer", "register_layer_handle
 
 FORMAT_VERSION = 1
 STATISTICS = ("median", "mean")
+# A decoded (generated) BatchNorm running_var below zero would make BatchNorm divide by the root of
+# a negative number (NaN); it is raised to this floor, BatchNorm's default eps. A real model's
+# running_var is never negative, so the decode of a tokenized model stays exact.
+RUNNING_VAR_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -331,7 +335,8 @@ class TokenLayout:
 
     def decode_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
                     standardized: bool) -> None:
-        """Write every entry `tensor(entry, offset) -> [M, *entry.shape]` from tokens [M, N, T]."""
+        """Write every entry `tensor(entry, offset) -> [M, *entry.shape]` from tokens [M, N, T].
+        A negative BatchNorm running_var is raised to RUNNING_VAR_FLOOR."""
         M = tokens.shape[0]
         for i, b in enumerate(self.blocks):
             rows = tokens[:, b.n0:b.n1].reshape(M, b.c_out, b.n_chunks * self.token_size)[:, :, : b.length]
@@ -339,6 +344,8 @@ class TokenLayout:
                 if self.clip is not None:
                     rows = torch.sinh(rows / self.clip) * self.clip
                 rows = rows * float(self.std[i]) + float(self.mean[i])
+            if b.bias is None and b.spec.weight.rpartition(".")[2] == "running_var":
+                rows = torch.where(rows < 0, torch.full_like(rows, RUNNING_VAR_FLOOR), rows)
             _weight_canonical(tensor(b.weight, b.weight_offset), b).copy_(_weight_rows(rows[:, :, : b.rest], b))
             if b.bias is not None:
                 tensor(b.bias, b.bias_offset).reshape(M, b.c_out).copy_(rows[:, :, b.rest])
@@ -520,7 +527,8 @@ class WeightTokenizer(FeatureExtractionMixin):
 
         Returns a BatchFeature: tokens [B, N, T] float32, positions [B, N, 3] int64 (n, l, k; zero on
         padding), attention_mask [B, N] int64 (1 = real token), value_mask [B, N, T] bool (real values
-        inside each token), layout_id [B] int64 (index into `self.layouts`). With a fitted
+        inside each token), layout_id [B] int64 (index into `self.layouts`), standardized [B] bool
+        (whether each row's tokens are standardised; `decode` reads it). With a fitted
         standardisation the tokens are standardised per layer (standardize=False turns it off); with
         an alignment reference (`set_alignment`) each model is first aligned to it (align=False
         turns it off).
@@ -536,15 +544,17 @@ class WeightTokenizer(FeatureExtractionMixin):
         N = max(self.layouts[i].num_tokens for i in ids)
         T = self.token_size
         tokens = torch.empty(len(items), N, T)
+        flags = []
         for row, (state_dict, i) in enumerate(prepared):
             tl = self.layouts[i]
             std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+            flags.append(std)
             tl.encode_into(tokens[row:row + 1], lambda e, _o, sd=state_dict: sd[e.name].detach().unsqueeze(0), std)
             if tl.num_tokens < N:
                 tokens[row, tl.num_tokens:].zero_()
             self._check_finite(tokens[row:row + 1], allow_nonfinite,
                                lambda _m, sd=state_dict: sd, f"model {row} of the batch" if len(items) > 1 else "the model")
-        return self._encoding(tokens, ids)
+        return self._encoding(tokens, ids, flags)
 
     def tokenize_flat(self, weights: torch.Tensor, layout_id: int = 0, standardize: bool | None = None,
                       allow_nonfinite: bool | None = None, align: bool | None = None) -> BatchFeature:
@@ -566,9 +576,9 @@ class WeightTokenizer(FeatureExtractionMixin):
         tokens = torch.empty(M, tl.num_tokens, tl.token_size)
         tl.encode_into(tokens, lambda e, o: weights[:, o:o + e.numel], std)
         self._check_finite(tokens, allow_nonfinite, lambda m: tl.weights.unflatten(weights[m].float()), "zoo row")
-        return self._encoding(tokens, [layout_id] * M)
+        return self._encoding(tokens, [layout_id] * M, [std] * M)
 
-    def _encoding(self, tokens: torch.Tensor, ids: list[int]) -> BatchFeature:
+    def _encoding(self, tokens: torch.Tensor, ids: list[int], standardized: list[bool]) -> BatchFeature:
         B, N, T = tokens.shape
         if len(set(ids)) == 1 and self.layouts[ids[0]].num_tokens == N:
             tl = self.layouts[ids[0]]
@@ -586,7 +596,8 @@ class WeightTokenizer(FeatureExtractionMixin):
                 attention_mask[row, : tl.num_tokens] = 1
                 value_mask[row, : tl.num_tokens] = tl.value_mask
         return BatchFeature({"tokens": tokens, "positions": positions, "attention_mask": attention_mask,
-                             "value_mask": value_mask, "layout_id": torch.tensor(ids, dtype=torch.long)})
+                             "value_mask": value_mask, "layout_id": torch.tensor(ids, dtype=torch.long),
+                             "standardized": torch.tensor(standardized, dtype=torch.bool)})
 
     def _check_finite(self, tokens: torch.Tensor, allow: bool | None, state_dict_of, what: str) -> None:
         """One cheap sum per model; only a non-finite sum triggers the per-tensor search for a name."""
@@ -607,14 +618,18 @@ class WeightTokenizer(FeatureExtractionMixin):
         Each entry comes back in its original dtype (float32 bit-exact; float16 / bfloat16 exact,
         since float32 tokens hold them exactly; float64 rounded to float32 precision), with
         num_batches_tracked restored as 0, so `model.load_state_dict(sd)` works strictly.
-        Standardised tokens are un-standardised (to float32 rounding; see fit_standardization).
+        Standardised tokens are un-standardised (to float32 rounding; see fit_standardization):
+        which rows are is read from the encoding's `standardized` entry, so tokens made with
+        standardize=False come back unchanged. `standardized` overrides it; bare tokens without
+        the entry (e.g. a model's reconstruction) count as standardised when the layout is fitted.
+        A negative BatchNorm running_var (a generated model) is raised to RUNNING_VAR_FLOOR.
         """
-        tokens, ids, lengths, positions = self._unpack(encoding)
+        tokens, ids, lengths, positions, flags = self._unpack(encoding)
         out = []
         for row in range(tokens.shape[0]):
             tl = self._layout(ids[row])
             self._check_match(tl, tokens[row], lengths[row], None if positions is None else positions[row])
-            std = tl.standardized if standardized is None else bool(standardized and self._require_fitted(tl))
+            std = self._decodes_standardized(tl, standardized, None if flags is None else flags[row])
             sd = {e.name: torch.empty(e.shape, dtype=getattr(torch, e.dtype)) for e in tl.weights.entries}
             tl.decode_into(tokens[row:row + 1, : tl.num_tokens], lambda e, _o, sd=sd: sd[e.name].unsqueeze(0), std)
             for name, shape, dtype in tl.restored:
@@ -623,18 +638,35 @@ class WeightTokenizer(FeatureExtractionMixin):
         return out
 
     def decode_flat(self, tokens, layout_id: int = 0, standardized: bool | None = None) -> torch.Tensor:
-        """Tokens [M, N, T] of one layout (or a BatchFeature) -> flat float32 weights [M, P]."""
+        """Tokens [M, N, T] of one layout (or a BatchFeature) -> flat float32 weights [M, P]; whether
+        to un-standardise as in `decode` (the encoding's `standardized` entry, else `standardized`,
+        else the layout's fitted state)."""
+        flags = None
         if isinstance(tokens, Mapping):
-            tokens, layout_id = tokens["tokens"], int(tokens["layout_id"][0]) if "layout_id" in tokens else layout_id
+            layout_id = int(tokens["layout_id"][0]) if "layout_id" in tokens else layout_id
+            flags = [bool(f) for f in torch.as_tensor(tokens["standardized"]).reshape(-1)] if "standardized" in tokens else None
+            tokens = tokens["tokens"]
         tl = self._layout(layout_id)
         tokens = torch.as_tensor(tokens)
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(0)
         self._check_match(tl, tokens[0], tokens.shape[1], None)
-        std = tl.standardized if standardized is None else bool(standardized and self._require_fitted(tl))
         flat = torch.empty(tokens.shape[0], tl.weights.num_weights)
-        tl.decode_into(tokens.float(), lambda e, o: flat[:, o:o + e.numel], std)
+        rows = [self._decodes_standardized(tl, standardized, None if flags is None else flags[m]) for m in range(len(tokens))]
+        for std in set(rows):  # rows made with and without standardisation decode apart
+            index = torch.tensor([m for m, r in enumerate(rows) if r == std])
+            part = torch.empty(len(index), tl.weights.num_weights)
+            tl.decode_into(tokens[index].float(), lambda e, o, part=part: part[:, o:o + e.numel], std)
+            flat[index] = part
         return flat
+
+    def _decodes_standardized(self, tl: TokenLayout, given: bool | None, carried: bool | None) -> bool:
+        """Un-standardise a row? The argument if given, else what its encoding says, else the layout's state."""
+        if given is not None:
+            return bool(given and self._require_fitted(tl))
+        if carried is not None:
+            return bool(carried and self._require_fitted(tl))
+        return tl.standardized
 
     def _unpack(self, encoding):
         if isinstance(encoding, Mapping):
@@ -644,8 +676,9 @@ class WeightTokenizer(FeatureExtractionMixin):
             positions = encoding.get("positions")
             ids = encoding.get("layout_id")
             mask = encoding.get("attention_mask")
+            flags = encoding.get("standardized")
         else:
-            tokens, positions, ids, mask = torch.as_tensor(encoding), None, None, None
+            tokens, positions, ids, mask, flags = torch.as_tensor(encoding), None, None, None, None
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(0)
             positions = None if positions is None else torch.as_tensor(positions).unsqueeze(0)
@@ -657,7 +690,11 @@ class WeightTokenizer(FeatureExtractionMixin):
         if len(ids) != B:
             raise ValueError(f"layout_id has {len(ids)} entries for a batch of {B}")
         lengths = [tokens.shape[1]] * B if mask is None else [int(x) for x in torch.as_tensor(mask).sum(-1)]
-        return tokens.float(), ids, lengths, None if positions is None else torch.as_tensor(positions)
+        if flags is not None:
+            flags = [bool(f) for f in torch.as_tensor(flags).reshape(-1)]
+            if len(flags) != B:
+                raise ValueError(f"standardized has {len(flags)} entries for a batch of {B}")
+        return tokens.float(), ids, lengths, None if positions is None else torch.as_tensor(positions), flags
 
     def _check_match(self, tl: TokenLayout, tokens: torch.Tensor, length: int, positions) -> None:
         """Tokens [N', T'] of one model against its layout; the error names the first layer that differs."""
