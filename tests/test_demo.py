@@ -48,3 +48,24 @@ def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
     assert json.loads((out / "results.json").read_text())["probe_table"] == results["probe_table"]
     # a different configuration in the same folder is refused instead of mixing results
     assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+
+
+def test_sane_counts_as_trained_only_with_the_completion_marker(tmp_path, monkeypatch):
+    """A run killed while saving its final files leaves model.safetensors but no marker: the demo
+    trains (resumes) again instead of reusing a half-written checkpoint."""
+    import hyperrep_hf.training as training
+    from hyperrep_hf.demo import DemoSettings, train_demo_sane
+    from hyperrep_hf.training.trainer import COMPLETE_NAME
+
+    calls = []
+    monkeypatch.setattr(training, "train_sane", lambda args: calls.append(args))
+    ckpt = tmp_path / "sane"
+    (ckpt / "checkpoints" / "step-0000004").mkdir(parents=True)
+    (ckpt / "checkpoints" / "step-0000004" / "trainer_state.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"half")
+    settings = DemoSettings.default(quick=True)
+    assert train_demo_sane(tmp_path, settings, progress=False) == ckpt
+    assert len(calls) == 1 and calls[0].resume == "last"
+    (ckpt / COMPLETE_NAME).write_text("{}")
+    assert train_demo_sane(tmp_path, settings, progress=False) == ckpt
+    assert len(calls) == 1  # reused, not trained again

@@ -62,7 +62,7 @@ def test_options_come_from_a_yaml_file_and_flags_override_it(tmp_path):
     config.write_text("zoo: [zoos/a]\noutput_dir: runs/x\nepochs: 7\ngamma: 0.2\nzoo_epochs: 1-3\n")
     args = parse_training_args(["--config", str(config), "--epochs", "3", "--layer_loss_norm", "false",
                                 "--zoo", "zoos/a", "zoos/b", "--token_size", "201"])
-    assert (args.epochs, args.gamma, args.layer_loss_norm) == (3, 0.2, False)
+    assert (args.epochs, args.gamma, args.layer_loss_norm) == (3, 0.2, "none")  # false: the older spelling of none
     assert args.zoo == ["zoos/a", "zoos/b"] and args.token_size == 201 and args.output_dir == "runs/x"
     assert parse_epochs(args.zoo_epochs) == [1, 2, 3]
     assert parse_epochs("0,5-6") == [0, 5, 6] and parse_epochs(None) is None
@@ -80,6 +80,38 @@ def test_bad_options_are_named(bad, message):
         SaneTrainingArguments(zoo=["z"], output_dir="o", **bad)
     with pytest.raises(ValueError, match="unknown training options"):
         SaneTrainingArguments.from_dict({"zoo": ["z"], "output_dir": "o", "learning_rat": 1e-3})
+
+
+def test_recipe_published_sets_the_papers_choices_and_flags_given_win():
+    ours = parse_training_args(["--zoo", "z", "--output_dir", "o"])
+    assert (ours.recipe, ours.statistics, ours.soft_clip, ours.drop_exploded, ours.views, ours.align,
+            ours.layer_loss_norm) == ("default", "median", 4.0, True, "permuted-both", False, "standardized")
+    paper = parse_training_args(["--zoo", "z", "--output_dir", "o", "--recipe", "published"])
+    assert (paper.statistics, paper.soft_clip, paper.tokenizer_soft_clip, paper.drop_exploded, paper.views, paper.align,
+            paper.layer_loss_norm) == ("mean", "none", None, False, "stored-and-permuted", True, "raw")
+    ablation = parse_training_args(["--zoo", "z", "--output_dir", "o", "--recipe", "published", "--soft_clip", "3",
+                                    "--views", "stored-both", "--drop_exploded"])
+    assert (ablation.soft_clip, ablation.views, ablation.drop_exploded, ablation.statistics) == (3.0, "stored-both", True, "mean")
+    # a saved training_args.json reads back to the same run
+    assert SaneTrainingArguments.from_dict(ablation.to_dict()).to_dict() == ablation.to_dict()
+    # the older spelling of the views still reads (training_args.json of earlier runs)
+    assert SaneTrainingArguments(zoo=["z"], output_dir="o", permute_views=False).views == "stored-both"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(align=True), "--align true with --views permuted-both .* throws the alignment away"),
+    (dict(recipe="published", views="permuted-both"), "throws the alignment away"),
+    (dict(views="both"), "views must be one of"),
+    (dict(statistics="mode"), "statistics must be one of"),
+    (dict(soft_clip="wide"), "soft_clip must be a positive number or 'none'"),
+    (dict(soft_clip=-1.0), "soft_clip must be a positive number or 'none'"),
+    (dict(layer_loss_norm="layer"), "layer_loss_norm must be one of"),
+    (dict(recipe="sane"), "unknown recipe"),
+    (dict(permute_views=True, views="stored-both"), "disagree"),
+])
+def test_method_options_out_of_range_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SaneTrainingArguments(zoo=["z"], output_dir="o", **bad)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -103,7 +135,7 @@ def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(z
     zoo = data.groups[0].zoo
     rows = torch.tensor([0, 3, 5])
     g = torch.Generator().manual_seed(0)
-    batch = data.training_batch(rows, window_size=16, generator=g, augmentation=Augmentation(permute_views=True))
+    batch = data.training_batch(rows, window_size=16, generator=g, augmentation=Augmentation(views="permuted-both"))
     assert batch.tokens.shape == (6, 16, data.tokenizer.token_size)
     # the same window for both views of a model
     assert torch.equal(batch.positions[:3], batch.positions[3:])
@@ -112,7 +144,7 @@ def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(z
     assert (batch.tokens[~batch.value_mask] == 0).all()
 
     # a whole-sequence window: each view decodes to a permuted model with the original's function
-    whole = data.training_batch(rows, window_size=1000, generator=g, augmentation=Augmentation(permute_views=True))
+    whole = data.training_batch(rows, window_size=1000, generator=g, augmentation=Augmentation(views="permuted-both"))
     x = torch.randn(5, 1, 8, 8)
     for v in range(2):
         flat = data.tokenizer.decode_flat(whole.targets[v * 3:(v + 1) * 3])
@@ -121,6 +153,65 @@ def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(z
             permuted = zoo.build_model(flat[i])
             assert not torch.allclose(flat[i], data.groups[0].splits["train"].weights[row])
             torch.testing.assert_close(permuted(x), original(x), atol=1e-5, rtol=1e-4)
+
+
+def test_view_schemes_permute_as_named(zoo_dir):
+    data = ZooData.from_zoos([zoo_dir])
+    rows = torch.tensor([0, 3, 5])
+    stored = data.tokenizer.tokenize_flat(data.groups[0].splits["train"].weights[rows])["tokens"]
+
+    def views(scheme):
+        batch = data.training_batch(rows, 1000, torch.Generator().manual_seed(0), Augmentation(views=scheme))
+        return batch.targets[:3], batch.targets[3:]
+
+    first, second = views("stored-both")
+    assert torch.equal(first, stored) and torch.equal(second, stored)
+    first, second = views("stored-and-permuted")
+    assert torch.equal(first, stored) and not torch.equal(second, stored)
+    first, second = views("permuted-both")
+    assert not torch.equal(first, stored) and not torch.equal(second, stored) and not torch.equal(first, second)
+    with pytest.raises(ValueError, match="views must be one of"):
+        Augmentation(views="aligned")
+
+
+def test_recipe_published_trains_and_the_card_and_args_name_it(zoo_dir, tmp_path):
+    out = tmp_path / "published"
+    train_sane(small_args(zoo_dir, out, recipe="published", epochs=1))
+    saved = json.loads((out / "training_args.json").read_text())
+    assert (saved["recipe"], saved["views"], saved["align"], saved["statistics"], saved["soft_clip"]) == (
+        "published", "stored-and-permuted", True, "mean", "none")
+    card = (out / "README.md").read_text()
+    assert "--recipe published" in card and "Views: stored-and-permuted" in card and "normalisation raw" in card
+    tok = hyperrep_hf.WeightTokenizer.from_pretrained(out)
+    assert tok.statistics == "mean" and tok.soft_clip is None and tok.layouts[0].alignment is not None
+    model = hyperrep_hf.SaneModel.from_pretrained(out)
+    data = ZooData.from_zoos([zoo_dir], align=True, statistics="mean", soft_clip=None, drop_exploded=False)
+    torch.testing.assert_close(model.layer_sigma[:data.num_layers], data.token_statistics("raw"))
+
+
+def test_layer_loss_scales_standardized_and_raw(zoo_dir):
+    """"raw" is the published LWLN: the std of layer l's raw training weights, in token units (divided
+    by the standardisation scale s_l); "standardized" the std of the standardised tokens, about 1."""
+    zoo = load_zoo(zoo_dir)
+    data = ZooData.from_zoos([zoo])  # median statistics, soft clip 4
+    tl = data.tokenizer.layouts[0]
+    weights = data.groups[0].splits["train"].weights
+    raw_std = []
+    for spec in tl.layers:  # every value of the layer over all training models, from the state_dicts
+        parts = [torch.stack([zoo.layout.unflatten(w)[name].flatten() for w in weights]).flatten()
+                 for name in (spec.weight, spec.bias) if name]
+        raw_std.append(torch.cat(parts).double().std(correction=0).item())
+    raw_std = torch.tensor(raw_std, dtype=torch.float64)
+    torch.testing.assert_close(data.token_statistics("raw").double(), raw_std / tl.std, rtol=1e-4, atol=0)
+    standardized = data.token_statistics("standardized")
+    assert ((standardized > 0.3) & (standardized < 2.0)).all()  # standardisation equalised the layers already
+    assert not torch.allclose(standardized, data.token_statistics("raw"), rtol=1e-3)  # the soft clip bends them
+    # without a clip the two agree; without standardisation "raw" is the raw weights' std itself
+    linear = ZooData.from_zoos([zoo], soft_clip=None)
+    torch.testing.assert_close(linear.token_statistics("standardized"), linear.token_statistics("raw"), rtol=1e-4, atol=0)
+    unstandardized = ZooData.from_zoos([zoo], standardize=False)
+    torch.testing.assert_close(unstandardized.token_statistics("raw").double(), raw_std, rtol=1e-4, atol=0)
+    assert not torch.allclose(raw_std.float(), torch.ones_like(standardized), rtol=0.3)
 
 
 def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
@@ -164,6 +255,28 @@ def test_exploded_checkpoints_are_left_out_of_training_but_still_tokenize_bounde
     clip = data.tokenizer.soft_clip
     assert tokens.abs().max() < clip * math.asinh(1e4 / clip)
     assert exploded_rows(torch.zeros(0, 5)).shape == (0,)
+    # --drop_exploded false keeps them in training
+    kept = ZooData.from_zoos([zoo], drop_exploded=False)
+    assert kept.num_exploded() == 0 and torch.equal(kept.groups[0].splits["train"].weights, with_exploded())
+
+
+def test_validation_and_test_keep_exploded_checkpoints(zoo_dir, monkeypatch):
+    """Only the train split is filtered: the held-out splits are scored whole, the threshold never
+    comes from their rows."""
+    zoo = load_zoo(zoo_dir)
+    read = zoo.weights
+
+    def with_exploded(split="train"):
+        w = read(split).clone()
+        if split != "train":
+            w[:2] *= 1000.0
+        return w
+
+    monkeypatch.setattr(zoo, "weights", with_exploded)
+    data = ZooData.from_zoos([zoo])
+    for split in ("validation", "test"):
+        assert torch.equal(data.groups[0].splits[split].weights, with_exploded(split))
+        assert data.num_exploded(split) == 0
 
 
 def test_align_aligns_every_checkpoint_and_the_saved_tokenizer_aligns_new_models(zoo_dir, tmp_path):
@@ -188,7 +301,7 @@ def test_align_aligns_every_checkpoint_and_the_saved_tokenizer_aligns_new_models
     assert torch.allclose(model(x), unaligned(x), atol=1e-5)
 
     out = tmp_path / "aligned"
-    train_sane(small_args(zoo_dir, out, align=True, permute_views=False, epochs=1))
+    train_sane(small_args(zoo_dir, out, align=True, views="stored-both", epochs=1))
     from hyperrep_hf import WeightTokenizer
 
     tok = WeightTokenizer.from_pretrained(out)
@@ -276,6 +389,76 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_losses(zoo_dir, 
         train_sane(small_args(zoo_dir, tmp_path / "cut", resume="last", **{**kw, "d_model": 32}))
     with pytest.raises(ValueError, match="already holds a training run"):
         train_sane(small_args(zoo_dir, tmp_path / "cut", **kw))
+
+
+def test_overwrite_clears_the_old_run_so_resume_continues_the_new_one(zoo_dir, tmp_path):
+    kw = dict(epochs=2, logging_steps=1, eval_every=5)
+    out = tmp_path / "run"
+    old = train_sane(small_args(zoo_dir, out, stop_after_steps=3, **kw))  # the old run: stopped at step 3
+    assert (out / "checkpoints" / "step-0000003").is_dir()
+    # a new run (another seed) over it, stopped after one step, then resumed
+    first = train_sane(small_args(zoo_dir, out, seed=1, overwrite_output_dir=True, stop_after_steps=1, **kw))
+    assert first.global_step == 1 and old.global_step == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001"]
+    assert [m["step"] for m in read_metrics(out) if m["type"] == "train"] == [1]
+    resumed = train_sane(small_args(zoo_dir, out, seed=1, resume="last", **kw))
+    uninterrupted = train_sane(small_args(zoo_dir, tmp_path / "new", seed=1, **kw))
+    assert resumed.finished and resumed.global_step == uninterrupted.global_step
+    losses = lambda run: [(m["step"], m["loss"]) for m in read_metrics(run) if m["type"] == "train"]  # noqa: E731
+    assert [s for s, _ in losses(out)] == [s for s, _ in losses(tmp_path / "new")]
+    torch.testing.assert_close(torch.tensor([v for _, v in losses(out)]), torch.tensor([v for _, v in losses(tmp_path / "new")]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_another_number_of_processes_is_refused_naming_both(zoo_dir, tmp_path):
+    out = tmp_path / "run"
+    kw = dict(epochs=2, eval_every=5, gradient_accumulation_steps=2)
+    train_sane(small_args(zoo_dir, out, stop_after_steps=1, **kw))
+    state_file = out / "checkpoints" / "step-0000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1 and state["effective_batch"] == 8 and state["steps_per_epoch"] >= 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as a run on 2 processes would have written it
+    with pytest.raises(ValueError, match=r"run on 2 process\(es\), this run has 1.*16 models per optimizer step in "
+                                         r"the run, 8 now"):
+        train_sane(small_args(zoo_dir, out, resume="last", **kw))
+    state_file.write_text(json.dumps({**state, "steps_per_epoch": state["steps_per_epoch"] + 1}))
+    with pytest.raises(ValueError, match=rf"took {state['steps_per_epoch'] + 1} optimizer steps per epoch, this one "
+                                         rf"would take {state['steps_per_epoch']}"):
+        train_sane(small_args(zoo_dir, out, resume="last", **kw))
+
+
+def test_a_checkpoint_killed_while_saving_is_never_resumed_and_the_marker_comes_last(zoo_dir, tmp_path):
+    from hyperrep_hf.training.trainer import COMPLETE_NAME, is_trained
+
+    class KilledWhileSaving(SaneTrainer):
+        def _accelerator(self):
+            acc = super()._accelerator()
+            save_state, calls = acc.save_state, []
+
+            def dies_on_the_second(path):
+                calls.append(path)
+                save_state(path)  # every file written, the folder not yet renamed
+                if len(calls) == 2:
+                    raise RuntimeError("killed")
+            acc.save_state = dies_on_the_second
+            return acc
+
+    out = tmp_path / "run"
+    kw = dict(epochs=3, eval_every=5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_sane(small_args(zoo_dir, out, **kw), trainer_class=KilledWhileSaving)
+    done = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert len(done) == 1 and len(list((out / "checkpoints").glob(".tmp-step-*"))) == 1
+    assert not is_trained(out)
+    result = train_sane(small_args(zoo_dir, out, resume="last", **kw))
+    assert result.finished and is_trained(out)
+    assert json.loads((out / COMPLETE_NAME).read_text())["global_step"] == result.global_step
+    marker = (out / COMPLETE_NAME).stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= marker for p in out.iterdir() if p.is_file())
+    # a later run in the folder (here a resume from an earlier checkpoint) is unfinished until it ends
+    first = sorted((out / "checkpoints").glob("step-*"))[0]
+    train_sane(small_args(zoo_dir, out, resume=str(first), stop_after_steps=result.global_step - 1, **kw))
+    assert not is_trained(out)
 
 
 def test_nan_loss_stops_and_names_the_step_and_the_last_good_checkpoint(zoo_dir, tmp_path):

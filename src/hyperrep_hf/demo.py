@@ -84,10 +84,13 @@ def build_demo_zoo(out: Path, settings: DemoSettings, progress: bool):
 def train_demo_sane(out: Path, settings: DemoSettings, progress: bool) -> Path:
     """Train SANE on the demo zoo (or resume the interrupted run, or reuse the finished one)."""
     from .training import SaneTrainingArguments, train_sane
+    from .training.trainer import is_trained
 
     ckpt = out / "sane"
     _stage(f"2/4 SANE ({settings.train['preset']} preset, {settings.train['epochs']} epochs)")
-    if (ckpt / "model.safetensors").is_file():
+    # the completion marker, written last and atomically, not model.safetensors, which a run killed
+    # while saving the final files leaves without its tokenizer, card or code
+    if is_trained(ckpt):
         print(f"reusing the trained checkpoint in {ckpt}")
         return ckpt
     resume = "last" if any((ckpt / "checkpoints").glob("step-*/trainer_state.json")) else None

@@ -25,6 +25,29 @@ RESUMABLE_FIELDS = frozenset(
      "prefetch_batches"}
 )
 
+STATISTICS = ("median", "mean")
+# How the two contrastive views of a model are made (METHOD.md §5): each view a random
+# function-preserving permutation; the stored model and one permutation of it (SANE's "aligned +
+# permuted views" on an aligned zoo); or the stored model twice, the views differing by noise only
+# (SANE's released config).
+VIEWS = ("permuted-both", "stored-and-permuted", "stored-both")
+# Layer-wise loss normalisation: off; by the spread of layer l's training tokens; or as published,
+# by the spread of layer l's raw training weights (see ZooData.token_statistics).
+LAYER_LOSS_NORMS = ("none", "standardized", "raw")
+
+# Named settings of the method's choices. An option given explicitly (flag, file, argument) wins
+# over its recipe's value. "default" is this library's CPU-friendly choice (robust median statistics,
+# soft clip, exploded checkpoints left out, both views permuted); "published" is SANE as published
+# (METHOD.md §3-§5): mean statistics without a clip, every checkpoint kept, the zoo aligned to one
+# reference, views = the stored (aligned) model and a random permutation of it, LWLN by the raw
+# weights' spread. Sizes and optimisation (preset, learning_rate, epochs) are not part of a recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"statistics": "median", "soft_clip": 4.0, "drop_exploded": True, "views": "permuted-both",
+                "align": False, "layer_loss_norm": "standardized"},
+    "published": {"statistics": "mean", "soft_clip": "none", "drop_exploded": False, "views": "stored-and-permuted",
+                  "align": True, "layer_loss_norm": "raw"},
+}
+
 
 @dataclass
 class SaneTrainingArguments:
@@ -37,18 +60,31 @@ class SaneTrainingArguments:
         zoo_epochs: which checkpoints (zoo `epoch` column) to train on, e.g. "1-25" or "0,5,10";
             None = all.
         token_size: values per token, or "auto" (the longest row of the architecture, capped at 288).
+        recipe: "default" or "published" (see RECIPES): fills every option below marked (recipe)
+            that is not given explicitly, so an ablation against the paper is one flag.
         standardize: per-layer standardisation of the tokens, fitted on the train split only.
-        align: align every checkpoint of the zoo to one reference model (the last checkpoint of the
-            first train model) by weight matching before training (METHOD.md §3). The reference is
-            saved with the tokenizer, so embedding and sampling align new models the same way.
+        statistics (recipe): how the standardisation pools the models' per-layer moments, "median"
+            or "mean" (published).
+        soft_clip (recipe): c of the soft clip c * asinh(z / c) of standardised values, or "none".
+        drop_exploded (recipe): leave checkpoints whose RMS weight exceeds 20x the train split's
+            median out of the TRAIN split (validation and test are always used whole).
+        align (recipe): align every checkpoint of the zoo to one reference model (the last
+            checkpoint of the first train model) by weight matching before training (METHOD.md §3).
+            The reference is saved with the tokenizer, so embedding and sampling align new models
+            the same way. Refused with views "permuted-both", which would permute the alignment away.
     Model:
         preset: a SaneConfig preset ("tiny", "cnn", "resnet18"); d_model, num_layers, num_heads,
             latent_dim, window_size, dropout override it when given.
         gamma: weight of the contrastive loss (reconstruction gets 1 - gamma); temperature: NT-Xent tau.
-        layer_loss_norm: layer-wise loss normalisation (LWLN).
+        layer_loss_norm (recipe): layer-wise loss normalisation (LWLN), "none", "standardized" (the
+            spread of each layer's training tokens) or "raw" (published: the spread of each layer's
+            raw training weights); see ZooData.token_statistics. true / false read as
+            "standardized" / "none".
     Augmentation (both views share one random window):
-        permute_views: each view is a random function-preserving permutation of the model (False:
-            both views are the model as stored, e.g. an aligned zoo, differing only by noise).
+        views (recipe): "permuted-both" (each view a random function-preserving permutation),
+            "stored-and-permuted" (the stored model and one permutation of it) or "stored-both"
+            (the stored model twice, differing only by noise). permute_views true / false is the
+            older spelling of "permuted-both" / "stored-both".
         multiplicative_noise / additive_noise: sigma of x * (1 + s N(0,1)) / x + s N(0,1) per view.
         erase_probability: chance per view of zeroing one contiguous block of 2-33% of the values.
     Optimisation:
@@ -70,8 +106,12 @@ class SaneTrainingArguments:
     # data
     zoo_epochs: str | None = None
     token_size: int | str = "auto"
+    recipe: str = "default"
     standardize: bool = True
-    align: bool = False
+    statistics: str | None = None
+    soft_clip: float | str | None = None
+    drop_exploded: bool | None = None
+    align: bool | None = None
     # model
     preset: str = "tiny"
     d_model: int | None = None
@@ -82,9 +122,10 @@ class SaneTrainingArguments:
     dropout: float | None = None
     gamma: float = 0.05
     temperature: float = 0.1
-    layer_loss_norm: bool = True
+    layer_loss_norm: str | bool | None = None
     # augmentation
-    permute_views: bool = True
+    views: str | None = None
+    permute_views: bool | None = None
     multiplicative_noise: float = 0.1
     additive_noise: float = 0.0
     erase_probability: float = 0.0
@@ -125,7 +166,40 @@ class SaneTrainingArguments:
             if not self.token_size.isdigit():
                 raise ValueError(f"token_size must be a positive integer or 'auto', got {self.token_size!r}")
             self.token_size = int(self.token_size)
+        self._apply_recipe()
         self.validate()
+
+    def _apply_recipe(self) -> None:
+        """Fill the recipe's options that were not given; normalise their spellings."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
+        if self.permute_views is not None:
+            legacy = "permuted-both" if self.permute_views else "stored-both"
+            if self.views is not None and self.views != legacy:
+                raise ValueError(f"permute_views={self.permute_views} and views={self.views!r} disagree; "
+                                 f"give only --views ({', '.join(VIEWS)})")
+            self.views, self.permute_views = legacy, None
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if isinstance(self.layer_loss_norm, bool):
+            self.layer_loss_norm = "standardized" if self.layer_loss_norm else "none"
+        elif str(self.layer_loss_norm).lower() in ("true", "false"):
+            self.layer_loss_norm = "standardized" if str(self.layer_loss_norm).lower() == "true" else "none"
+        if isinstance(self.soft_clip, str) and self.soft_clip.lower() != "none":
+            try:
+                self.soft_clip = float(self.soft_clip)
+            except ValueError:
+                raise ValueError(f"soft_clip must be a positive number or 'none', got {self.soft_clip!r}") from None
+        elif isinstance(self.soft_clip, str):
+            self.soft_clip = "none"
+        elif isinstance(self.soft_clip, int) and not isinstance(self.soft_clip, bool):
+            self.soft_clip = float(self.soft_clip)
+
+    @property
+    def tokenizer_soft_clip(self) -> float | None:
+        """soft_clip as WeightTokenizer takes it (None: no clip)."""
+        return None if self.soft_clip == "none" else float(self.soft_clip)
 
     def validate(self) -> None:
         """Raise a ValueError naming the first option that is out of range."""
@@ -160,6 +234,22 @@ class SaneTrainingArguments:
             raise ValueError("noise sigmas must be >= 0")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (or unset), got {self.max_grad_norm}")
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {list(STATISTICS)}, got {self.statistics!r}")
+        if self.soft_clip != "none" and (isinstance(self.soft_clip, bool) or not isinstance(self.soft_clip, float)
+                                         or not self.soft_clip > 0):
+            raise ValueError(f"soft_clip must be a positive number or 'none', got {self.soft_clip!r}")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {list(VIEWS)}, got {self.views!r}")
+        if self.layer_loss_norm not in LAYER_LOSS_NORMS:
+            raise ValueError(f"layer_loss_norm must be one of {list(LAYER_LOSS_NORMS)}, got {self.layer_loss_norm!r}")
+        for name in ("align", "drop_exploded"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.align and self.views == "permuted-both":
+            raise ValueError("--align true with --views permuted-both permutes both views of every aligned model at "
+                             "random, which throws the alignment away; use --views stored-and-permuted (SANE's aligned + "
+                             "permuted views) or --views stored-both, or --align false")
         parse_epochs(self.zoo_epochs)
 
     # -- files ---------------------------------------------------------------------------------
@@ -217,7 +307,7 @@ def parse_epochs(spec) -> list[int] | None:
 
 # -- command line --------------------------------------------------------------------------------
 
-_BOOL_FIELDS = {f.name for f in fields(SaneTrainingArguments) if f.type in ("bool", bool)}
+_BOOL_FIELDS = {f.name for f in fields(SaneTrainingArguments) if f.type in ("bool", bool, "bool | None")}
 _LIST_FIELDS = {"zoo", "probe_properties", "report_to"}
 _HELP = {
     "zoo": "zoo folder(s) or Hub dataset id(s)",
@@ -225,14 +315,21 @@ _HELP = {
     "config": "YAML/JSON file of options (flags override it)",
     "zoo_epochs": "zoo checkpoints to train on, e.g. 1-25 or 0,5,10 (default all)",
     "token_size": "values per token or 'auto'",
+    "recipe": "default (this library's choices) or published (SANE as published: --statistics mean --soft_clip none "
+    "--drop_exploded false --align true --views stored-and-permuted --layer_loss_norm raw); flags given win",
+    "statistics": "per-layer standardisation statistics: median or mean (published)",
+    "soft_clip": "soft clip c of standardised tokens (c * asinh(z / c)) or none (published)",
+    "drop_exploded": "leave exploded checkpoints (RMS > 20x the median) out of the train split (true/false)",
+    "views": f"contrastive views: {', '.join(VIEWS)}",
     "preset": f"SANE size preset: {', '.join(PRESETS)}",
     "window_size": "tokens per training window (default: the preset's)",
     "gamma": "weight of the contrastive loss",
     "temperature": "NT-Xent temperature",
-    "layer_loss_norm": "layer-wise loss normalisation (true/false)",
-    "align": "align the zoo to one reference model by weight matching (true/false); with --permute_views false "
-    "the two views are the aligned model with noise only (SANE's released setting)",
-    "permute_views": "random function-preserving permutation per view (true/false)",
+    "layer_loss_norm": "layer-wise loss normalisation: none, standardized (spread of each layer's training tokens) "
+    "or raw (published: spread of each layer's raw training weights)",
+    "align": "align the zoo to one reference model by weight matching (true/false); needs --views "
+    "stored-and-permuted or stored-both (SANE's released setting: aligned model twice, noise only)",
+    "permute_views": "older spelling: true = --views permuted-both, false = --views stored-both",
     "mixed_precision": "auto (bf16 on a GPU or a CPU with AVX512-BF16/AMX, else none), no, bf16, fp16",
     "resume": "continue from the last checkpoint in --output_dir ('--resume'), or from a checkpoint folder",
     "stop_after_steps": "stop after this many optimizer steps with a checkpoint (resume later)",

@@ -25,12 +25,15 @@ def write_model_card(output_dir: Path, args, model, data, metrics: list[dict]) -
     dataset = hub[0] if len(hub) == 1 and len(args.zoo) == 1 else "+".join(Path(z).name for z in args.zoo)
     architectures = ", ".join(sorted({g.zoo.architecture for g in data.groups}))
     tok = data.tokenizer
-    left_out = f" ({data.num_exploded()} exploded checkpoints left out)" if data.num_exploded() else ""
+    left_out = f" ({data.num_exploded()} exploded checkpoints left out of it)" if data.num_exploded() else ""
+    exploded = "exploded checkpoints left out of the train split" if args.drop_exploded else "every finite checkpoint kept"
+    standardisation = (f"{tok.statistics} per-layer standardisation fitted on the train split, soft clip {tok.soft_clip}"
+                       if args.standardize else "no standardisation")
     training = (
-        f"\nTrained with `hyperrep train` on {', '.join(f'`{z}`' for z in args.zoo)} ({architectures}; zoo epochs "
-        f"{args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows{left_out}; {tok.statistics} per-layer "
-        f"standardisation fitted on the train split, soft clip {tok.soft_clip}).\n"
-        f"Views: aligned zoo {args.align}, permutation {args.permute_views}, multiplicative noise {args.multiplicative_noise}, additive noise "
+        f"\nTrained with `hyperrep train --recipe {args.recipe}` on {', '.join(f'`{z}`' for z in args.zoo)} "
+        f"({architectures}; zoo epochs {args.zoo_epochs or 'all'}; {data.num_rows('train')} training rows{left_out}; "
+        f"{exploded}; {standardisation}; layer-wise loss normalisation {args.layer_loss_norm}).\n"
+        f"Views: {args.views} (aligned zoo {args.align}), multiplicative noise {args.multiplicative_noise}, additive noise "
         f"{args.additive_noise}, erasing p {args.erase_probability}, one shared random window. AdamW lr "
         f"{args.learning_rate} (weight decay {args.weight_decay} on matrices only), OneCycle (pct_start "
         f"{args.pct_start}, cosine), {args.epochs} epochs, batch {args.batch_size} models x 2 views, gradient "

@@ -38,12 +38,27 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Augmentation:
-    """How the two contrastive views of a model differ (METHOD.md §5)."""
+    """How the two contrastive views of a model differ (METHOD.md §5).
 
-    permute_views: bool = True
+    views: "permuted-both" (each view its own random function-preserving permutation),
+    "stored-and-permuted" (view 1 the model as stored, view 2 a random permutation of it: SANE's
+    aligned + permuted views on an aligned zoo) or "stored-both" (the stored model twice, the views
+    differing only by noise and erasing)."""
+
+    views: str = "permuted-both"
     multiplicative_noise: float = 0.1
     additive_noise: float = 0.0
     erase_probability: float = 0.0
+
+    def __post_init__(self):
+        from .arguments import VIEWS
+
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {list(VIEWS)}, got {self.views!r}")
+
+    def permutes(self, view: int) -> bool:
+        """Whether view 0 / 1 is a random permutation of the stored model."""
+        return self.views == "permuted-both" or (self.views == "stored-and-permuted" and view == 1)
 
 
 @dataclass
@@ -115,9 +130,13 @@ class ZooData:
     @classmethod
     def from_zoos(cls, zoos: Sequence[str | Zoo], token_size: int | str = "auto", epochs: list[int] | None = None,
                   standardize: bool = True, need_permutations: bool = True, properties: Sequence[str] = (),
-                  align: bool = False) -> ZooData:
+                  align: bool = False, statistics: str = "median", soft_clip: float | None = 4.0,
+                  drop_exploded: bool = True) -> ZooData:
         """Load zoos, keep the rows of `epochs` (None = all), check columns, fit the tokenizer's
-        standardisation on the train rows only. Raises ValueError for empty zoos, missing columns,
+        standardisation (`statistics`, `soft_clip`: see WeightTokenizer) on the train rows only.
+        Non-finite checkpoints are left out of every split; with `drop_exploded`, exploded ones
+        (see `exploded_rows`) are left out of the train split, whose statistics they would set;
+        validation and test keep them. Raises ValueError for empty zoos, missing columns,
         architectures without a common token size, or architectures without a permutation spec
         when `need_permutations` or `align`. With `align`, every model is aligned to one reference
         (see `align_splits`) and the tokenizer keeps the reference for new models."""
@@ -125,7 +144,8 @@ class ZooData:
         if not loaded:
             raise ValueError("no zoo given: pass at least one zoo folder or Hub dataset id")
         token_size = _common_token_size(loaded, token_size)
-        tokenizer = WeightTokenizer(token_size=token_size, max_token_size=max(288, token_size))
+        tokenizer = WeightTokenizer(token_size=token_size, max_token_size=max(288, token_size), statistics=statistics,
+                                    soft_clip=soft_clip)
         groups = []
         for name, zoo in loaded:
             _check_columns(name, zoo, properties)
@@ -142,9 +162,9 @@ class ZooData:
             except ValueError as err:
                 if need_permutations or align:
                     raise ValueError(f"zoo {name} ({zoo.architecture}): no permutation augmentation possible ({err}); "
-                                     "train with --permute_views false") from err
+                                     "train with --views stored-both") from err
                 spec = None
-            splits = {s: _read_split(zoo, s, epochs) for s in SPLITS}
+            splits = {s: _read_split(zoo, s, epochs, drop_exploded and s == "train") for s in SPLITS}
             if align and len(splits["train"]):
                 align_splits(splits, tokenizer, layout_id, spec)
             groups.append(ZooGroup(name, zoo, layout_id, spec, splits, tl))
@@ -204,15 +224,16 @@ class ZooData:
                        augmentation: Augmentation) -> TokenBatch:
         """Two views of every train row (global indices [B]) -> TokenBatch of 2B rows.
 
-        Per view: a random function-preserving permutation (if enabled) of the flat weights,
-        tokenisation (targets), then noise / erasing (inputs). Both views get the SAME random window.
+        Per view: a random function-preserving permutation of the flat weights (as
+        `augmentation.views` says), tokenisation (targets), then noise / erasing (inputs). Both
+        views get the SAME random window.
         """
         views = [[], []]
         for g, local in self.locate("train", rows):
             flat = g.splits["train"].weights[local]
             for v in range(2):
                 w = flat
-                if augmentation.permute_views and g.spec is not None:
+                if augmentation.permutes(v) and g.spec is not None:
                     w = _permute_rows(flat, g, generator)
                 enc = self.tokenizer.tokenize_flat(w, g.layout_id, align=False)
                 views[v].append({k: enc[k] for k in ("tokens", "positions", "attention_mask", "value_mask")})
@@ -227,26 +248,49 @@ class ZooData:
         return TokenBatch(inputs, targets, torch.cat([c["positions"] for c in cut]),
                           torch.cat([c["attention_mask"] for c in cut]), value_mask)
 
-    def token_statistics(self) -> torch.Tensor:
-        """sigma_l [num_layers]: std of the (standardised, if fitted) training tokens' real values of
-        every layer l, pooled over the groups; the scale of layer-wise loss normalisation in the
-        space the loss is computed in."""
+    def token_statistics(self, kind: str = "standardized") -> torch.Tensor:
+        """sigma_l [num_layers] of layer-wise loss normalisation (LWLN, METHOD.md §4), in the units of
+        the tokens the loss compares: the reconstruction error of layer l is divided by it.
+
+        "standardized": the std of the real values of layer l's training tokens. On tokens that are
+            already standardised per layer this is close to 1 for every layer (exactly
+            std(w_l) / s_l, with s_l the standardisation scale, below that where the soft clip
+            compresses outliers), so LWLN then hardly reweights the layers: the standardisation
+            has equalised them already. On raw tokens (standardize=False) it is the published LWLN.
+        "raw": as published, whatever the tokens: the error of layer l in raw-weight units divided
+            by sigma_raw_l, the std of all raw training weights of layer l. A token value is
+            (w - mu_l) / s_l (before the clip), so in token units this is sigma_raw_l / s_l (s_l = 1
+            without standardisation). It equals "standardized" unless a soft clip is on.
+
+        Layers are pooled over the zoos by their index l; with several zoos, s_l is averaged over
+        them, weighted by their number of values. Every layer gets at least SIGMA_FLOOR."""
+        from ..losses import SIGMA_FLOOR
+
+        if kind not in ("standardized", "raw"):
+            raise ValueError(f"token_statistics kind must be 'standardized' or 'raw', got {kind!r}")
         L = self.num_layers
-        total = torch.zeros(L, dtype=torch.float64)
-        square = torch.zeros(L, dtype=torch.float64)
-        count = torch.zeros(L, dtype=torch.float64)
+        total, square, count, scale = (torch.zeros(L, dtype=torch.float64) for _ in range(4))
         for g in self.groups:
             weights = g.splits["train"].weights
             for start in range(0, len(weights), 1024):
-                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id, align=False)
+                # "raw" reads the weights themselves; None: standardised if the tokenizer is fitted
+                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id, align=False,
+                                                   standardize=False if kind == "raw" else None)
                 values = enc["tokens"].double() * enc["value_mask"]
                 layer = enc["positions"][..., 1].reshape(-1)
+                n = enc["value_mask"].sum(-1).reshape(-1).double()
                 total.index_add_(0, layer, values.sum(-1).reshape(-1))
                 square.index_add_(0, layer, values.square().sum(-1).reshape(-1))
-                count.index_add_(0, layer, enc["value_mask"].sum(-1).reshape(-1).double())
+                count.index_add_(0, layer, n)
+                if kind == "raw":
+                    tl = self.tokenizer.layouts[g.layout_id]
+                    s_l = tl.std if tl.standardized else torch.ones(tl.num_layers, dtype=torch.float64)
+                    scale.index_add_(0, layer, s_l[layer] * n)
         mean = total / count.clamp_min(1)
-        var = (square / count.clamp_min(1) - mean.square()).clamp_min(0)
-        return torch.where(count > 0, var.sqrt(), torch.ones_like(var)).float()
+        sigma = (square / count.clamp_min(1) - mean.square()).clamp_min(0).sqrt()
+        if kind == "raw":
+            sigma = sigma / (scale / count.clamp_min(1)).clamp_min(1e-30)
+        return torch.where(count > 0, sigma.clamp_min(SIGMA_FLOOR), torch.ones_like(sigma)).float()
 
 
 # Above this many elements a batched gather index [B, P] (int64) costs too much memory (a batch of
@@ -307,7 +351,7 @@ def align_splits(splits: dict[str, Split], tokenizer: WeightTokenizer, layout_id
             split.weights = tokenizer.align_flat(split.weights, layout_id)
 
 
-def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:
+def _read_split(zoo: Zoo, split: str, epochs: list[int] | None, drop_exploded: bool) -> Split:
     if split not in zoo.dataset:
         import pandas as pd
 
@@ -319,8 +363,8 @@ def _read_split(zoo: Zoo, split: str, epochs: list[int] | None) -> Split:
         keep &= metadata["epoch"].isin(epochs).to_numpy()
     # Diverged checkpoints (NaN / inf weights) cannot be tokenized; they carry no weight-space signal.
     keep &= torch.isfinite(weights).all(1).numpy()
-    # Exploded ones (weights 1000x the zoo's) would dominate the reconstruction loss.
-    exploded = exploded_rows(weights[torch.as_tensor(keep)]).numpy()
+    # Exploded ones (weights 1000x the zoo's) would dominate the reconstruction loss and the statistics.
+    exploded = exploded_rows(weights[torch.as_tensor(keep)]).numpy() if drop_exploded else np.zeros(int(keep.sum()), bool)
     keep[keep] &= ~exploded
     index = np.flatnonzero(keep)
     return Split(weights[torch.as_tensor(index)].contiguous(), metadata.iloc[index].reset_index(drop=True),

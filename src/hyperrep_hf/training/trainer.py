@@ -14,6 +14,13 @@ process writes files. OUT (output_dir) receives:
     runs/                              TensorBoard (and trackio, if installed) logs
     checkpoints/step-NNNNNNN/          accelerator.save_state + trainer_state.json, the last few
     README.md                          model card
+    training_complete.json             written last, atomically: the run finished and every file
+                                       above is final (check it, not model.safetensors)
+
+A checkpoint folder is written under a temporary name and renamed when complete. Resuming
+continues exactly or is refused: with other options, another zoo, another number of processes or
+another optimizer-step count per epoch. `overwrite_output_dir` deletes the old run's checkpoints,
+metrics and completion marker first, so a later `resume="last"` can only continue the new run.
 
 Reproducibility: the order of the rows in epoch e and the augmentation of batch b are drawn from
 generators seeded by (seed, e) and (seed, e, b), and checkpoints hold model, optimizer, schedule and
@@ -51,6 +58,13 @@ STATE_NAME = "trainer_state.json"
 ARGS_NAME = "training_args.json"
 METRICS_NAME = "metrics.jsonl"
 TOKENIZER_NAME = "preprocessor_config.json"
+COMPLETE_NAME = "training_complete.json"
+
+
+def is_trained(output_dir: str | Path) -> bool:
+    """True when `output_dir` holds a finished run: its completion marker, written after every
+    other file, exists (a run killed while saving the final model leaves no marker)."""
+    return (Path(output_dir) / COMPLETE_NAME).is_file()
 
 
 class TrainingDivergedError(RuntimeError):
@@ -181,6 +195,13 @@ class SaneTrainer:
                              "--overwrite_output_dir true to start over, or choose another --output_dir")
         return None
 
+    def _clear_previous_run(self) -> None:
+        """overwrite_output_dir: delete the old run's checkpoints and metrics, so nothing of it can
+        be resumed or mistaken for the new run (main process, before any write)."""
+        out = self.output_dir
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        (out / METRICS_NAME).unlink(missing_ok=True)
+
     def _model_config(self, data: ZooData) -> SaneConfig:
         args = self.args
         overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "latent_dim", "window_size", "dropout")
@@ -192,13 +213,32 @@ class SaneTrainer:
         return SaneConfig.from_preset(args.preset, **{**overrides, "token_size": data.tokenizer.token_size,
                                                      "max_positions": max_positions, "gamma": args.gamma,
                                                      "temperature": args.temperature,
-                                                     "layer_loss_norm": args.layer_loss_norm})
+                                                     "layer_loss_norm": args.layer_loss_norm != "none"})
 
     def _optimizer(self, model: SaneModel) -> torch.optim.Optimizer:
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=self.args.learning_rate)
+
+    def _check_resume_steps(self, checkpoint: Path, num_processes: int, steps_per_epoch: int) -> None:
+        """Refuse a resume whose optimizer steps would not line up with the checkpoint's: another
+        number of processes changes the effective batch and so the steps per epoch and schedule."""
+        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+        saved = state.get("num_processes", 1)
+        if saved != num_processes:
+            raise ValueError(
+                f"cannot resume from {checkpoint}: it was written by a run on {saved} process(es), this run has "
+                f"{num_processes}, which changes the effective batch ({self._effective_batch(saved)} models per optimizer "
+                f"step in the run, {self._effective_batch(num_processes)} now) and the step count; resume with "
+                f"{saved} process(es) (accelerate launch --num_processes {saved}) or start a new --output_dir")
+        saved_steps = state.get("steps_per_epoch", steps_per_epoch)
+        if saved_steps != steps_per_epoch:
+            raise ValueError(f"cannot resume from {checkpoint}: the run took {saved_steps} optimizer steps per epoch, "
+                             f"this one would take {steps_per_epoch} (a changed zoo or batch?); start a new --output_dir")
+
+    def _effective_batch(self, num_processes: int) -> int:
+        return self.args.batch_size * self.args.gradient_accumulation_steps * num_processes
 
     def _check_resume_compatible(self, data: ZooData) -> None:
         saved_args = self.output_dir / ARGS_NAME
@@ -225,17 +265,24 @@ class SaneTrainer:
 
         set_seed(args.seed)
         main = acc.is_main_process
+        if main:
+            # the folder holds an unfinished run until this one ends
+            (self.output_dir / COMPLETE_NAME).unlink(missing_ok=True)
+            if checkpoint is None and args.overwrite_output_dir:
+                self._clear_previous_run()
+        acc.wait_for_everyone()
         with acc.main_process_first():
             data = ZooData.from_zoos(args.zoo, token_size=args.token_size, epochs=parse_epochs(args.zoo_epochs),
-                                     standardize=args.standardize, need_permutations=args.permute_views,
-                                     properties=args.probe_properties, align=args.align)
+                                     standardize=args.standardize, need_permutations=args.views != "stored-both",
+                                     properties=args.probe_properties, align=args.align, statistics=args.statistics,
+                                     soft_clip=args.tokenizer_soft_clip, drop_exploded=args.drop_exploded)
         self.data = data
         if checkpoint is not None:
             self._check_resume_compatible(data)
         config = self._model_config(data)
         model = SaneModel(config)
         if config.layer_loss_norm:
-            model.set_layer_sigma(data.token_statistics())
+            model.set_layer_sigma(data.token_statistics(args.layer_loss_norm))
         optimizer = self._optimizer(model)
 
         num_train = data.num_rows("train")
@@ -244,6 +291,9 @@ class SaneTrainer:
         micro_per_rank = math.ceil(batches_per_epoch / world)
         steps_per_epoch = math.ceil(micro_per_rank / args.gradient_accumulation_steps)
         total_steps = steps_per_epoch * args.epochs
+        self.steps_per_epoch = steps_per_epoch
+        if checkpoint is not None:
+            self._check_resume_steps(checkpoint, world, steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.learning_rate, total_steps=total_steps,
                                                         pct_start=args.pct_start, anneal_strategy="cos")
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it
@@ -267,14 +317,14 @@ class SaneTrainer:
             acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                               for k, v in args.to_dict().items()})
         window = config.window_size
-        aug = Augmentation(args.permute_views, args.multiplicative_noise, args.additive_noise, args.erase_probability)
+        aug = Augmentation(args.views, args.multiplicative_noise, args.additive_noise, args.erase_probability)
         result = TrainResult(self.output_dir, global_step, start_epoch, False, checkpoint)
         self.last_checkpoint = checkpoint
         self.prefetcher = None
         if main:
             n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
             left_out = f", {data.num_exploded()} exploded checkpoints left out" if data.num_exploded() else ""
-            print(f"SANE {args.preset}: {n_params:,} parameters, token size {config.token_size}, window {window}; "
+            print(f"SANE {args.preset} ({args.recipe} recipe): {n_params:,} parameters, token size {config.token_size}, window {window}; "
                   f"{num_train} training rows ({len(data.groups)} zoo(s){left_out}), {steps_per_epoch} steps/epoch x "
                   f"{args.epochs} epochs on {world} process(es), {acc.device}, precision {acc.mixed_precision}")
         if args.eval_at_start and checkpoint is None:
@@ -314,7 +364,7 @@ class SaneTrainer:
                     result.eval_history.append(self.evaluate(global_step, epoch + 1))
                 if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
                     self._save_checkpoint(global_step, epoch + 1, 0)
-            self._save_final()
+            self._save_final(global_step)
             result.global_step, result.epoch, result.finished = global_step, args.epochs, True
             result.last_checkpoint = self.last_checkpoint
             return result
@@ -444,7 +494,8 @@ class SaneTrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"global_step": global_step, "epoch": epoch, "micro_step": micro,
-                     "num_processes": acc.num_processes}
+                     "num_processes": acc.num_processes, "steps_per_epoch": self.steps_per_epoch,
+                     "effective_batch": self._effective_batch(acc.num_processes)}
             (tmp / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -454,7 +505,7 @@ class SaneTrainer:
         acc.wait_for_everyone()
         self.last_checkpoint = final
 
-    def _save_final(self) -> None:
+    def _save_final(self, global_step: int) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -463,6 +514,9 @@ class SaneTrainer:
             self.data.tokenizer.save_pretrained(self.output_dir)
             write_remote_code(self.output_dir)  # tokenizer and pipelines load without hyperrep_hf too
             write_model_card(self.output_dir, self.args, model, self.data, self._read_metrics())
+            # last: only a run whose every file is written counts as trained
+            atomic_write_text(self.output_dir / COMPLETE_NAME,
+                              json.dumps({"global_step": global_step, "recipe": self.args.recipe}) + "\n")
         acc.wait_for_everyone()
 
     def _read_metrics(self) -> list[dict]:
