@@ -361,6 +361,7 @@ class ModelGenerator:
             raise ValueError(f"no builder for the anchors' architecture {name!r}: register it with "
                              "hyperrep_hf.zoo.register_architecture, or use the samples' state_dicts")
         models = []
+        start = None if generator is None else generator.get_state()
         for row in flat:
             m = build_model(name, **self.anchors.info.get("architecture_kwargs", {}))
             missing, unexpected = m.load_state_dict(self.layout.unflatten(row), strict=False)
@@ -374,6 +375,10 @@ class ModelGenerator:
                     warnings.warn(f"{err}; BatchNorm statistics are the decoded ones", stacklevel=2)
                     condition_bn = False
                 else:
+                    # every model sees the same batches: its statistics depend on its weights and the
+                    # seed only, so SUB / BOOT return the very models they scored
+                    if start is not None:
+                        generator.set_state(start)
                     condition_batchnorm(m, inputs, generator=generator)
             models.append(m.eval())
         return models
@@ -410,9 +415,9 @@ class ModelGenerator:
         if kind not in ("sub", "boot"):
             return sampler.sample(num_samples, generator), None
         draws = num_draws or 5 * num_samples
-        # Scoring conditions BatchNorm on its own generator, so the draws do not depend on it.
-        bn_generator = torch.Generator().manual_seed(int(seed) + 1)
-        score_fn = lambda z: self.score(z, bn_generator)  # noqa: E731
+        # Scoring conditions BatchNorm on its own generator (seed + 1, as `items`), so the draws do
+        # not depend on it and the models returned are the models scored.
+        score_fn = lambda z: self.score(z, torch.Generator().manual_seed(int(seed) + 1))  # noqa: E731
         if kind == "sub":
             return sub_sample(sampler, score_fn, num_samples, draws, generator)
         return boot_sample(sampler, score_fn, num_samples, draws, rounds, generator)
@@ -422,7 +427,7 @@ class ModelGenerator:
         """Decoded flat weights [k, P] -> k result dicts: "model" (nn.Module, eval mode; None when the
         architecture has no builder here), "state_dict", "latents" [N, L] and, for SUB/BOOT, "score"."""
         if self.buildable:
-            models = self.build(flat, condition_bn, torch.Generator().manual_seed(int(seed) + 2))
+            models = self.build(flat, condition_bn, torch.Generator().manual_seed(int(seed) + 1))
             state_dicts = [m.state_dict() for m in models]
         else:
             models, state_dicts = [None] * len(flat), [self.layout.unflatten(row) for row in flat]
