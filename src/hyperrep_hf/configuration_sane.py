@@ -56,7 +56,9 @@ class SaneConfig(PretrainedConfig):
             reserves a `temperature` attribute for text generation and refuses to save it).
         layer_loss_norm: divide each layer's reconstruction error by that layer's weight std sigma_l
             (layer-wise loss normalisation, METHOD.md §4); sigma_l lives in the model's
-            `layer_sigma` buffer, ones until set with `SaneModel.set_layer_sigma`.
+            `layer_sigma` buffer, ones until set with `SaneModel.set_layer_sigma` (which spread it
+            holds, the standardised tokens' or the published raw weights', is the training option
+            `layer_loss_norm`, recorded in training_args.json).
         mlp_ratio: hidden size of the transformer MLP relative to d_model.
         layer_norm_eps: epsilon of every LayerNorm.
         initializer_range: std of the normal init of linear and embedding weights.

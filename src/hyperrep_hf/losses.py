@@ -26,7 +26,9 @@ def masked_reconstruction_mse(
             None when every value is real.
         sigma: optional [B, N] per-token scale, the std of the token's layer (layer-wise loss
             normalisation): the error of each value is divided by it (floored at 1e-4), which is the
-            same as dividing output and target by sigma_l.
+            same as dividing output and target by sigma_l. On tokens already standardised per layer
+            a sigma_l computed from those tokens is close to 1 and changes little; the published
+            variant divides by the raw weights' spread (see SaneModel.set_layer_sigma).
 
     Returns:
         0-d tensor: sum over real values of ((reconstruction - target) / sigma)^2 / number of real values.

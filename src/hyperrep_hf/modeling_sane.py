@@ -347,8 +347,12 @@ class SaneModel(SanePreTrainedModel):
         return self.projection_head(latents.flatten(1))
 
     def set_layer_sigma(self, sigma) -> None:
-        """Set sigma_l for layer-wise loss normalisation from a per-layer std (e.g. the tokenizer's).
+        """Set sigma_l for layer-wise loss normalisation from a per-layer std, in token units.
 
+        The trainer passes `ZooData.token_statistics(kind)`: "standardized", the std of each layer's
+        training tokens (close to 1 on standardised tokens, so LWLN then barely reweights layers), or
+        "raw", the published LWLN (the std of each layer's raw training weights over the layer's
+        standardisation scale: the error measured in raw-weight units over the raw spread).
         sigma: sequence or tensor [L] with L <= max_positions[1]; layers beyond L keep sigma 1.
         Values are floored at 1e-4.
         """
