@@ -215,7 +215,7 @@ def test_anchors_are_the_last_epoch_scored_by_validation_accuracy(zoo, checkpoin
 
 def test_result_tables(zoo, checkpoint):
     rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"], bootstrap=20)
-    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
+    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "stats-gbt", "weights") for p in ("test_acc", "epoch")}
     value = {(r["features"], r["property"]): r["value"] for r in rows}
     for r in rows:  # intervals over resampled test models; paired differences to s(W)
         assert r["ci"][0] <= r["ci"][1]

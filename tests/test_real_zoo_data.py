@@ -120,7 +120,8 @@ def test_embedding_a_split_with_a_diverged_row_does_not_raise(zoo, checkpoint):
 
 def test_probe_table_leaves_out_diverged_rows_and_missing_targets_and_counts_them(zoo, checkpoint):
     rows = probe_table(zoo, checkpoint, properties=["test_acc", "epoch"], bootstrap=10)
-    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "weights") for p in ("test_acc", "epoch")}
+    assert {(r["features"], r["property"]) for r in rows} == {(f, p) for f in ("sane", "stats", "stats-gbt", "weights")
+                                                              for p in ("test_acc", "epoch")}
     for r in rows:
         assert math.isfinite(r["value"]) and math.isfinite(r["kendall_tau"])
         # test row 0 (inf weights) leaves every score; test row 1 leaves the test_acc scores only
@@ -227,3 +228,27 @@ def test_epochs_86_scores_exactly_nfns_test_set_of_the_small_cnn_zoo(tmp_path):
     for r in table:  # NFN's test set: its final checkpoints, the diverged one left out and counted
         assert (r["num_rows"], r["left_out"]) == (len(nfn_test) - 1, 1)
         assert r["metric"] == "r2" and r["kendall_tau"] is not None
+
+
+def test_stats_gbt_is_scored_beside_linear_stats_and_is_table_only(zoo, checkpoint, tmp_path, capsys):
+    rows = probe_table(zoo, None, feature_sets=("stats", "stats-gbt"), properties=["test_acc", "epoch"], bootstrap=10)
+    by = {(r["features"], r["property"]): r for r in rows}
+    for prop in ("test_acc", "epoch"):
+        gbt = by["stats-gbt", prop]
+        assert gbt["num_rows"] == by["stats", prop]["num_rows"] and gbt["left_out"] == by["stats", prop]["left_out"]
+        assert math.isfinite(gbt["value"]) and math.isfinite(gbt["kendall_tau"]) and gbt["penalty"] is None
+        assert 1 <= gbt["hyperparameters"]["max_iter"] <= 200
+        # paired differences both ways: trees vs linear s(W), linear s(W) vs trees
+        assert gbt["vs_stats"] == pytest.approx(gbt["value"] - by["stats", prop]["value"])
+        assert by["stats", prop]["vs_stats-gbt"] == pytest.approx(-gbt["vs_stats"])
+        assert gbt["nonfinite"] >= 0 and "vs_stats_nonfinite" in gbt
+    # the command: fit refuses (nothing to save), eval fits and scores the trees in place
+    assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats-gbt"]) == 2
+    assert "table-only" in capsys.readouterr().err
+    assert not (checkpoint / "probes" / "stats-gbt.json").exists()
+    out = tmp_path / "rows.json"
+    assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats-gbt",
+                "--properties", "test_acc", "epoch", "--json", str(out)]) == 0
+    scored = {r["property"]: r for r in json.loads(out.read_text())}
+    assert scored["test_acc"]["value"] == pytest.approx(by["stats-gbt", "test_acc"]["value"])
+    assert "not saved" in capsys.readouterr().out

@@ -8,25 +8,29 @@ import json
 from ..modeling_sane import POOLINGS
 from . import add_checkpoint_arguments, add_device_argument, resolve_device
 
+FEATURES = ("sane", "stats", "stats-gbt", "weights")  # downstream.probes.FEATURE_SETS, without importing it
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "probe",
         help="fit, apply and score linear probes of model properties",
         description="Linear probes (closed-form ridge, penalty chosen on validation; a linear classifier for "
-        "categorical hyperparameters) on SANE embeddings, s(W) statistics or flat weights W. `fit` saves "
-        "them into the checkpoint folder (probes/<features>.json), where the weight-property-prediction "
-        "pipeline finds them.",
+        "categorical hyperparameters) on SANE embeddings, s(W) statistics or flat weights W, and "
+        "gradient-boosted trees on s(W) (stats-gbt, hyperparameters chosen on validation). `fit` saves "
+        "linear probes into the checkpoint folder (probes/<features>.json), where the "
+        "weight-property-prediction pipeline finds them; stats-gbt is table-only: `eval` fits and scores it.",
     )
     sub = p.add_subparsers(dest="probe_command", required=True, metavar="{fit,predict,eval}")
 
     fit = sub.add_parser("fit", help="fit probes on a zoo's train split (penalty chosen on validation) and save them")
     _common(fit)
     fit.add_argument("--pooling", choices=POOLINGS, default="mean",
-                     help="SANE embedding pooling: mean (default), layer or full")
+                     help="SANE embedding pooling: mean (default, the published probe embedding), layer or full")
     fit.add_argument("--permutations", type=int, default=None,
                      help="average each SANE embedding over K function-preserving neuron permutations (default: "
-                     "8 where the checkpoint stores the permutation spec and pooling is mean or layer, else 0)")
+                     "8 where the checkpoint stores the permutation spec and pooling is mean or "
+                     "layer, else 0; fixed a priori, see CONTRIBUTING.md)")
     fit.add_argument("--epochs", nargs="+", type=int, default=None,
                      help="fit only on rows at these epochs, e.g. the final checkpoints (default: all)")
     fit.set_defaults(func=run_fit)
@@ -56,8 +60,9 @@ def register(subparsers) -> None:
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder; probes are saved in / read from it")
     p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset id")
-    p.add_argument("--features", nargs="+", choices=("sane", "stats", "weights"), default=["sane"],
-                   help="feature sets (default: sane); stats = s(W), weights = flat W")
+    p.add_argument("--features", nargs="+", choices=FEATURES, default=["sane"],
+                   help="feature sets (default: sane); stats = s(W) with a linear probe, stats-gbt = s(W) with "
+                   "gradient-boosted trees (eval only: fitted in place, never saved), weights = flat W")
     p.add_argument("--properties", nargs="+", default=None,
                    help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
     add_device_argument(p, "the SANE embeddings")
@@ -75,6 +80,10 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
+    if "stats-gbt" in args.features:
+        raise ValueError("stats-gbt probes are table-only (sklearn trees cannot be saved without pickle): score them "
+                         f"with `hyperrep probe eval --checkpoint {args.checkpoint} --zoo {args.zoo} --features stats-gbt`, "
+                         "which fits them on train (hyperparameters chosen on validation) and scores them in place")
     zoo = load_zoo(args.zoo)
     model, tokenizer = _checkpoint_parts(args, args.features)
     for features in args.features:
@@ -117,7 +126,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..downstream.evaluation import format_table, score_split
+    from ..downstream.evaluation import fit_probes, format_table, score_split
     from ..downstream.probes import ProbeSet
     from ..files import atomic_write_json
     from ..zoo import load_zoo
@@ -128,11 +137,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.split not in zoo.dataset:
         raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
     model, tokenizer = _checkpoint_parts(args, args.features)
-    probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features}
+    probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features if features != "stats-gbt"}
     epochs = args.epochs
-    if epochs is None:
+    if epochs is None and probe_sets:
         fitted = {tuple(p.info["epochs"]) if p.info.get("epochs") else None for p in probe_sets.values()}
         epochs = list(fitted.pop()) if len(fitted) == 1 and None not in fitted else None
+    if "stats-gbt" in args.features:
+        properties = args.properties or (probe_sets["stats"].properties if "stats" in probe_sets else None)
+        probe_sets["stats-gbt"] = fit_probes(zoo, "stats-gbt", properties=properties, epochs=epochs)
+        print("stats-gbt: trees fitted on train, hyperparameters chosen on validation (not saved)")
+        probe_sets = {f: probe_sets[f] for f in args.features}  # the table in the order asked for
     rows = score_split(zoo, probe_sets, args.split, model, tokenizer, args.properties, epochs, args.bootstrap)
     print(format_table(rows))
     if args.json:

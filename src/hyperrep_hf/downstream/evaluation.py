@@ -5,7 +5,8 @@
     print(format_table(rows))                                        # markdown
     rows = generation_table("checkpoints/sane", zoo, methods=("kde30", "sub"), epochs=(0, 1, 5))
 
-Every probe is fitted on the zoo's train split, its penalty chosen on validation, scored on test.
+Every probe is fitted on the zoo's train split, its penalty (trees: hyperparameters) chosen on
+validation, scored on test.
 SANE features are permutation-averaged embeddings (downstream.embedding) over PROBE_PERMUTATIONS
 permutations by default, where the checkpoint knows the architecture's permutation spec.
 """
@@ -25,14 +26,22 @@ from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
 from .scores import model_bootstrap, num_nonfinite, percentile_interval
+from .trees import GBT_FEATURES, TreeProbeSet
 
 DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
 CATEGORICAL_HYPERPARAMETERS = ("activation", "init", "optimizer")
 NUMERIC_HYPERPARAMETERS = ("lr", "weight_decay", "dropout")
-# Permutations a probe's SANE embedding is averaged over by default. Test R^2 of test_acc / epoch
-# on the 100-model mnist-seed zoo (README): 0: 0.931 / 0.966, 8: 0.969 / 0.970; on a 64-model one:
-# 0: 0.929 / 0.961, 4: 0.961 / 0.979, 16: 0.955 / 0.978.
+# Permutations a probe's SANE embedding is averaged over by default, fixed a priori (no test or
+# validation figure chose it): a zoo stores each model in the arbitrary neuron order its training
+# happened to give, and every order computes the same function, so the part of an embedding that
+# depends on the order is noise to any property. Averaging over K random function-preserving
+# permutations is a Monte-Carlo estimate of the order-free embedding whose noise variance falls as
+# 1/K; K = 8 brings its std to about a third at 8x the cost of one embedding pass, a compute
+# budget. `permutations=` sets another K.
 PROBE_PERMUTATIONS = 8
+# Pooling of a probe's SANE embedding, fixed a priori: "mean" over tokens is the published model
+# embedding for probing (METHOD.md §2); "layer" and "full" are there for studies, set explicitly.
+PROBE_POOLING = "mean"
 
 
 # ------------------------------------------------------------------------------------ features
@@ -99,8 +108,8 @@ def probe_permutations(tokenizer, zoo, permutations: int | None, pooling: str = 
 def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, pooling: str = "mean",
                  batch_size: int = 64, progress: bool = False, permutations: int = 0, rows=None) -> torch.Tensor:
     """One feature vector per row of a zoo split: "sane" (embeddings; needs model and tokenizer;
-    averaged over `permutations` neuron permutations), "stats" (s(W) statistics) or "weights" (the
-    flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
+    averaged over `permutations` neuron permutations), "stats" or "stats-gbt" (s(W) statistics) or
+    "weights" (the flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
     leave out diverged checkpoints (it also counts them). Returns [rows, d]; a row with non-finite
     weights gets non-finite features (NaN SANE embeddings: it is not embedded)."""
     if features not in FEATURE_SETS:
@@ -110,7 +119,7 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
         weights = weights[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
     if features == "weights":
         return weights.float()
-    if features == "stats":
+    if features in ("stats", GBT_FEATURES):
         from ..weightspace.statistics import weight_statistics
 
         return weight_statistics(weights, zoo.layout)[0]
@@ -149,9 +158,12 @@ def _leave_out_non_finite(x: dict[str, torch.Tensor], rows: np.ndarray, left_out
 
 
 def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokenizer=None,
-               properties: Sequence[str] | None = None, pooling: str = "mean", progress: bool = False,
-               permutations: int | None = None, epochs: Sequence[int] | None = None) -> ProbeSet:
-    """Fit a ProbeSet of one feature set on the zoo's train split (penalties chosen on validation).
+               properties: Sequence[str] | None = None, pooling: str = PROBE_POOLING, progress: bool = False,
+               permutations: int | None = None, epochs: Sequence[int] | None = None,
+               seed: int = 0) -> ProbeSet | TreeProbeSet:
+    """Fit a ProbeSet of one feature set on the zoo's train split (penalties chosen on validation);
+    for "stats-gbt" a TreeProbeSet (gradient-boosted trees on s(W), hyperparameters chosen on
+    validation, seeded by `seed`; it cannot be saved).
     SANE features average over `permutations` (None: see `probe_permutations`); the number is
     saved with the probes, and the property-prediction pipeline embeds the same way.
 
@@ -175,23 +187,30 @@ def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokeniz
     info = {"pooling": pooling if features == "sane" else None, "permutations": permutations,
             "zoo": str(getattr(zoo, "path", "")), "checkpoint": None if checkpoint is None else str(checkpoint),
             "epochs": None if epochs is None else sorted({int(e) for e in epochs}), "left_out": left_out}
+    if features == GBT_FEATURES:
+        return TreeProbeSet.fit(features, x["train"], targets["train"], x["validation"], targets["validation"], info=info,
+                                seed=seed)
     return ProbeSet.fit(features, x["train"], targets["train"], x["validation"], targets["validation"], info=info)
 
 
 def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS, properties: Sequence[str] | None = None,
-                pooling: str = "mean", split: str = "test", progress: bool = False,
+                pooling: str = PROBE_POOLING, split: str = "test", progress: bool = False,
                 permutations: int | None = None, bootstrap: int = 0, seed: int = 0,
                 epochs: Sequence[int] | None = None) -> list[dict]:
-    """Fit probes on train (penalty chosen on validation) for each feature set, score them on `split`.
+    """Fit probes on train (penalty, or the trees' hyperparameters, chosen on validation) for each
+    feature set, score them on `split`. Feature sets: "sane", "stats" (linear s(W)), "stats-gbt"
+    (gradient-boosted trees on s(W), the baseline of Unterthiner et al. 2020; seeded by `seed`),
+    "weights".
 
     Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
-    "validation", "num_rows", "left_out"}. "sane" needs `checkpoint` (it is skipped when None, so the
-    baselines alone work). `epochs` fits and scores only rows at those epochs (e.g. the final
+    "validation", "num_rows", "left_out"} (+ "hyperparameters" for trees). "sane" needs `checkpoint`
+    (it is skipped when None, so the baselines alone work). `epochs` fits and scores only rows at those epochs (e.g. the final
     checkpoints, NFN's test set). Rows with non-finite weights are left out of every score, rows
     without a target out of that property's; "left_out" counts the split's rows a score leaves out.
     With `bootstrap=B` > 0 every row also gets "ci", the 95% interval of its value over B resamples of
-    the split's models (`add_bootstrap_intervals`), and rows of the other feature sets the paired
-    difference to s(W): "vs_stats" and "vs_stats_ci".
+    the split's models (`add_bootstrap_intervals`) and "nonfinite" (resamples without a finite
+    value, not in "ci"), and rows of the other feature sets the paired difference to each s(W)
+    baseline scored: "vs_stats", "vs_stats_ci", "vs_stats_nonfinite" (and "vs_stats-gbt", ...).
     """
     model = tokenizer = None
     properties = zoo_properties(zoo, properties, epochs)
@@ -202,7 +221,7 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
                 continue
             model, tokenizer = load_checkpoint(checkpoint)
         probe_sets[features] = fit_probes(zoo, features, checkpoint, model, tokenizer, properties, pooling, progress,
-                                          permutations, epochs)
+                                          permutations, epochs, seed)
     return score_split(zoo, probe_sets, split, model, tokenizer, properties, epochs, bootstrap, seed, progress)
 
 
@@ -214,8 +233,11 @@ def score_split(zoo, probe_sets: dict[str, ProbeSet], split: str = "test", model
     Properties: the given ones, else each probe set's own. Rows with non-finite weights (or
     features) are left out and counted in each row's "left_out"; `bootstrap` as in `probe_table`."""
     rows, left_out = usable_rows(zoo, split, epochs)
-    x = {f: zoo_features(zoo, split, f, model, tokenizer, p.info.get("pooling") or "mean", progress=progress,
-                         permutations=p.info.get("permutations", 0), rows=rows) for f, p in probe_sets.items()}
+    x = {}
+    for f, p in probe_sets.items():
+        same = "stats" if f == GBT_FEATURES and "stats" in x else None  # the same s(W) features: compute them once
+        x[f] = x[same] if same else zoo_features(zoo, split, f, model, tokenizer, p.info.get("pooling") or "mean",
+                                                 progress=progress, permutations=p.info.get("permutations", 0), rows=rows)
     x, rows, left_out = _leave_out_non_finite(x, rows, left_out)
     names = {f: list(properties) if properties is not None else p.properties for f, p in probe_sets.items()}
     targets = zoo_targets(zoo, split, list(dict.fromkeys(n for ns in names.values() for n in ns)), rows)
@@ -223,12 +245,14 @@ def score_split(zoo, probe_sets: dict[str, ProbeSet], split: str = "test", model
     for features, probes in probe_sets.items():
         table += score_probes(probes, x[features], targets, names[features], predictions, sum(left_out.values()))
     if bootstrap:
-        add_bootstrap_intervals(table, predictions, targets, zoo.metadata(split, ["model_id"])["model_id"].to_numpy()[rows],
-                                bootstrap, seed)
+        groups = zoo.metadata(split, ["model_id"])["model_id"].to_numpy()[rows]
+        # paired differences to each s(W) baseline scored here (the same resamples: "ci" is the same)
+        for baseline in [b for b in ("stats", GBT_FEATURES) if b in probe_sets] or ["stats"]:
+            add_bootstrap_intervals(table, predictions, targets, groups, bootstrap, seed, baseline)
     return table
 
 
-def score_probes(probes: ProbeSet, x: torch.Tensor, targets: dict, properties: Sequence[str],
+def score_probes(probes: ProbeSet | TreeProbeSet, x: torch.Tensor, targets: dict, properties: Sequence[str],
                  predictions: dict | None = None, left_out: int = 0) -> list[dict]:
     """Probe-table rows of one probe set on features x [rows, d]: {"features", "property", "metric",
     "value", "kendall_tau", "penalty", "validation", "num_rows", "left_out"} per property. "num_rows"
@@ -251,6 +275,8 @@ def score_probes(probes: ProbeSet, x: torch.Tensor, targets: dict, properties: S
             "validation": next(iter(probe.validation.values())),
             "num_rows": len(x) - missing, "left_out": int(left_out) + missing,
         })
+        if getattr(probe, "hyperparameters", None) is not None:  # trees: what validation chose
+            rows[-1]["hyperparameters"] = dict(probe.hyperparameters)
     return rows
 
 

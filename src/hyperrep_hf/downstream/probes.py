@@ -2,6 +2,7 @@
 
 The same probes serve every feature set, so one table compares them on the same split:
 "sane" (SANE embeddings), "stats" (s(W) weight statistics) and "weights" (the flat weights W).
+("stats-gbt", gradient-boosted trees on s(W), is in downstream.trees.)
 
 - Numeric properties: closed-form ridge regression with a bias. The penalty is picked from a grid
   (1e3 ... 1e-5, 17 values, METHOD.md §6) by validation R^2; one eigendecomposition of the
@@ -32,7 +33,8 @@ from ..files import atomic_write_bytes, atomic_write_json, resolve_file
 from .scores import kendall_tau, r_squared
 
 PENALTIES: tuple[float, ...] = tuple(float(p) for p in np.logspace(3, -5, 17))
-FEATURE_SETS: tuple[str, ...] = ("sane", "stats", "weights")
+# "stats-gbt": the s(W) features with gradient-boosted trees instead of a linear probe (downstream.trees).
+FEATURE_SETS: tuple[str, ...] = ("sane", "stats", "stats-gbt", "weights")
 PROBE_FORMAT_VERSION = 1
 
 
