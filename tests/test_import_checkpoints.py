@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from hyperrep_hf.zoo import build_model, import_zoo, load_zoo
+from hyperrep_hf.zoo import ARCHITECTURES, build_model, import_zoo, load_zoo, trust_builder
 from hyperrep_hf.zoo.importers import checkpoints
 from hyperrep_hf.zoo.importers.writer import work_folder
 
@@ -101,11 +101,20 @@ def test_checkpoints_with_a_builder_and_a_metadata_table(tmp_path, builder_modul
             assert splits.setdefault(r["model_name"], s) == s
     # elsewhere, without the builder installed: the zoo still loads (rows as state_dicts); building says what is missing
     monkeypatch.delitem(sys.modules, builder_module)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("mods")])
+    monkeypatch.delitem(ARCHITECTURES, "my_nets:make_net")  # trusted by the import in this process
     zoo = load_zoo(tmp_path / "zoo")
     assert len(zoo.state_dict(zoo.dataset["train"][0])) == 4
-    with pytest.raises(ValueError, match=r"architecture 'my_nets:make_net': cannot import my_nets .* install it or put it on PYTHONPATH"):
+    # a zoo only names its builder: loading and building import nothing until the user trusts it
+    with pytest.raises(ValueError, match=r"'my_nets:make_net' is code outside hyperrep_hf .*trust_builder\('my_nets:make_net'\)"):
         zoo.build_model(zoo.dataset["train"][0])
+    assert builder_module not in sys.modules
+    trust_builder("my_nets:make_net")
+    assert isinstance(zoo.build_model(zoo.dataset["train"][0]), nn.Module)
+    monkeypatch.delitem(sys.modules, builder_module)
+    monkeypatch.delitem(ARCHITECTURES, "my_nets:make_net")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("mods")])
+    with pytest.raises(ValueError, match=r"architecture 'my_nets:make_net': cannot import my_nets .* install it or put it on PYTHONPATH"):
+        trust_builder("my_nets:make_net")
 
 
 def test_registered_architecture_and_a_split_column(tmp_path):

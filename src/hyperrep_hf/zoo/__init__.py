@@ -6,6 +6,7 @@ from .architectures import (
     init_weights,
     num_parameters,
     register_architecture,
+    trust_builder,
 )
 from .build import build_zoo
 from .dataset import Zoo, load_zoo
@@ -48,5 +49,6 @@ __all__ = [
     "num_parameters",
     "push_zoo",
     "register_architecture",
+    "trust_builder",
     "train_population",
 ]

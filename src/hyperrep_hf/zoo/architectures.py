@@ -277,15 +277,27 @@ def import_builder(reference: str) -> Callable[..., nn.Module]:
     return fn
 
 
+def trust_builder(reference: str) -> Callable[..., nn.Module]:
+    """Import the builder "package.module:builder" and register it under that name, so zoos that name
+    it build their models. A zoo only names its builder: code outside hyperrep_hf runs once you trust
+    it here (`hyperrep zoo import --architecture REFERENCE` trusts the builder you give it)."""
+    if reference not in ARCHITECTURES:
+        ARCHITECTURES[reference] = import_builder(reference)
+    return ARCHITECTURES[reference]
+
+
 def architecture_builder(name: str) -> Callable[..., nn.Module]:
-    """The builder of a registered architecture name or of a "package.module:builder" reference."""
+    """The builder of a registered architecture name or of a trusted "package.module:builder"."""
     if name is None:
         raise ValueError("this zoo has no architecture (it was imported as state_dicts): import it again with --architecture NAME or package.module:builder")
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
     if is_builder_reference(name):
-        return import_builder(name)
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)} (or give package.module:builder)")
-    return ARCHITECTURES[name]
+        raise ValueError(
+            f"architecture {name!r} is code outside hyperrep_hf that the zoo names; a zoo does not run code by "
+            f"itself: once you trust it, call hyperrep_hf.zoo.trust_builder({name!r})"
+        )
+    raise ValueError(f"unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)} (or give package.module:builder)")
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ...layout import WeightLayout
-from ..architectures import build_model, transformers_class
+from ..architectures import build_model, is_builder_reference, transformers_class, trust_builder
 from ..dataset import HYPERPARAMETER_TYPES, METRICS
 from .state_dicts import flatten_state_dict, read_state_dict
 from .writer import model_splits, write_zoo
@@ -87,6 +87,8 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def resolve_architecture(architecture: str | None, kwargs: dict, first: Path, where: str) -> tuple[str | None, dict, WeightLayout]:
     """(architecture, kwargs, layout): given, from a transformers folder's config, or None (layout of the first state_dict)."""
+    if is_builder_reference(architecture):
+        trust_builder(architecture)  # the user named this code: it may run
     if architecture is not None:
         try:
             model = build_model(architecture, **kwargs)
