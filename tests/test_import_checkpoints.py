@@ -209,7 +209,7 @@ def test_bad_checkpoint_inputs_are_named(tmp_path, builder_module):
         import_zoo("checkpoints", tmp_path / "src", tmp_path / "z", metadata=meta, architecture="no_such_pkg.nets:make", progress=False)
     with pytest.raises(ValueError, match=r"os is a standard-library module"):
         import_zoo("checkpoints", tmp_path / "src", tmp_path / "z", metadata=meta, architecture="os:system", progress=False)
-    with pytest.raises(ValueError, match=r"epoch_0.pt: tensor '0.weight' has shape \[4, 3\], but architecture my_nets:make_net expects \[6, 3\]"):
+    with pytest.raises(ValueError, match=r"epoch_0.pt: does not fit architecture my_nets:make_net: tensor 0 of the model, '0.weight' of shape \[4, 3\], differs from the layout, which expects '0.weight' of shape \[6, 3\]"):
         import_zoo("checkpoints", tmp_path / "src", tmp_path / "z", metadata=meta, architecture="my_nets:make_net",
                    architecture_kwargs={"width": 6}, progress=False)
     with pytest.raises(ValueError, match=r"does not take the arguments \{'depth': 2\}"):

@@ -71,6 +71,6 @@ def test_bad_hub_model_lists_are_named(tmp_path, hub_server):
         import_zoo("hub-models", None, tmp_path / "zoo", models=["justaname"], progress=False)
     with pytest.raises(ValueError, match=rf"Hub model {hub_server.user}/no-such-repo: not found"):
         import_zoo("hub-models", None, tmp_path / "zoo", models=[repo_id, f"{hub_server.user}/no-such-repo"], progress=False)
-    with pytest.raises(ValueError, match=r"Hub model .*bert-x-.*@[0-9a-f]{40}: tensor 0 'embeddings.word_embeddings.weight' has shape \[30, 8\], but architecture mlp expects '1.weight'"):
+    with pytest.raises(ValueError, match=r"Hub model .*bert-x-.*@[0-9a-f]{40}: does not fit architecture mlp: tensor 0 of the model, 'embeddings.word_embeddings.weight' of shape \[30, 8\], differs from the layout, which expects '1.weight'"):
         import_zoo("hub-models", None, tmp_path / "zoo", models=[repo_id], architecture="mlp", progress=False)
     assert not (tmp_path / "zoo").exists()

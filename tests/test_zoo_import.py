@@ -69,7 +69,7 @@ def test_malformed_model_zoos_folders_name_the_file(tmp_path):
 
     trial, _ = _write_trial(tmp_path / "d", 0)
     torch.save(build_model("cnn-l").state_dict(), trial / "checkpoint_000001" / "checkpoints")
-    with pytest.raises(ValueError, match=r"checkpoint_000001/checkpoints: tensor 0 '0.weight' has shape \[16, 3, 3, 3\], but cnn-s .* expects '0.weight' with shape \[8, 1, 5, 5\]"):
+    with pytest.raises(ValueError, match=r"checkpoint_000001/checkpoints: does not fit cnn-s .*: tensor 0 of the model, '0.weight' of shape \[16, 3, 3, 3\], differs from the layout, which expects '0.weight' of shape \[8, 1, 5, 5\]"):
         import_modelzoos(tmp_path / "d", tmp_path / "zd", progress=False)
     assert not (tmp_path / "zd").exists()  # a failed import leaves no half-written zoo
 

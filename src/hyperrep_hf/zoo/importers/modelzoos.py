@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from ...layout import WeightLayout
 from ..architectures import ACTIVATIONS, architecture_builder, build_model
 from ..dataset import STANDARD_COLUMNS
-from .state_dicts import flatten_by_order, torch_state_dict
+from .state_dicts import flatten_state_dict, torch_state_dict
 from .writer import model_splits, write_zoo
 
 # params.json keys of the published zoos -> zoo columns
@@ -354,7 +354,7 @@ def import_modelzoos(
         hp["activation"] = _activation(hp["activation"])
         for epoch, member in sorted(t["checkpoints"], key=lambda c: tree.position(c[1])):
             where = tree.where(member)
-            flat = flatten_by_order(torch_state_dict(tree.read(member), where), layout, where, what)
+            flat = flatten_state_dict(torch_state_dict(tree.read(member), where), layout, where, what)
             rec = t["results"][epoch + offset]
             metrics = {m: rec.get(m) for m in METRIC_KEYS if m != "loss"}
             if metrics["train_loss"] is None:

@@ -57,37 +57,15 @@ def read_state_dict(path: str | Path, where: str | None = None) -> dict[str, tor
     return torch_state_dict(str(path), where)
 
 
-def float_tensors(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    return [(k, t) for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point()]
-
-
-def flatten_by_order(sd: Mapping[str, torch.Tensor], layout: WeightLayout, where: str, what: str) -> np.ndarray:
-    """The float tensors of `sd`, in their order, as the flat vector [P] of `layout` (names ignored).
-
-    Published zoos name tensors after module indices that shift with dropout, so order and shape are
-    what identifies them. The error names the first tensor that differs.
-    """
-    floats = float_tensors(sd)
-    for i, entry in enumerate(layout.entries):
-        if i >= len(floats):
-            raise ValueError(f"{where}: has {len(floats)} float tensors, {what} needs {len(layout.entries)}: {entry.name!r} {list(entry.shape)} and later are missing")
-        name, t = floats[i]
-        if tuple(t.shape) != entry.shape:
-            raise ValueError(f"{where}: tensor {i} {name!r} has shape {list(t.shape)}, but {what} expects {entry.name!r} with shape {list(entry.shape)}")
-    if len(floats) > len(layout.entries):
-        extra = floats[len(layout.entries)]
-        raise ValueError(f"{where}: has {len(floats)} float tensors, {what} only {len(layout.entries)}: {extra[0]!r} {list(extra[1].shape)} does not fit")
-    return torch.cat([t.detach().reshape(-1).float() for _, t in floats]).numpy()
-
-
 def flatten_state_dict(sd: Mapping[str, torch.Tensor], layout: WeightLayout, where: str, what: str) -> np.ndarray:
-    """Flat vector [P] of `layout` from `sd`: by name when `sd` has every name of the layout, else by order and shape."""
-    if all(e.name in sd for e in layout.entries):
-        for e in layout.entries:
-            if tuple(sd[e.name].shape) != e.shape:
-                raise ValueError(f"{where}: tensor {e.name!r} has shape {list(sd[e.name].shape)}, but {what} expects {list(e.shape)}")
-        return torch.cat([sd[e.name].detach().reshape(-1).float() for e in layout.entries]).numpy()
-    return flatten_by_order(sd, layout, where, what)
+    """Flat vector [P] of `layout` from `sd`, matched by structure (WeightLayout.match: by name when the
+    names are the layout's own, else by order and shape: published zoos name tensors after module
+    indices that shift with dropout). The error names the file and the first tensor that differs."""
+    try:
+        tensors = layout.match(sd)
+    except ValueError as err:
+        raise ValueError(f"{where}: does not fit {what}: {err}") from err
+    return layout.flatten(tensors).numpy()
 
 
-__all__ = ["flatten_by_order", "flatten_state_dict", "read_state_dict", "torch_state_dict", "unwrap_state_dict"]
+__all__ = ["flatten_state_dict", "read_state_dict", "torch_state_dict", "unwrap_state_dict"]
