@@ -14,7 +14,7 @@ def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
     assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
 
     results = json.loads((out / "results.json").read_text())
-    assert {r["features"] for r in results["probe_table"]} == {"sane", "stats", "weights"}
+    assert {r["features"] for r in results["probe_table"]} == {"sane", "stats", "stats-gbt", "weights"}
     assert {r["property"] for r in results["probe_table"]} == {"test_acc", "epoch", "ggap"}
     assert all(math.isfinite(r["value"]) for r in results["probe_table"])
     sources = {r["source"] for r in results["generation_table"]}
@@ -27,7 +27,9 @@ def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
 
     probe_md = (out / "probe_table.md").read_text()
     num = r"-?\d+\.\d+"
-    assert re.search(rf"\| test_acc \| r2 \| {num} \| {num} \| {num} \| [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \|", probe_md)
+    # SANE, s(W), s(W)+GBT, W: value and Kendall tau each, then the paired differences to both s(W)
+    assert re.search(rf"\| test_acc \| r2 \|(?: {num} \|){{8}} [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\].* \| [+-]\d", probe_md)
+    assert results["bandwidth_scale"] in results["bandwidth_choice"]["scales"]
     sane = next(r for r in results["probe_table"] if r["features"] == "sane" and r["property"] == "epoch")
     assert sane["ci"][0] <= sane["ci"][1] and sane["vs_stats_ci"][0] <= sane["vs_stats_ci"][1]
     gen_md = (out / "generation_table.md").read_text()

@@ -26,26 +26,36 @@ PROBE_TASK = "Linear probe of model properties from SANE embeddings"
 
 
 def probe_eval_results(
-    r2_by_property: Mapping[str, float], *, dataset: str, dataset_name: str | None = None, split: str = "test"
+    r2_by_property: Mapping[str, float], *, dataset: str, dataset_name: str | None = None, split: str = "test",
+    kendall_tau_by_property: Mapping[str, float] | None = None,
 ) -> list[EvalResult]:
     """Linear-probe test R^2 per model property (e.g. {"test_acc": 0.97, "epoch": 0.95}) on a zoo
-    (its Hub id) -> model-index entries."""
+    (its Hub id) -> model-index entries; with `kendall_tau_by_property` each property's Kendall tau
+    (rank agreement, as the NFN / neural-graph papers report) beside its R^2."""
+    taus = dict(kendall_tau_by_property or {})
+    unknown = sorted(set(taus) - set(r2_by_property))
+    if unknown:
+        raise ValueError(f"Kendall tau given for {unknown} without an R^2; pass both for every property.")
     results = []
     for prop, value in r2_by_property.items():
-        if not isinstance(value, (int, float)):
-            raise ValueError(f"R^2 of {prop!r} must be a number, got {value!r}.")
-        results.append(
-            EvalResult(
-                task_type="feature-extraction",
-                task_name=PROBE_TASK,
-                dataset_type=dataset,
-                dataset_name=dataset_name or dataset,
-                dataset_split=split,
-                metric_type="r_squared",
-                metric_name=f"R^2 {prop}",
-                metric_value=float(value),
+        scores = [("r_squared", "R^2", value)]
+        if prop in taus:
+            scores.append(("kendall_tau", "Kendall tau", taus[prop]))
+        for metric_type, label, metric_value in scores:
+            if not isinstance(metric_value, (int, float)):
+                raise ValueError(f"{label} of {prop!r} must be a number, got {metric_value!r}.")
+            results.append(
+                EvalResult(
+                    task_type="feature-extraction",
+                    task_name=PROBE_TASK,
+                    dataset_type=dataset,
+                    dataset_name=dataset_name or dataset,
+                    dataset_split=split,
+                    metric_type=metric_type,
+                    metric_name=f"{label} {prop}",
+                    metric_value=float(metric_value),
+                )
             )
-        )
     return results
 
 

@@ -9,7 +9,8 @@ reuses finished stages (the zoo build and the training also resume from their ow
     OUT/zoo/                 the zoo dataset (load_dataset(OUT/zoo) / hyperrep_hf.zoo.load_zoo)
     OUT/sane/                the trained checkpoint: model, tokenizer, probes, sampling anchors, card
     OUT/results.json         settings and every figure below
-    OUT/probe_table.md       property prediction R^2 (test split) of SANE vs s(W) vs W
+    OUT/probe_table.md       property prediction R^2 and Kendall tau (test split) of SANE vs s(W) (linear
+                             and gradient-boosted trees) vs W, with paired bootstrap intervals
     OUT/generation_table.md  accuracy of generated vs from-scratch vs zoo models at fine-tuning epochs
     OUT/plots/*.png          embedding space, predicted vs true, fine-tuning and training curves
 """
@@ -57,7 +58,7 @@ class DemoSettings:
     num_samples: int = 10
     finetune_epochs: tuple[int, ...] = (0, 1, 5)
     properties: tuple[str, ...] = ("test_acc", "epoch", "ggap")
-    feature_sets: tuple[str, ...] = ("sane", "stats", "weights")
+    feature_sets: tuple[str, ...] = ("sane", "stats", "stats-gbt", "weights")
     bootstrap: int = 1000  # resamples of the test models for the probe table's intervals
 
     @classmethod
@@ -106,21 +107,45 @@ def _table_md(title: str, rows: list[dict], columns: list[str]) -> str:
     return f"# {title}\n\n{format_table(rows, columns)}\n"
 
 
+FEATURE_NAMES = {"sane": "SANE", "stats": "s(W)", "stats-gbt": "s(W)+GBT", "weights": "W"}
 SANE_VS_STATS = "SANE - s(W) [95% CI]"
+SANE_VS_GBT = "SANE - s(W)+GBT [95% CI]"
+TAU = " tau"  # the Kendall tau column of a feature set: "SANE tau"
+
+
+def _difference(row: dict, baseline: str) -> str:
+    """"+0.058 [+0.022, +0.101]", with the resamples that gave no finite difference counted."""
+    low, high = row[f"vs_{baseline}_ci"]
+    text = f"{row[f'vs_{baseline}']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    missing = row.get(f"vs_{baseline}_nonfinite", 0)
+    return text + (f" ({missing} non-finite)" if missing else "")
 
 
 def pivot_probe_table(rows: list[dict]) -> list[dict]:
-    """Probe rows (features, property, value) -> one row per property with a column per feature set,
-    and SANE_VS_STATS (the paired difference and its bootstrap interval) where the rows have it."""
-    names = {"sane": "SANE", "stats": "s(W)", "weights": "W"}
+    """Probe rows (features, property, value, kendall_tau) -> one row per property with a column per
+    feature set and its Kendall tau ("SANE", "SANE tau", ...; tau is empty for a classification),
+    SANE_VS_STATS and SANE_VS_GBT (the paired differences and their bootstrap intervals) where the
+    rows have them."""
     table: dict[str, dict] = {}
     for r in rows:
         entry = table.setdefault(r["property"], {"property": r["property"], "metric": r["metric"]})
-        entry[names.get(r["features"], r["features"])] = r["value"]
-        if r["features"] == "sane" and "vs_stats" in r:
-            low, high = r["vs_stats_ci"]
-            entry[SANE_VS_STATS] = f"{r['vs_stats']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        name = FEATURE_NAMES.get(r["features"], r["features"])
+        entry[name] = r["value"]
+        entry[name + TAU] = r.get("kendall_tau")
+        if r["features"] == "sane":
+            for baseline, column in (("stats", SANE_VS_STATS), ("stats-gbt", SANE_VS_GBT)):
+                if f"vs_{baseline}" in r:
+                    entry[column] = _difference(r, baseline)
     return list(table.values())
+
+
+def probe_table_columns(pivot: list[dict], feature_sets) -> list[str]:
+    """The demo table's columns: property, metric, each feature set's value and tau, the differences."""
+    columns = ["property", "metric"]
+    for features in feature_sets:
+        name = FEATURE_NAMES.get(features, features)
+        columns += [name, name + TAU]
+    return columns + [c for c in (SANE_VS_STATS, SANE_VS_GBT) if pivot and c in pivot[0]]
 
 
 def pivot_generation_table(rows: list[dict]) -> list[dict]:
@@ -203,7 +228,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, progress:
     timings.setdefault("train", round(time.perf_counter() - t0, 1))
     save()
 
-    _stage("3/4 probes: SANE vs s(W) vs W (train fit, validation penalty, test R^2)")
+    _stage("3/4 probes: SANE vs s(W) (linear, GBT) vs W (train fit, validation choices, test R^2 and Kendall tau)")
     if "probe_table" not in results:
         t0 = time.perf_counter()
         results["probe_table"] = probe_table(zoo, ckpt, settings.feature_sets, list(settings.properties), progress=progress,
@@ -212,20 +237,25 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, progress:
         timings["probes"] = round(time.perf_counter() - t0, 1)
         save()
     pivot = pivot_probe_table(results["probe_table"])
-    columns = ["property", "metric", "SANE", "s(W)", "W"] + ([SANE_VS_STATS] if SANE_VS_STATS in pivot[0] else [])
-    probe_md = _table_md("Property prediction (test R^2)", pivot, columns)
+    columns = probe_table_columns(pivot, settings.feature_sets)
+    probe_md = _table_md("Property prediction (test R^2 or accuracy, and Kendall tau)", pivot, columns)
     atomic_write_bytes(out / "probe_table.md", probe_md.encode())
     print(probe_md)
 
     _stage(f"4/4 generation: {', '.join(settings.methods)} vs from scratch, fine-tuned for {list(settings.finetune_epochs)} epochs")
     if "generation_table" not in results:
         t0 = time.perf_counter()
-        prepare_sampling(ckpt, zoo, progress=progress)
+        # the KDE bandwidth scale is chosen here, on the task's validation split, and stored with the anchors
+        anchors = prepare_sampling(ckpt, zoo, progress=progress, bandwidth_scale="auto")
+        results["bandwidth_scale"] = anchors.info["bandwidth_scale"]
+        results["bandwidth_choice"] = anchors.info["bandwidth_choice"]
         results["generation_table"] = generation_table(ckpt, zoo, settings.methods, settings.num_samples, settings.finetune_epochs)
         timings["generation"] = round(time.perf_counter() - t0, 1)
         save()
     gen_rows = pivot_generation_table(results["generation_table"])
-    gen_md = _table_md("Accuracy of generated vs from-scratch models (test split of the task)", gen_rows,
+    scale = results.get("bandwidth_scale")
+    chosen = f"; KDE bandwidth scale {scale:g}, chosen on validation" if scale is not None else ""
+    gen_md = _table_md(f"Accuracy of generated vs from-scratch models (test split of the task{chosen})", gen_rows,
                        ["source"] + [f"epoch {e}" for e in settings.finetune_epochs])
     atomic_write_bytes(out / "generation_table.md", gen_md.encode())
     print(gen_md)

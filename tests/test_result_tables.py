@@ -1,0 +1,42 @@
+"""The demo's probe table and the model card report Kendall tau beside R^2, every s(W) baseline, and
+how many bootstrap resamples gave no finite difference."""
+
+import pytest
+
+from hyperrep_hf import SaneConfig
+from hyperrep_hf.cards import check_model_card, probe_eval_results, sane_model_card
+from hyperrep_hf.demo import SANE_VS_GBT, SANE_VS_STATS, pivot_probe_table, probe_table_columns
+
+
+def _row(features, prop, value, tau, **extra):
+    return {"features": features, "property": prop, "metric": "r2" if tau is not None else "accuracy", "value": value,
+            "kendall_tau": tau, **extra}
+
+
+def test_pivot_puts_tau_beside_every_feature_set_and_counts_nonfinite_differences():
+    rows = [
+        _row("sane", "test_acc", 0.9, 0.8, vs_stats=0.1, vs_stats_ci=[0.05, 0.15], vs_stats_nonfinite=0,
+             **{"vs_stats-gbt": -0.02, "vs_stats-gbt_ci": [-0.1, 0.04], "vs_stats-gbt_nonfinite": 3}),
+        _row("stats", "test_acc", 0.8, 0.7), _row("stats-gbt", "test_acc", 0.92, 0.81), _row("weights", "test_acc", 0.1, 0.2),
+        _row("sane", "init", 0.75, None),
+    ]
+    pivot = pivot_probe_table(rows)
+    acc, init = pivot
+    assert acc["SANE"] == 0.9 and acc["SANE tau"] == 0.8 and acc["s(W)+GBT tau"] == 0.81 and acc["W tau"] == 0.2
+    assert acc[SANE_VS_STATS] == "+0.100 [+0.050, +0.150]"
+    assert acc[SANE_VS_GBT] == "-0.020 [-0.100, +0.040] (3 non-finite)"
+    assert init["SANE tau"] is None  # a classification has no tau
+    columns = probe_table_columns(pivot, ("sane", "stats", "stats-gbt", "weights"))
+    assert columns == ["property", "metric", "SANE", "SANE tau", "s(W)", "s(W) tau", "s(W)+GBT", "s(W)+GBT tau", "W",
+                       "W tau", SANE_VS_STATS, SANE_VS_GBT]
+
+
+def test_model_card_results_carry_kendall_tau_beside_r2():
+    results = probe_eval_results({"test_acc": 0.9, "epoch": 0.8}, dataset="org/zoo", kendall_tau_by_property={"test_acc": 0.7})
+    assert [(r.metric_type, r.metric_name, r.metric_value) for r in results] == [
+        ("r_squared", "R^2 test_acc", 0.9), ("kendall_tau", "Kendall tau test_acc", 0.7), ("r_squared", "R^2 epoch", 0.8)]
+    card = sane_model_card(SaneConfig.from_preset("tiny", token_size=33), model_name="x", eval_results=results)
+    check_model_card(card)
+    assert "| Kendall tau test_acc | 0.7000 |" in str(card) and card.data.metrics == ["kendall_tau", "r_squared"]
+    with pytest.raises(ValueError, match="Kendall tau given for \\['ggap'\\] without an R\\^2"):
+        probe_eval_results({"test_acc": 0.9}, dataset="org/zoo", kendall_tau_by_property={"ggap": 0.1})
