@@ -12,9 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 from safetensors.torch import save_file
 from transformers import pipeline
 
@@ -65,6 +67,7 @@ def shared(tmp_path_factory, hub_server):
         save_file(zoo.layout.unflatten(row), root / f"model-{i}.safetensors")
     fit_probes(zoo, "sane", folder, properties=["test_acc"], permutations=0).save(folder)
     second = push_checkpoint(folder, repo, commit_message="probes of test_acc only")
+    assert cli(["zoo", "push", str(zoo.path), zoo_repo, "--revision", "v1", "--commit-message", "the digits zoo"]) == 0
     push_zoo(zoo.path, zoo_repo)
     return {"root": root, "folder": folder, "repo": repo, "zoo_repo": zoo_repo, "first": first.oid,
             "second": second.oid, "zoo": zoo}
@@ -279,3 +282,29 @@ def test_the_library_never_turns_on_trust_remote_code():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value is True), path
+
+
+def test_a_pushed_zoo_declares_its_splits_and_features_for_plain_datasets(shared, hub_server):
+    repo = shared["zoo_repo"]
+    assert HfApi().list_repo_commits(repo, repo_type="dataset", revision="v1")[0].title == "the digits zoo"
+    card = DatasetCard.load(repo)
+    assert [c["split"] for c in card.data.configs[0]["data_files"]] == ["train", "validation", "test"]
+    features = {f["name"]: f for f in card.data.dataset_info["features"]}
+    assert features["weights"] == {"name": "weights", "list": "float32", "length": shared["zoo"].num_weights}
+    assert {"model_id", "epoch", "test_acc", "diverged"} <= set(features)
+    files = [f for f in hub_server.repo_files(repo, "dataset") if f.endswith(".parquet")]
+    assert {f.split("/")[1].split("-")[0] for f in files} == {"train", "validation", "test"}
+
+
+def test_row_groups_stay_under_the_hub_viewers_limit_for_resnet18_rows(tmp_path):
+    """A full-width ResNet-18 row is 45 MB; a row group must stay under 100 MB for the Hub's viewer."""
+    from hyperrep_hf.zoo.dataset import HYPERPARAMETER_TYPES, METRICS, write_shard
+
+    P = 11_200_000
+    rows = {"model_id": [0, 0, 1], "epoch": [0, 1, 0], "weights": np.zeros((3, P), dtype=np.float32),
+            "architecture": ["resnet18"] * 3, "diverged": [False] * 3, **{m: [0.5] * 3 for m in METRICS}}
+    rows.update({k: [None] * 3 for k in HYPERPARAMETER_TYPES})
+    write_shard(tmp_path / "train-00000.parquet", rows, P)
+    meta = pq.ParquetFile(tmp_path / "train-00000.parquet").metadata
+    assert meta.num_rows == 3 and meta.num_row_groups == 3
+    assert max(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) < 100 << 20

@@ -81,7 +81,7 @@ def _import(args) -> int:
 def _push(args) -> int:
     from hyperrep_hf.zoo import push_zoo
 
-    url = push_zoo(args.path, args.repo_id, private=args.private)
+    url = push_zoo(args.path, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)
     print(f"pushed {args.path} to {url}")
     return 0
 
@@ -128,7 +128,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("push", help="upload a zoo folder to the Hub as a dataset repo")
     p.add_argument("path", help="zoo folder")
     p.add_argument("repo_id", help="org/name")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default=None, help="branch to commit to (created from main if new; default main)")
+    p.add_argument("--commit-message", default=None, help="commit message")
     p.set_defaults(func=_push)
 
 

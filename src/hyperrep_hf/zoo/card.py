@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..files import atomic_write_text
-from .dataset import CONFIG_NAME, data_files_config
+from .dataset import CONFIG_NAME, data_files_config, zoo_features
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "zoo_card.md"
 SPLITS = ("train", "validation", "test")
@@ -39,6 +39,8 @@ def _spread(values: np.ndarray) -> str:
 
 def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
     """Write DIR/README.md with the zoo's YAML (data files, tags) and a summary of its splits."""
+    from datasets import DatasetInfo
+    from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
     stats = shard_metadata(out)
@@ -70,6 +72,9 @@ def write_card(out: Path, info: dict, repo_hint: str | None = None) -> None:
         size_categories=[size],
         configs=data_files_config(),
     )
+    # the columns, as datasets writes them for a pushed dataset: the Hub's viewer and load_dataset read them
+    features = zoo_features(info["num_weights"], info.get("extra_columns"))
+    DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(card_data)
     card = DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE),

@@ -9,11 +9,13 @@ from .card import write_card
 from .dataset import read_zoo_info
 
 
-def push_zoo(zoo_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
-    """Upload a finished zoo folder to the dataset repo `repo_id` (created if needed); returns its URL.
+def push_zoo(zoo_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+             commit_message: str | None = None, revision: str | None = None) -> str:
+    """Upload a finished zoo folder to the dataset repo `repo_id` (created if needed) in one commit, on
+    branch `revision` (created from main if new; default main); returns the repo's URL.
 
-    The parquet shards, zoo_config.json and the card travel; `datasets.load_dataset(repo_id)` and
-    `load_zoo(repo_id)` load it back.
+    The parquet shards, zoo_config.json and the card (its YAML declares the splits and the features)
+    travel; plain `datasets.load_dataset(repo_id)` and `load_zoo(repo_id)` load it back.
     """
     from huggingface_hub import HfApi
 
@@ -24,10 +26,13 @@ def push_zoo(zoo_dir: str | os.PathLike, repo_id: str, private: bool = False, to
     write_card(path, info, repo_hint=repo_id)  # the card's usage example names the repo
     api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
     api.upload_folder(
         folder_path=str(path),
         repo_id=repo_id,
         repo_type="dataset",
+        revision=revision,
         allow_patterns=["data/*.parquet", "zoo_config.json", "README.md"],
         commit_message=commit_message or f"Upload model zoo {info.get('name', path.name)}",
     )
