@@ -3,9 +3,11 @@ and the result tables that compare them with the baselines.
 
 - embedding: windowed encode / decode of flat weights (`embed_flat`, `encode_flat`, `decode_flat`)
 - probes: `ProbeSet` (ridge / linear classifier, penalty chosen on validation), `ridge_path`
+- trees: `TreeProbeSet` (gradient-boosted trees on s(W), "stats-gbt", hyperparameters chosen on validation)
 - scores: `r_squared`, `kendall_tau`
 - samplers: `KDESampler`, `GaussianSampler`, `neighbour_sampler`, `sub_sample`, `boot_sample`
-- generation: `prepare_sampling`, `SamplingAnchors`, `ModelGenerator`, `condition_batchnorm`
+- generation: `prepare_sampling`, `SamplingAnchors`, `ModelGenerator`, `choose_bandwidth_scale`,
+  `condition_batchnorm`
 - evaluation: `probe_table`, `generation_table`, `finetune_accuracy`, `format_table`
 """
 
@@ -24,6 +26,7 @@ _EXPORTS = {
     "probe_table": "evaluation",
     "ModelGenerator": "generation",
     "SamplingAnchors": "generation",
+    "choose_bandwidth_scale": "generation",
     "condition_batchnorm": "generation",
     "prepare_sampling": "generation",
     "PENALTIES": "probes",
@@ -34,6 +37,7 @@ _EXPORTS = {
     "boot_sample": "samplers",
     "neighbour_sampler": "samplers",
     "sub_sample": "samplers",
+    "TreeProbeSet": "trees",
     "kendall_tau": "scores",
     "r_squared": "scores",
 }

@@ -1,9 +1,16 @@
-"""The s(W) baseline features (METHOD.md §6, after Unterthiner et al. 2020, "LayerQuintiles").
+"""The s(W) baseline features (METHOD.md §6), Unterthiner et al. 2020 style.
 
-For every entry of the weight layout (each weight, bias and BatchNorm tensor on its own, running
-statistics included) seven numbers: mean, variance (population, ddof=0) and the 1st, 25th, 50th,
-75th and 99th percentiles (linear interpolation, as numpy.percentile's default). Computed for a
-whole zoo batch at once: one sort per entry, no loop over models.
+For every entry of the weight layout (each state_dict tensor on its own: a layer's weight and bias
+apart, BatchNorm's running statistics included) seven numbers of its RAW weights: mean, variance
+(population, ddof=0) and the 1st, 25th, 50th, 75th and 99th percentiles (linear interpolation, as
+numpy.percentile's default). Computed for a whole zoo batch at once: one sort per entry, no loop
+over models. The "stats" probe is linear on them; "stats-gbt" (downstream.trees) puts
+gradient-boosted trees on them, as Unterthiner et al. do.
+
+This is not SANE's "LayerQuintiles" baseline, which takes the same seven statistics per layer
+(weight and bias together) over the layer's tokens: after the per-layer standardisation, and over
+the zero padding of its tokens. Raw per-tensor statistics keep the scale of the weights (a weight
+norm that grows with training, a bias apart from its weight) that standardised tokens remove.
 """
 
 from __future__ import annotations
