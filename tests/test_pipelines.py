@@ -412,3 +412,27 @@ def test_cli_permutations(zoo, spec_checkpoint, tmp_path):
     assert cli(["embed", "--checkpoint", str(folder), "--zoo", str(zoo.path), "--pooling", "layer", "--out", str(out)]) == 0
     assert load_file(out)["embeddings"].shape == (len(features), int(tok.layouts[0].positions[:, 1].max()) + 1,
                                                   model.config.latent_dim)
+
+
+def test_a_split_with_a_diverged_checkpoint_embeds_predicts_and_is_counted(zoo, checkpoint, tmp_path, capsys):
+    import shutil
+
+    from test_real_zoo_data import _corrupt_shard
+
+    real = tmp_path / "real"
+    shutil.copytree(zoo.path, real)
+    _corrupt_shard(sorted((real / "data").glob("test-*.parquet"))[0], {0: float("nan")}, [])
+    from hyperrep_hf.zoo import load_zoo
+
+    test = load_zoo(real).dataset["test"]
+    embed = pipeline("weight-embedding", model=str(checkpoint), device="cpu")
+    embeddings = embed(test)
+    assert len(embeddings) == len(test) and torch.isnan(embeddings[0]).all()
+    assert torch.allclose(torch.stack(embeddings[1:]), torch.stack(embed(zoo.dataset["test"])[1:]))
+    predictions = pipeline("weight-property-prediction", model=str(checkpoint), device="cpu")(test)
+    assert predictions[0] == {"test_acc": None, "epoch": None} and None not in predictions[1].values()
+    assert cli(["embed", "--checkpoint", str(checkpoint), "--zoo", str(real), "--out", str(tmp_path / "e.safetensors")]) == 0
+    assert f"left out 1 of {len(test)} rows of 'test': non-finite weights" in capsys.readouterr().out
+    assert len(load_file(tmp_path / "e.safetensors")["embeddings"]) == len(test) - 1
+    assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(real), "--out", str(tmp_path / "p.json")]) == 0
+    assert len(json.loads((tmp_path / "p.json").read_text())) == len(test) - 1

@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
         embeddings = pipe(zoo.dataset[args.split], **options)
         meta = zoo.metadata(args.split, ["model_id", "epoch"])
+        keep = [bool(torch.isfinite(e).all()) for e in embeddings]  # diverged checkpoints embed as NaN
+        if not all(keep):
+            print(f"left out {keep.count(False)} of {len(keep)} rows of {args.split!r}: non-finite weights (diverged checkpoints)")
+        embeddings, meta = [e for e, k in zip(embeddings, keep) if k], meta[keep]
+        if not embeddings:
+            raise ValueError(f"every row of split {args.split!r} holds non-finite weights; nothing to embed")
         tensors["model_id"] = torch.tensor(meta["model_id"].to_numpy())
         tensors["epoch"] = torch.tensor(meta["epoch"].to_numpy())
     else:

@@ -112,7 +112,10 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
         predictions = pipe(zoo.dataset[args.split], properties=args.properties)
         ids = zoo.metadata(args.split, ["model_id", "epoch"]).to_dict("records")
-        records = [{**i, **p} for i, p in zip(ids, predictions)]
+        records = [{**i, **p} for i, p in zip(ids, predictions) if any(v is not None for v in p.values())]
+        if len(records) < len(ids):
+            print(f"left out {len(ids) - len(records)} of {len(ids)} rows of {args.split!r}: non-finite weights "
+                  "(diverged checkpoints)")
     else:
         predictions = pipe(list(args.models), properties=args.properties)
         records = [{"model": m, **p} for m, p in zip(args.models, predictions)]

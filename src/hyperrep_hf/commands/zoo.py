@@ -31,7 +31,9 @@ def _info(args) -> int:
     zoo = load_zoo(args.path)
     print(f"zoo: {zoo.path}")
     print(f"architecture: {zoo.architecture} {zoo.architecture_kwargs}")
-    print(f"task: {zoo.task}   weights per model: {zoo.num_weights}")
+    from hyperrep_hf.zoo.tasks import task_label
+
+    print(f"task: {task_label(zoo.task) if zoo.task else '-'}   weights per model: {zoo.num_weights}")
     print(f"varied: {', '.join(zoo.info.get('varied', [])) or '-'}")
     print(f"{'split':<11} {'models':>6} {'rows':>6} {'epochs':>9} {'diverged':>8}  test_acc at first / last epoch (min / median / max)")
     for split in zoo.dataset:

@@ -187,7 +187,9 @@ class WeightEmbeddingPipeline(Pipeline):
         return match_layout(tok, state_dict, self._known_layouts)
 
     def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, permutations=None, **kwargs):
-        """A zoo split, read in slices of `batch_size` rows: list of one embedding per row."""
+        """A zoo split, read in slices of `batch_size` rows: list of one embedding per row. A row whose
+        weights hold NaN / inf (a diverged checkpoint, as real zoos have) gets an all-NaN embedding, so
+        the list stays aligned with the split's rows."""
         if "weights" not in ds.column_names:
             raise ValueError(f"the dataset has no 'weights' column (columns: {ds.column_names}); is it a zoo split?")
         pooling = check_pooling(pooling or "mean")
@@ -198,6 +200,8 @@ class WeightEmbeddingPipeline(Pipeline):
             flat = torch.as_tensor(np.asarray(ds.with_format("numpy")[start : start + step]["weights"], dtype=np.float32))
             flat = flat.reshape(flat.shape[0], -1)
             layout_id = self.layout_for_size(flat.shape[1])
+            diverged = ~torch.isfinite(flat).all(1)
+            flat[diverged] = 0.0  # embedded as zeros, then marked NaN below
             if permutations:
                 res = self._pooled(embed_flat(self.model, self.feature_extractor, flat, pooling, layout_id, len(flat),
                                               window_size, halo, permutations=permutations), pooling)
@@ -205,5 +209,6 @@ class WeightEmbeddingPipeline(Pipeline):
                 enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
                 with torch.no_grad():
                     res = self._forward(enc, pooling=pooling, window_size=window_size, halo=halo)
-            out.extend(self._unbatch({k: v[i : i + 1] for k, v in res.items()}) for i in range(flat.shape[0]))
+            rows = [self._unbatch({k: v[i : i + 1] for k, v in res.items()}) for i in range(flat.shape[0])]
+            out.extend(torch.full_like(r, float("nan")) if bad else r for r, bad in zip(rows, diverged.tolist()))
         return out

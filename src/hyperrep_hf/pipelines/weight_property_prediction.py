@@ -3,7 +3,8 @@
 The probes are the checkpoint's "sane" probe set (`hyperrep probe fit`, saved under
 CHECKPOINT/probes/); the output per model is a dict keyed by the zoo's column names, e.g.
 {"test_acc": 0.91, "epoch": 7.8, "ggap": 0.02, "activation": "tanh"}. Inputs as for
-"weight-embedding".
+"weight-embedding"; on a zoo split, rows of diverged checkpoints (NaN / inf weights) get None for
+every property.
 """
 
 from __future__ import annotations
@@ -59,5 +60,12 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
                                             self.probes.info.get("permutations", 0))
         if not embeddings:
             return []
-        predictions = self.probes.predict(torch.stack([e.reshape(-1) for e in embeddings]), post.get("properties"))
-        return [{name: values[i] for name, values in predictions.items()} for i in range(len(embeddings))]
+        x = torch.stack([e.reshape(-1) for e in embeddings])
+        finite = torch.isfinite(x).all(1)  # rows of diverged checkpoints: no prediction (None)
+        names = post.get("properties") or self.probes.properties
+        predictions = self.probes.predict(x[finite], names) if finite.any() else {n: [] for n in names}
+        out, k = [], 0
+        for ok in finite.tolist():
+            out.append({n: predictions[n][k] for n in names} if ok else dict.fromkeys(names))
+            k += ok
+        return out

@@ -23,7 +23,7 @@ from .population import (
     train_population,
 )
 from .spec import PRESETS, ZooSpec
-from .tasks import TASKS, TaskData, load_task
+from .tasks import TASKS, TaskData, load_task, register_task, task_names
 
 __all__ = [
     "ARCHITECTURES",
@@ -44,6 +44,8 @@ __all__ = [
     "import_zoo",
     "init_weights",
     "load_task",
+    "register_task",
+    "task_names",
     "load_zoo",
     "make_population",
     "num_parameters",
