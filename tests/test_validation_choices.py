@@ -166,3 +166,18 @@ def test_exploded_validation_and_test_rows_are_scored_not_dropped(zoo, tmp_path)
     n_test = len(exploded.dataset["test"])
     assert all(r["num_rows"] == n_test and r["left_out"] == 0 for r in rows)
     assert all(np.isfinite(r["value"]) for r in rows)
+
+
+def test_a_task_mapping_is_loaded_like_a_task_name(zoo, checkpoint, tmp_path, monkeypatch):
+    """A zoo's task may be a mapping (a local image data set); the generator loads it, as a name, for
+    the bandwidth choice, SUB scoring and BatchNorm conditioning."""
+    import hyperrep_hf.zoo.tasks as tasks
+
+    digits, seen = load_task("digits"), []
+    monkeypatch.setattr(tasks, "load_task", lambda task: seen.append(task) or digits)
+    model, tok = load_checkpoint(checkpoint)
+    mapping = {"name": "my-digits", "dataset": "/data/digits"}
+    anchors = prepare_sampling(checkpoint, zoo, model=model, tokenizer=tok, progress=False, bandwidth_scale=None,
+                               save_to=tmp_path)
+    gen = ModelGenerator(model, tok, SamplingAnchors(anchors.latents, anchors.scores, {**anchors.info, "task": mapping}))
+    assert gen.task is digits and seen == [mapping]

@@ -267,7 +267,7 @@ class ModelGenerator:
 
     @property
     def task(self):
-        if self._task is None or isinstance(self._task, str):
+        if self._task is None or isinstance(self._task, (str, dict)):  # a name or a task mapping (zoo.tasks)
             name = self._task or self.anchors.info.get("task")
             if not name:
                 raise ValueError("the anchors name no task; pass task=load_task(NAME) for BatchNorm conditioning and SUB scoring")
