@@ -52,6 +52,8 @@ def test_tree_probes_leave_out_missing_targets_and_refuse_to_be_saved(tmp_path):
     assert np.isfinite(trees.predict(xv)["acc"]).all()
     with pytest.raises(ValueError, match="table-only.*hyperrep probe eval --features stats-gbt"):
         trees.save(tmp_path)
+    with pytest.raises(ValueError, match="table-only and never saved"):
+        ProbeSet.load(tmp_path, "stats-gbt")
     with pytest.raises(ValueError, match="no probe for property 'epoch'"):
         trees.predict(xv, ["epoch"])
     with pytest.raises(ValueError, match="NaN"):
