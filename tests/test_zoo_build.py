@@ -160,3 +160,46 @@ def test_folders_that_are_not_zoos_are_refused(tmp_path, tiny_zoo):
     (broken / "zoo_config.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"zoo_config.json: the zoo's weight layout \(988 weights\) does not fit architecture 'cnn-digits'"):
         load_zoo(broken)
+
+
+def test_workers_share_the_chunks_and_build_the_same_zoo(tmp_path, tiny_zoo, monkeypatch):
+    """workers=2 trains chunks in two processes: the same rows and weights as one process; the plan
+    of the first run is kept when a build resumes with another number of workers."""
+    from hyperrep_hf.zoo import build as build_module
+
+    config = {**TINY, "population_size": 6}
+    two = build_zoo(config, tmp_path / "two", progress=False, workers=2)
+    one = build_zoo(config, tmp_path / "one", progress=False)
+    assert two.info["chunk_size"] == 3 and one.info["chunk_size"] == 6
+    for split in one.dataset:
+        a, b = one.metadata(split), two.metadata(split)
+        ia, ib = a.sort_values(["model_id", "epoch"]).index, b.sort_values(["model_id", "epoch"]).index
+        assert a.loc[ia, ["model_id", "epoch", "test_acc"]].values.tolist() == b.loc[ib, ["model_id", "epoch", "test_acc"]].values.tolist()
+        assert torch.equal(one.weights(split)[ia], two.weights(split)[ib])
+
+    # a build begun with 2 workers, stopped after its first chunk, resumes in one process with its plan
+    def first_chunk_then_stop(spec, out, todo, num_weights, workers, bar):
+        cid, chunk = todo[0]
+        build_module._write_chunk(spec, out, cid, chunk, build_module.train_chunk(spec, chunk, load_task(spec.task, **spec.task_kwargs)), num_weights)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_build_in_processes", first_chunk_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(config, tmp_path / "resumed", progress=False, workers=2)
+    original, trained = build_module.train_chunk, []
+
+    def spy(spec, chunk, *args):
+        trained.append(len(chunk))
+        return original(spec, chunk, *args)
+
+    monkeypatch.setattr(build_module, "train_chunk", spy)
+    resumed = build_zoo(config, tmp_path / "resumed", progress=False)  # one process now
+    spec = build_module.resolve_spec(config)
+    plan = build_module.plan_chunks(spec, spec.models(), 3)
+    assert len(plan) > 2 and trained == [len(c) for c in plan[1:]] and resumed.info["chunk_size"] == 3
+    for split in one.dataset:
+        a, b = one.metadata(split), resumed.metadata(split)
+        ia, ib = a.sort_values(["model_id", "epoch"]).index, b.sort_values(["model_id", "epoch"]).index
+        assert torch.equal(one.weights(split)[ia], resumed.weights(split)[ib])
+    with pytest.raises(ValueError, match="workers must be a positive number of processes"):
+        build_zoo(config, tmp_path / "bad", workers=0)

@@ -79,7 +79,7 @@ def build_demo_zoo(out: Path, settings: DemoSettings, progress: bool):
 
     _stage(f"1/4 zoo: {settings.zoo['num_models']} x {settings.zoo['architecture']} on {settings.zoo['task']}, "
            f"{settings.zoo['epochs']} epochs")
-    return build_zoo(settings.zoo, out / "zoo", progress=progress)
+    return build_zoo(settings.zoo, out / "zoo", progress=progress, workers=os.cpu_count() or 1)  # every core
 
 
 def train_demo_sane(out: Path, settings: DemoSettings, progress: bool) -> Path:

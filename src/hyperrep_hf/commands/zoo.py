@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from . import resolve_device
 
 
@@ -19,6 +21,7 @@ def _build(args) -> int:
         progress=not args.quiet,
         device=None if args.device is None else str(resolve_device(args.device)),
         num_threads=args.threads,
+        workers=args.workers or os.cpu_count() or 1,
     )
     if zoo is not None:  # the main process of a multi-process build
         print(zoo)
@@ -101,6 +104,8 @@ def register(subparsers) -> None:
     b.add_argument("--population-size", type=int, help="models trained at once per chunk")
     b.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (default 1 on CPU: scale out with processes)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="processes training chunks of models at once on a CPU (default: one per core)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 

@@ -47,9 +47,18 @@ def init_model(spec: ZooSpec, model: ModelSpec, input_shape, num_classes) -> tor
     return init_weights(net, model.hyperparameters["init"], generator=torch.Generator().manual_seed(model.seed))
 
 
-def plan_chunks(spec: ZooSpec, models: list[ModelSpec]) -> list[list[ModelSpec]]:
+def chunk_size(spec: ZooSpec, parallel: int) -> int:
+    """Models per chunk: the population size, or fewer so that `parallel` processes all get a chunk.
+    A model's weights do not depend on the chunk it trains in (each has its own init, data order and
+    optimizer state), so the plan only decides how the work is shared."""
+    return max(1, min(spec.population_size, -(-spec.total_models // max(1, parallel))))
+
+
+def plan_chunks(spec: ZooSpec, models: list[ModelSpec], size: int | None = None) -> list[list[ModelSpec]]:
     """Groups of models that train together: one activation per group (it cannot be stacked),
-    at most spec.population_size models per chunk. Deterministic, so a resumed build sees the same plan."""
+    at most `size` (default spec.population_size) models per chunk. Deterministic, so a resumed
+    build sees the same plan."""
+    size = size or spec.population_size
     stack_key = "activation" if "activation" in spec.architecture_parameters() else None
     groups: dict[str, list[ModelSpec]] = {}
     for m in models:
@@ -58,7 +67,7 @@ def plan_chunks(spec: ZooSpec, models: list[ModelSpec]) -> list[list[ModelSpec]]
     for key in sorted(groups):
         ms = groups[key]
         # spread each group evenly over its chunks instead of leaving one small remainder chunk
-        n_chunks = -(-len(ms) // spec.population_size)
+        n_chunks = -(-len(ms) // size)
         chunks += [ms[i::n_chunks] for i in range(n_chunks)]
     return [sorted(c, key=lambda m: m.model_id) for c in chunks]
 
@@ -87,6 +96,65 @@ def train_chunk(spec: ZooSpec, chunk: list[ModelSpec], task: TaskData, bar=None)
 
     train_population(population, task, spec.epochs, spec.batch_size, on_checkpoint, spec.checkpoints, progress=bar if bar is not None else False)
     return rows
+
+
+def _write_chunk(spec: ZooSpec, out: Path, cid: int, chunk: list[ModelSpec], rows: dict, num_weights: int) -> None:
+    """A trained chunk's shards, then its marker (each atomic): the chunk counts as done."""
+    counts = {}
+    for split, cols in rows.items():
+        cols["weights"] = np.stack(cols["weights"])
+        counts[split] = write_shard(out / "data" / f"{split}-{cid:05d}.parquet", cols, num_weights)
+    marker = {"chunk": cid, "models": [m.model_id for m in chunk], "rows": counts}
+    atomic_write_text(out / PROGRESS_DIR / f"chunk-{cid:05d}.json", json.dumps(marker))
+
+
+class _QueueBar:
+    """Stands in for the main process's tqdm bar in a worker: model-epochs go back through a queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def update(self, n: int = 1) -> None:
+        self.queue.put(n)
+
+
+_WORKER_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
+def _train_and_write(spec: ZooSpec, out: Path, cid: int, chunk: list[ModelSpec], num_weights: int) -> int:
+    task = load_task(spec.task, **spec.task_kwargs)
+    _write_chunk(spec, out, cid, chunk, train_chunk(spec, chunk, task, _QueueBar(_WORKER_QUEUE)), num_weights)
+    return cid
+
+
+def _build_in_processes(spec: ZooSpec, out: Path, todo, num_weights: int, workers: int, bar) -> None:
+    """Train the chunks `todo` [(chunk id, models)] in `workers` processes (spawned: torch's thread
+    pools do not survive a fork), advancing `bar` as their model-epochs finish."""
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    done_queue = context.Queue()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(done_queue,)) as pool:
+        pending = {pool.submit(_train_and_write, spec, out, cid, chunk, num_weights) for cid, chunk in todo}
+        while pending:
+            finished, pending = wait(pending, timeout=0.5)
+            for future in finished:
+                future.result()  # a worker's error surfaces here, with its traceback
+            try:
+                while True:
+                    bar.update(done_queue.get_nowait())
+            except queue_module.Empty:
+                pass
+            bar.set_postfix(chunks=f"{len(todo) - len(pending)}/{len(todo)}")
 
 
 def _process_state():
@@ -146,6 +214,7 @@ def build_zoo(
     progress: bool = True,
     device: str | None = None,
     num_threads: int | None = None,
+    workers: int = 1,
 ) -> Zoo | None:
     """Build (or resume building) a zoo into `out_dir` and return it loaded.
 
@@ -154,6 +223,8 @@ def build_zoo(
     every process trains its share; the main process returns the Zoo, the others None.
     `num_threads`: torch's CPU threads during the build, default 1 (small models gain little from
     threads, and on a loaded 2-core machine 2 threads made steps 50x slower); restored afterwards.
+    `workers`: processes that train chunks at once on this machine (CPU builds; `hyperrep zoo build`
+    and the demo use one per core); one progress bar counts them all.
     """
     spec = resolve_spec(preset_or_spec, num_models=num_models, epochs=epochs, population_size=population_size)
     out = Path(out_dir)
@@ -165,18 +236,23 @@ def build_zoo(
     torch.set_num_threads(num_threads or (1 if device == "cpu" else threads_before))
     # denormal floats (from saturated tanh/sigmoid, N(0,1) inits) slow CPU arithmetic many times over
     torch.set_flush_denormal(True)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
+    if device != "cpu" or state:  # GPUs train big stacks in one process; a launch shares out chunks itself
+        workers = 1
     try:
-        return _build(spec, out, state, rank, world, device, progress)
+        return _build(spec, out, state, rank, world, device, progress, workers)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_flush_denormal(False)
 
 
-def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, progress: bool) -> Zoo | None:
+def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, progress: bool,
+           workers: int = 1) -> Zoo | None:
     sidecar = out / CONFIG_NAME
     task = load_task(spec.task, **spec.task_kwargs)
     spec.check_fits(task.input_shape, task.num_classes)
-    info = zoo_info(spec, task)
+    info = dict(zoo_info(spec, task), chunk_size=chunk_size(spec, world * workers))
     if rank == 0:
         _claim_folder(out, info)
         # A writer killed mid-shard leaves its temporary file (files.atomic_save); no process of this
@@ -185,11 +261,13 @@ def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, 
             tmp.unlink()
     if state:
         state.wait_for_everyone()
-    if json.loads(sidecar.read_text(encoding="utf-8")).get("complete"):
+    existing = json.loads(sidecar.read_text(encoding="utf-8"))
+    if existing.get("complete"):
         return load_zoo(out) if rank == 0 else None
 
-    task = task.to(device)
-    chunks = plan_chunks(spec, spec.models())
+    # the plan of the first run (a resumed build keeps it, whatever its number of workers)
+    info["chunk_size"] = existing.get("chunk_size", spec.population_size)
+    chunks = plan_chunks(spec, spec.models(), info["chunk_size"])
     mine = [(cid, c) for cid, c in enumerate(chunks) if cid % world == rank]
     todo = [(cid, c) for cid, c in mine if not (out / PROGRESS_DIR / f"chunk-{cid:05d}.json").exists()]
     bar = tqdm(
@@ -199,15 +277,13 @@ def _build(spec: ZooSpec, out: Path, state, rank: int, world: int, device: str, 
         disable=not progress,
         dynamic_ncols=True,
     )
-    for cid, chunk in todo:
-        rows = train_chunk(spec, chunk, task, bar)
-        counts = {}
-        for split, cols in rows.items():
-            cols["weights"] = np.stack(cols["weights"])
-            counts[split] = write_shard(out / "data" / f"{split}-{cid:05d}.parquet", cols, info["num_weights"])
-        marker = {"chunk": cid, "models": [m.model_id for m in chunk], "rows": counts}
-        atomic_write_text(out / PROGRESS_DIR / f"chunk-{cid:05d}.json", json.dumps(marker))
-        bar.set_postfix(chunks=f"{cid + 1}/{len(chunks)}")
+    if workers > 1 and len(todo) > 1:
+        _build_in_processes(spec, out, todo, info["num_weights"], min(workers, len(todo)), bar)
+    else:
+        task = task.to(device)
+        for cid, chunk in todo:
+            _write_chunk(spec, out, cid, chunk, train_chunk(spec, chunk, task, bar), info["num_weights"])
+            bar.set_postfix(chunks=f"{cid + 1}/{len(chunks)}")
     bar.close()
 
     if state:

@@ -348,12 +348,13 @@ def train_population(
     """Train for `epochs`, evaluating epoch 0 (the initial state) and after every epoch.
 
     `on_checkpoint(epoch, metrics, flat_weights [M, P])` runs for each epoch in checkpoint_epochs
-    (default: all, 0 included). `progress` is a flag or a tqdm bar (counting model-epochs) to advance.
+    (default: all, 0 included). `progress` is a flag or a tqdm bar (any object with `update(n)`,
+    counting model-epochs) to advance.
     Returns the per-epoch metrics (epochs + 1 dicts of [M] tensors).
     """
     checkpoints = set(range(epochs + 1) if checkpoint_epochs is None else checkpoint_epochs)
     history = []
-    own_bar = not isinstance(progress, tqdm)
+    own_bar = isinstance(progress, bool)
     bar = tqdm(total=population.M * epochs, desc=desc, unit="model-epoch", disable=not progress, dynamic_ncols=True) if own_bar else progress
     for epoch in range(epochs + 1):
         if epoch > 0:
