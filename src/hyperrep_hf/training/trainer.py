@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_sane import PRESETS, SaneConfig
 from ..files import atomic_write_text
+from ..launch import check_launch
 from ..modeling_sane import SaneModel
 from ..precision import auto_mixed_precision
 from ..remote_code import write_remote_code
@@ -179,6 +180,7 @@ class SaneTrainer:
             # accelerate keeps one precision per process; a second run in the same Python session
             # (a notebook) may ask for another one
             AcceleratorState._reset_state()
+        check_launch()
         acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None, project_dir=str(self.output_dir))
         if cpu and acc.num_processes > 1:
             # ranks share the cores; oversubscription slows every rank down

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import atomic_write_text
+from ..launch import check_launch
 from ..layout import WeightLayout
 from .architectures import build_model, init_weights
 from .card import finalize_zoo
@@ -160,6 +161,7 @@ def _build_in_processes(spec: ZooSpec, out: Path, todo, num_weights: int, worker
 def _process_state():
     """accelerate's PartialState when launched with several processes, else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        check_launch()
         return None
     from accelerate import PartialState
 
