@@ -48,7 +48,7 @@ def shared(tmp_path_factory, hub_server):
     train_sane(SaneTrainingArguments(zoo=[str(zoo.path)], output_dir=str(folder), preset="tiny", epochs=1,
                                      batch_size=4, report_to=["tensorboard"], progress=False))
     fit_probes(zoo, "sane", folder, properties=["test_acc", "epoch"], permutations=0).save(folder)
-    prepare_sampling(folder, zoo, progress=False)
+    prepare_sampling(folder, zoo, progress=False, bandwidth_scale=0.25)  # the choice on validation: tested elsewhere
     repo, zoo_repo = hub_server.new_repo_id("sane-digits"), hub_server.new_repo_id("digits-resnet-zoo")
     first = push_checkpoint(folder, repo)
     x = zoo.weights("test")[:2]
