@@ -27,7 +27,7 @@ from ...layout import WeightLayout
 from ..architectures import build_model, is_builder_reference, transformers_class, trust_builder
 from ..dataset import HYPERPARAMETER_TYPES, METRICS
 from .state_dicts import flatten_state_dict, read_state_dict
-from .writer import model_splits, write_zoo
+from .writer import column_type, model_splits, write_zoo
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -101,16 +101,6 @@ def resolve_architecture(architecture: str | None, kwargs: dict, first: Path, wh
     return None, {}, WeightLayout.from_state_dict(read_checkpoint(first, where))
 
 
-def _extra_type(series: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(series):
-        return "bool"
-    if pd.api.types.is_integer_dtype(series):
-        return "int64"
-    if pd.api.types.is_float_dtype(series):
-        return "float64"
-    return "string"
-
-
 def plan_models(root: Path, metadata: Path | None) -> tuple[list[list[dict]], dict[str, str], pd.Series | None]:
     """Models as lists of {"file", "epoch", columns...}, the extra columns' types, and the `split` of each model (or None)."""
     if metadata is None:
@@ -148,7 +138,7 @@ def plan_models(root: Path, metadata: Path | None) -> tuple[list[list[dict]], di
             raise ValueError(f"metadata table {metadata}: model {per_model[per_model > 1].index[0]!r} lies in two splits; every epoch of a model goes to one split")
         split = table.groupby("model_id", sort=False)["split"].first()
     standard = {"model_id", "epoch", "file", "split", "diverged", *METRICS, *HYPERPARAMETER_TYPES}
-    extra = {c: _extra_type(table[c]) for c in table.columns if c not in standard}
+    extra = {c: column_type(table[c]) for c in table.columns if c not in standard}
     integer_ids = pd.api.types.is_integer_dtype(table["model_id"])
     if not integer_ids:
         extra["model_name"] = "string"

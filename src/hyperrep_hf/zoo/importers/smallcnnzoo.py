@@ -32,7 +32,7 @@ import pandas as pd
 from ...layout import WeightLayout
 from ..architectures import ACTIVATIONS, build_model
 from ..dataset import STANDARD_COLUMNS
-from .writer import model_splits, write_zoo
+from .writer import column_type, model_splits, write_zoo
 
 FILES = ("weights.npy", "metrics.csv.gz", "layout.csv")
 EXPECTS = "weights.npy, metrics.csv.gz and layout.csv (the Small CNN Zoo tarball's files) in one folder"
@@ -169,16 +169,6 @@ def nfn_splits(split_file: Path, metrics: pd.DataFrame, models: list[str]) -> li
     return out
 
 
-def _extra_type(series: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(series):
-        return "bool"
-    if pd.api.types.is_integer_dtype(series):
-        return "int64"
-    if pd.api.types.is_float_dtype(series):
-        return "float64"
-    return "string"
-
-
 def import_smallcnnzoo(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -218,7 +208,7 @@ def import_smallcnnzoo(
         splits = model_splits(len(models), seed, str(folder))
     extras = {c: c.removeprefix("config.") for c in metrics.columns if c.startswith("config.") and c not in CONFIG_COLUMNS}
     extras = {c: col for c, col in extras.items() if col not in STANDARD_COLUMNS and col != "source"}
-    extra_types = {col: _extra_type(metrics[c]) for c, col in extras.items()}
+    extra_types = {col: column_type(metrics[c]) for c, col in extras.items()}
     records = {c: metrics[c].to_numpy() for c in metrics.columns}  # row lookups without pandas overhead
 
     def read_model(modeldir) -> list[dict]:

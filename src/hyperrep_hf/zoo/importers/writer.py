@@ -48,6 +48,18 @@ LOSSES = ("train_loss", "val_loss", "test_loss")
 MAX_SHARD_BYTES = 512 << 20  # weights per parquet part: a ResNet-18 zoo's shard does not sit in memory whole
 
 
+def column_type(values) -> str:
+    """The zoo column type ("bool", "int64", "float64" or "string") of a pandas column of a format's table."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values):
+        return "bool"
+    if pd.api.types.is_integer_dtype(values):
+        return "int64"
+    if pd.api.types.is_float_dtype(values):
+        return "float64"
+    return "string"
+
 def model_splits(num_models: int, seed: int, where: str) -> list[str]:
     """train / validation / test per model (SPLIT_FRACTIONS): every epoch of a model in one split.
     Fewer than 3 models cannot fill three splits: they all go to train."""
