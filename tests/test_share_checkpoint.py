@@ -113,6 +113,10 @@ def test_push_uploads_the_folder_whole_in_one_commit(shared, hub_server):
     assert [(r.metric_name, r.metric_value) for r in main_card.data.eval_results] == [
         ("R^2 test_acc", probes["probes"]["test_acc"]["validation"]["r2"])]
     assert f'AutoModel.from_pretrained("{repo}")' in main_card.text
+    with_logs = hub_server.new_repo_id("with-logs")  # --logs: the TensorBoard logs travel too
+    assert cli(["push", str(folder), with_logs, "--logs", "--commit-message", "with logs"]) == 0
+    logs = [f for f in hub_server.repo_files(with_logs) if f.startswith("runs/")]
+    assert logs and not any(f.startswith("checkpoints/") for f in hub_server.repo_files(with_logs))
 
 
 WITH_PACKAGE = textwrap.dedent(
