@@ -100,18 +100,18 @@ for preset in mnist-seed mnist-hyp; do
 done
 wait
 
-# probe tables (SANE averaged over 8 permutations, s(W), W), then the generation table
+# probe tables (SANE averaged over 8 permutations, s(W), s(W)+GBT, W), then the generation table
 for preset in mnist-seed mnist-hyp; do
   ck="$WORK/sane-$preset"
   [ -f "$ck/model.safetensors" ] || continue
   { step "probe_fit_$preset" 90 hyperrep probe fit --checkpoint "$ck" --zoo "$WORK/$preset" --features sane stats weights &&
-    step "probe_eval_$preset" 40 hyperrep probe eval --checkpoint "$ck" --zoo "$WORK/$preset" --features sane stats weights \
+    step "probe_eval_$preset" 60 hyperrep probe eval --checkpoint "$ck" --zoo "$WORK/$preset" --features sane stats stats-gbt weights \
       --json "$OUT/probes_$preset.json"; } &
 done
 wait
 ck="$WORK/sane-mnist-seed"
 if [ -f "$ck/model.safetensors" ]; then
-  step sample_prepare 30 hyperrep sample --checkpoint "$ck" --prepare --zoo "$WORK/mnist-seed" &&
+  step sample_prepare 60 hyperrep sample --checkpoint "$ck" --prepare --zoo "$WORK/mnist-seed" &&  # + the bandwidth choice on validation
   step sample_evaluate 60 hyperrep sample --checkpoint "$ck" --zoo "$WORK/mnist-seed" --num-samples "$SAMPLES" \
     --method sub --evaluate --finetune-epochs 0 1 5 --out "$WORK/samples"
 fi
