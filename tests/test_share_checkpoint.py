@@ -278,6 +278,10 @@ def test_missing_repos_revisions_and_private_repos_get_the_hubs_typed_errors(sha
               "    pipeline('weight-embedding', model=sys.argv[1], revision='dev')\n"
               "except OSError as err:\n    assert sys.argv[1] in str(err), err\n    print('refused')\n")
     assert "refused" in run_python(script, private, env=no_token)
+    offline = subprocess.run([sys.executable, "-m", "hyperrep_hf.cli", "embed", "--checkpoint", missing, "--models",
+                              str(shared["root"] / "model-0.safetensors"), "--out", str(tmp_path / "o.safetensors")],
+                             capture_output=True, text=True, timeout=300, env=fresh_env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert offline.returncode == 2 and f"cannot load the checkpoint {missing}" in offline.stderr, offline.stderr[-2000:]
 
 
 def test_the_library_never_turns_on_trust_remote_code():

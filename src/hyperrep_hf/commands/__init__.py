@@ -7,6 +7,18 @@ def add_checkpoint_arguments(parser, help: str = "SANE checkpoint folder or Hub 
                         help="with a Hub repo id: the branch, tag or commit to load (default: main)")
 
 
+def open_pipeline(task: str, args, **kwargs):
+    """transformers.pipeline(task) on --checkpoint at --revision; a checkpoint that cannot be loaded
+    (no such repo or revision, no access, offline without a cached copy) is named in the error."""
+    from transformers import pipeline
+
+    try:
+        return pipeline(task, model=args.checkpoint, revision=args.revision, **kwargs)
+    except OSError as err:
+        at = f" at revision {args.revision}" if args.revision else ""
+        raise OSError(f"cannot load the checkpoint {args.checkpoint}{at}: {str(err).splitlines()[0]}") from err
+
+
 def add_device_argument(parser, what: str) -> None:
     parser.add_argument("--device", default=None, help=f"torch device for {what} (default: cuda if available, else cpu)")
 

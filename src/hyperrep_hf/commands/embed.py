@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..modeling_sane import POOLINGS
-from . import add_checkpoint_arguments, add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
 
 
 def register(subparsers) -> None:
@@ -35,11 +35,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save
-    from transformers import pipeline
 
     from ..files import atomic_write_bytes
 
-    pipe = pipeline("weight-embedding", model=args.checkpoint, revision=args.revision, device=resolve_device(args.device))
+    pipe = open_pipeline("weight-embedding", args, device=resolve_device(args.device))
     options = {"pooling": args.pooling, "window_size": args.window_size, "halo": args.halo, "batch_size": args.batch_size,
                "permutations": args.permutations}
     tensors = {}

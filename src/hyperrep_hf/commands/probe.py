@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..modeling_sane import POOLINGS
-from . import add_checkpoint_arguments, add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
 
 FEATURES = ("sane", "stats", "stats-gbt", "weights")  # downstream.probes.FEATURE_SETS, without importing it
 
@@ -99,11 +99,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from transformers import pipeline
 
     from ..files import atomic_write_json
 
-    pipe = pipeline("weight-property-prediction", model=args.checkpoint, revision=args.revision)
+    pipe = open_pipeline("weight-property-prediction", args)
     if args.zoo:
         from ..zoo import load_zoo
 

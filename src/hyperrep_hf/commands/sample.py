@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_checkpoint_arguments, add_device_argument, resolve_device
+from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
 
 
 def register(subparsers) -> None:
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from safetensors.torch import load_file, save
-    from transformers import pipeline
 
     from ..files import atomic_write_bytes, atomic_write_json
 
@@ -87,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples == 0:
         return 0
 
-    pipe = pipeline("weight-generation", model=args.checkpoint, revision=args.revision, task_data=args.task,
-                    device=resolve_device(args.device))
+    pipe = open_pipeline("weight-generation", args, task_data=args.task, device=resolve_device(args.device))
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
     options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
     options.update({k: v for k, v in (("bandwidth_scale", scale), ("spread", args.spread)) if v is not None})
