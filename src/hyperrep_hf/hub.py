@@ -34,23 +34,20 @@ def probe_results(folder: Path) -> list:
     (classifications) per property, as `probes/sane.json` records them."""
     from huggingface_hub import EvalResult
 
-    from .cards import PROBE_TASK
+    from .cards import PROBE_TASK, probe_eval_results
 
     path = folder / "probes" / "sane.json"
     if not path.is_file():
         return []
     saved = json.loads(path.read_text(encoding="utf-8"))
     zoo = Path(str(saved.get("info", {}).get("zoo") or "zoo")).name
-    results = []
-    for prop, probe in sorted(saved.get("probes", {}).items()):
-        for metric, name in (("r2", "R^2"), ("accuracy", "accuracy")):
-            value = probe.get("validation", {}).get(metric)
-            if isinstance(value, (int, float)) and value == value:
-                results.append(EvalResult(task_type="feature-extraction", task_name=PROBE_TASK, dataset_type=zoo,
-                                          dataset_name=zoo, dataset_split="validation",
-                                          metric_type="r_squared" if metric == "r2" else "accuracy",
-                                          metric_name=f"{name} {prop}", metric_value=float(value)))
-    return results
+    scores = {prop: probe.get("validation", {}) for prop, probe in sorted(saved.get("probes", {}).items())}
+    finite = lambda v: isinstance(v, (int, float)) and v == v  # noqa: E731
+    results = probe_eval_results({p: s["r2"] for p, s in scores.items() if finite(s.get("r2"))}, dataset=zoo,
+                                 split="validation")
+    return results + [EvalResult(task_type="feature-extraction", task_name=PROBE_TASK, dataset_type=zoo, dataset_name=zoo,
+                                 dataset_split="validation", metric_type="accuracy", metric_name=f"accuracy {p}",
+                                 metric_value=float(s["accuracy"])) for p, s in scores.items() if finite(s.get("accuracy"))]
 
 
 def update_model_card(folder: Path, repo_id: str) -> None:
