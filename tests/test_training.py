@@ -123,11 +123,30 @@ def test_auto_mixed_precision_follows_the_cpu(zoo_dir, tmp_path, monkeypatch, na
     on a GPU machine the GPU's precision, whatever the CPU."""
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, check, lambda: native_bf16)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     if torch.cuda.is_available():
         expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     trainer = SaneTrainer(small_args(zoo_dir, tmp_path))
     assert trainer.args.mixed_precision == "auto"
     assert trainer._accelerator().mixed_precision == expected
+
+
+@pytest.mark.parametrize("capability, isa, native", [
+    ("AVX512", None, True), ("AVX512", "avx512_core_amx", True), ("AVX2", None, False), ("AVX512", "AVX2", False),
+    ("AVX512", "AVX512_CORE", False)])
+def test_native_bf16_honours_the_isa_torch_may_use(monkeypatch, capability, isa, native):
+    """bf16 counts as native only where torch may run the CPU's bf16 instructions: a process limited
+    to AVX2 (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA, how a benchmark runs as on an older CPU) emulates it."""
+    from hyperrep_hf.precision import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert cpu_has_native_bf16() is native
 
 
 def test_two_views_share_a_window_and_permuted_views_compute_the_same_function(zoo_dir):
