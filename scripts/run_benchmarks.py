@@ -36,8 +36,25 @@ def machine() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def cpu_flags() -> str:
+    """The vector units that decide CPU speed here, as the CPU reports them and as torch may use them
+    (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can hold torch below what the CPU has)."""
+    import torch
+
+    from hyperrep_hf.precision import cpu_has_native_bf16
+
+    try:
+        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
+    except OSError:
+        flags = set()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ]
+    return (f"{' '.join(shown) or 'no AVX2'}; torch uses {torch.backends.cpu.get_cpu_capability()}"
+            f"{' (' + ', '.join(limits) + ')' if limits else ''}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
 
 
 def run_one(topic: str) -> dict:
@@ -68,18 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
     results = []
+    start = time.perf_counter()
     for topic in args.only:
         print(f"== bench_{topic} ...", flush=True)
         results.append(run_one(topic))
         print(results[-1]["stdout"] or results[-1].get("stderr", results[-1]["status"]), flush=True)
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, GPU {info['gpu']}, torch {info['torch']}, "
-             f"Python {info['python']}, {info['date']}", ""]
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['cpu_flags']}), GPU {info['gpu']}, torch {info['torch']}, "
+             f"Python {info['python']}, {info['date']}; all benchmarks took {info['seconds']} s", ""]
     for r in results:
         lines += [f"### {r['topic']}  ({r['status']}, {r.get('seconds', 0)} s)", "", f"`{r.get('command', '')}`", "", "```",
                   (r.get("stdout") or r.get("stderr") or "").rstrip(), "```", ""]
     (out / "benchmarks.md").write_text("\n".join(lines))
     (out / "benchmarks.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
+    print(f"all benchmarks: {info['seconds']} s; wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
