@@ -39,6 +39,15 @@ __all__ = ["LayerSpec", "TokenLayout", "WeightTokenizer", "register_layer_handle
 
 FORMAT_VERSION = 1
 STATISTICS = ("median", "mean")
+# How a layout's tokens are standardised (TokenLayout.normalization):
+#   "layer": per-layer statistics fitted on a zoo's train split (fit_standardization; the published way).
+#   "model": each model's layer l by its own mean and std (no zoo needed: models of an architecture
+#            that was in no training zoo); the statistics travel with the encoding ("token_stats").
+#   "token": each token by the mean and std of its own real values (the MultiZoo-SANE per-token
+#            normalisation moved from the loss to the input; a 1-value token becomes 0).
+# The study (scripts/study_generalisation.py, README "Generalisation") chooses between "model" and
+# "token" for unseen architectures on validation data.
+NORMALIZATIONS = ("layer", "model", "token")
 # A decoded (generated) BatchNorm running_var below zero would make BatchNorm divide by the root of
 # a negative number (NaN); it is raised to this floor, BatchNorm's default eps. A real model's
 # running_var is never negative, so the decode of a tokenized model stays exact.
@@ -222,8 +231,9 @@ class TokenLayout:
 
     def __init__(self, weights: WeightLayout, layers: list[LayerSpec], token_size: int,
                  restored: list[list] | None = None, mean=None, std=None, alignment: Mapping | None = None,
-                 permutation: Mapping | None = None, clip: float | None = None):
+                 permutation: Mapping | None = None, clip: float | None = None, normalization: str = "layer"):
         self.weights, self.layers, self.token_size = weights, list(layers), int(token_size)
+        self.normalization = check_normalization(normalization)
         self.clip = None if clip is None else float(clip)
         self.permutation = None if permutation is None else dict(permutation)
         self.alignment = None if alignment is None else {
@@ -312,6 +322,47 @@ class TokenLayout:
     def standardized(self) -> bool:
         return self.mean is not None
 
+    @property
+    def self_normalized(self) -> bool:
+        """Whether tokens are standardised by each model's (or token's) own statistics, not a zoo's."""
+        return self.normalization != "layer"
+
+    def normalize_(self, tokens: torch.Tensor, min_std: float) -> torch.Tensor:
+        """Standardise raw tokens [M, N, T] in place by their own statistics ("model": per model and
+        layer, "token": per token, over real values only; padding stays 0), then the soft clip.
+        Returns token_stats [M, N, 2] float64: (shift, scale) of every token, for `denormalize`."""
+        M = tokens.shape[0]
+        stats = torch.zeros(M, self.num_tokens, 2, dtype=torch.float64)
+        stats[..., 1] = 1.0
+        mask = self.value_mask.unsqueeze(0)
+        if self.normalization == "model":
+            for b in self.blocks:
+                rows = tokens[:, b.n0:b.n1].reshape(M, b.c_out, -1)[:, :, : b.length].double().reshape(M, -1)
+                mean, std = rows.mean(1), rows.std(1, correction=0).clamp_min(min_std)
+                stats[:, b.n0:b.n1, 0], stats[:, b.n0:b.n1, 1] = mean[:, None], std[:, None]
+        else:
+            values = tokens[:, : self.num_tokens].double() * mask
+            count = mask.sum(-1)
+            mean = values.sum(-1) / count
+            var = (values.square().sum(-1) / count - mean.square()).clamp_min(0)
+            stats[..., 0], stats[..., 1] = mean, var.sqrt().clamp_min(min_std)
+        z = (tokens[:, : self.num_tokens].double() - stats[..., :1]) / stats[..., 1:]
+        if self.clip is not None:
+            z = torch.asinh(z / self.clip) * self.clip
+        tokens[:, : self.num_tokens] = torch.where(mask, z, torch.zeros((), dtype=z.dtype)).to(tokens.dtype)
+        return stats
+
+    def denormalize(self, tokens: torch.Tensor, token_stats: torch.Tensor) -> torch.Tensor:
+        """Invert `normalize_`: standardised tokens [M, N, T] and token_stats [M, N, 2] -> raw tokens."""
+        token_stats = torch.as_tensor(token_stats, dtype=torch.float64)
+        if token_stats.shape != (tokens.shape[0], self.num_tokens, 2):
+            raise ValueError(f"token_stats must have shape [{tokens.shape[0]}, {self.num_tokens}, 2] (shift, scale per "
+                             f"token), got {list(token_stats.shape)}")
+        z = tokens[:, : self.num_tokens].double()
+        if self.clip is not None:
+            z = torch.sinh(z / self.clip) * self.clip
+        return (z * token_stats[..., 1:] + token_stats[..., :1]).float()
+
     def same_architecture(self, weights: WeightLayout) -> bool:
         """Same names and shapes (dtypes may differ)."""
         return [(e.name, e.shape) for e in weights.entries] == [(e.name, e.shape) for e in self.weights.entries]
@@ -360,16 +411,19 @@ class TokenLayout:
             d["alignment"] = {"reference": self.alignment["reference"].tolist(), "spec": self.alignment["spec"]}
         if self.permutation is not None:
             d["permutation"] = self.permutation
+        if self.self_normalized:
+            d["normalization"] = {"mode": self.normalization, "clip": self.clip}
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping, token_size: int) -> TokenLayout:
         try:
             stats = d.get("standardization") or {}
+            norm = d.get("normalization") or {}
             return cls(WeightLayout.from_dict({"entries": d["weights"]}),
                        [LayerSpec(w, b, int(c), int(g)) for w, b, c, g in d["layers"]], token_size,
                        d.get("restored", []), stats.get("mean"), stats.get("std"), d.get("alignment"),
-                       d.get("permutation"), stats.get("clip"))
+                       d.get("permutation"), stats.get("clip", norm.get("clip")), norm.get("mode", "layer"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"corrupt token layout record in the tokenizer file ({err!r}); re-save the "
                              f"tokenizer with save_pretrained") from err
@@ -423,6 +477,9 @@ class WeightTokenizer(FeatureExtractionMixin):
             (the reference code's mean of means and root mean variance).
         soft_clip: c of the soft clip c * asinh(z / c) applied to standardised values z (about
             linear for |z| < c, logarithmic beyond; decode inverts it exactly); None: no clip.
+        normalization: how new layouts standardise their tokens (NORMALIZATIONS): "layer" (default:
+            per-layer statistics from `fit_standardization`), "model" or "token" (each model's /
+            token's own statistics, no zoo needed; see `set_normalization`).
         layouts: saved token layouts (filled by from_pretrained).
 
     Usage:
@@ -436,7 +493,7 @@ class WeightTokenizer(FeatureExtractionMixin):
 
     def __init__(self, token_size: int | str = "auto", max_token_size: int = 288,
                  allow_nonfinite: bool = False, min_std: float = 1e-4, statistics: str = "median",
-                 soft_clip: float | None = 4.0, layouts: list | None = None, **kwargs):
+                 soft_clip: float | None = 4.0, layouts: list | None = None, normalization: str = "layer", **kwargs):
         for saved_only in ("feature_extractor_type", "format_version", "auto_map"):
             kwargs.pop(saved_only, None)
         super().__init__(**kwargs)
@@ -454,6 +511,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         if soft_clip is not None and (isinstance(soft_clip, bool) or not isinstance(soft_clip, (int, float)) or soft_clip <= 0):
             raise ValueError(f"soft_clip must be a positive number or None, got {soft_clip!r}")
         self.soft_clip = None if soft_clip is None else float(soft_clip)
+        self.normalization = check_normalization(normalization)
         self.layouts: list[TokenLayout] = []
         if layouts:
             if self.token_size == "auto":
@@ -482,11 +540,13 @@ class WeightTokenizer(FeatureExtractionMixin):
         for tl in self.layouts:  # same architecture in another dtype: same plan and statistics
             if tl.same_architecture(weights):
                 self.layouts.append(TokenLayout(weights, tl.layers, tl.token_size, tl.restored, tl.mean, tl.std,
-                                               tl.alignment, tl.permutation, tl.clip))
+                                               tl.alignment, tl.permutation, tl.clip, tl.normalization))
                 return len(self.layouts) - 1
         layers = layers if layers is not None else layers_from_state_dict(weights)
         token_size = self._resolve_token_size(layers, weights)
-        self.layouts.append(TokenLayout(weights, layers, token_size, restored))
+        own = self.normalization != "layer"
+        self.layouts.append(TokenLayout(weights, layers, token_size, restored, clip=self.soft_clip if own else None,
+                                        normalization=self.normalization))
         return len(self.layouts) - 1
 
     def _prepare(self, item) -> tuple[Mapping[str, torch.Tensor], int]:
@@ -544,17 +604,19 @@ class WeightTokenizer(FeatureExtractionMixin):
         N = max(self.layouts[i].num_tokens for i in ids)
         T = self.token_size
         tokens = torch.empty(len(items), N, T)
-        flags = []
+        flags, stats = [], []
         for row, (state_dict, i) in enumerate(prepared):
             tl = self.layouts[i]
-            std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+            std = self._standardizes(tl, standardize)
             flags.append(std)
-            tl.encode_into(tokens[row:row + 1], lambda e, _o, sd=state_dict: sd[e.name].detach().unsqueeze(0), std)
+            tl.encode_into(tokens[row:row + 1], lambda e, _o, sd=state_dict: sd[e.name].detach().unsqueeze(0),
+                           std and not tl.self_normalized)
             if tl.num_tokens < N:
                 tokens[row, tl.num_tokens:].zero_()
             self._check_finite(tokens[row:row + 1], allow_nonfinite,
                                lambda _m, sd=state_dict: sd, f"model {row} of the batch" if len(items) > 1 else "the model")
-        return self._encoding(tokens, ids, flags)
+            stats.append(tl.normalize_(tokens[row:row + 1], self.min_std)[0] if std and tl.self_normalized else None)
+        return self._encoding(tokens, ids, flags, stats)
 
     def tokenize_flat(self, weights: torch.Tensor, layout_id: int = 0, standardize: bool | None = None,
                       allow_nonfinite: bool | None = None, align: bool | None = None) -> BatchFeature:
@@ -572,13 +634,38 @@ class WeightTokenizer(FeatureExtractionMixin):
         if self._aligns(layout_id, align):
             weights = self.align_flat(weights, layout_id)
         M = weights.shape[0]
-        std = tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+        std = self._standardizes(tl, standardize)
         tokens = torch.empty(M, tl.num_tokens, tl.token_size)
-        tl.encode_into(tokens, lambda e, o: weights[:, o:o + e.numel], std)
+        tl.encode_into(tokens, lambda e, o: weights[:, o:o + e.numel], std and not tl.self_normalized)
         self._check_finite(tokens, allow_nonfinite, lambda m: tl.weights.unflatten(weights[m].float()), "zoo row")
-        return self._encoding(tokens, [layout_id] * M, [std] * M)
+        stats = list(tl.normalize_(tokens, self.min_std)) if std and tl.self_normalized else None
+        return self._encoding(tokens, [layout_id] * M, [std] * M, stats)
 
-    def _encoding(self, tokens: torch.Tensor, ids: list[int], standardized: list[bool]) -> BatchFeature:
+    def _standardizes(self, tl: TokenLayout, standardize: bool | None) -> bool:
+        """Standardise this layout's tokens? A self-normalised layout ("model" / "token") needs no
+        fitted statistics, so it does unless standardize=False."""
+        if tl.self_normalized:
+            return standardize is not False
+        return tl.standardized if standardize is None else bool(standardize and self._require_fitted(tl))
+
+    def set_normalization(self, normalization: str, layout_id: int | None = None) -> WeightTokenizer:
+        """Standardise the tokens of layout `layout_id` (None: every layout, and new ones) by
+        NORMALIZATIONS[i]: "layer" (fitted per-layer statistics), "model" or "token" (each model's /
+        token's own, with this tokenizer's soft clip; for an architecture that was in no training
+        zoo). The encodings of a self-normalised layout carry "token_stats" [B, N, 2]; decoding
+        needs them (pass `token_stats=` for tokens that came from elsewhere, e.g. a prompt's)."""
+        normalization = check_normalization(normalization)
+        targets = self.layouts if layout_id is None else [self._layout(layout_id)]
+        if layout_id is None:
+            self.normalization = normalization
+        for tl in targets:
+            tl.normalization = normalization
+            if normalization != "layer" and not tl.standardized:
+                tl.clip = self.soft_clip
+        return self
+
+    def _encoding(self, tokens: torch.Tensor, ids: list[int], standardized: list[bool],
+                  stats: list | None = None) -> BatchFeature:
         B, N, T = tokens.shape
         if len(set(ids)) == 1 and self.layouts[ids[0]].num_tokens == N:
             tl = self.layouts[ids[0]]
@@ -595,9 +682,18 @@ class WeightTokenizer(FeatureExtractionMixin):
                 positions[row, : tl.num_tokens] = tl.positions
                 attention_mask[row, : tl.num_tokens] = 1
                 value_mask[row, : tl.num_tokens] = tl.value_mask
-        return BatchFeature({"tokens": tokens, "positions": positions, "attention_mask": attention_mask,
-                             "value_mask": value_mask, "layout_id": torch.tensor(ids, dtype=torch.long),
-                             "standardized": torch.tensor(standardized, dtype=torch.bool)})
+        out = {"tokens": tokens, "positions": positions, "attention_mask": attention_mask,
+               "value_mask": value_mask, "layout_id": torch.tensor(ids, dtype=torch.long),
+               "standardized": torch.tensor(standardized, dtype=torch.bool)}
+        if stats is not None and any(s is not None for s in stats):
+            # (shift, scale) per token of self-normalised rows; identity (0, 1) elsewhere and on padding
+            token_stats = torch.zeros(B, N, 2, dtype=torch.float64)
+            token_stats[..., 1] = 1.0
+            for row, s in enumerate(stats):
+                if s is not None:
+                    token_stats[row, : len(s)] = s
+            out["token_stats"] = token_stats
+        return BatchFeature(out)
 
     def _check_finite(self, tokens: torch.Tensor, allow: bool | None, state_dict_of, what: str) -> None:
         """One cheap sum per model; only a non-finite sum triggers the per-tensor search for a name."""
@@ -612,7 +708,7 @@ class WeightTokenizer(FeatureExtractionMixin):
                                      f"or pass allow_nonfinite=True")
 
     # -- decode --
-    def decode(self, encoding, standardized: bool | None = None) -> list[dict[str, torch.Tensor]]:
+    def decode(self, encoding, standardized: bool | None = None, token_stats=None) -> list[dict[str, torch.Tensor]]:
         """A BatchFeature / dict from __call__ (or tokens [B, N, T] of layout 0) -> list of state_dicts.
 
         Each entry comes back in its original dtype (float32 bit-exact; float16 / bfloat16 exact,
@@ -623,26 +719,32 @@ class WeightTokenizer(FeatureExtractionMixin):
         standardize=False come back unchanged. `standardized` overrides it; bare tokens without
         the entry (e.g. a model's reconstruction) count as standardised when the layout is fitted.
         A negative BatchNorm running_var (a generated model) is raised to RUNNING_VAR_FLOOR.
+        Rows of a self-normalised layout ("model" / "token") are un-standardised with `token_stats`
+        [B, N, 2] (default: the encoding's own).
         """
         tokens, ids, lengths, positions, flags = self._unpack(encoding)
+        if token_stats is None and isinstance(encoding, Mapping):
+            token_stats = encoding.get("token_stats")
         out = []
         for row in range(tokens.shape[0]):
             tl = self._layout(ids[row])
             self._check_match(tl, tokens[row], lengths[row], None if positions is None else positions[row])
             std = self._decodes_standardized(tl, standardized, None if flags is None else flags[row])
             sd = {e.name: torch.empty(e.shape, dtype=getattr(torch, e.dtype)) for e in tl.weights.entries}
-            tl.decode_into(tokens[row:row + 1, : tl.num_tokens], lambda e, _o, sd=sd: sd[e.name].unsqueeze(0), std)
+            raw, std = self._raw_tokens(tl, tokens[row:row + 1, : tl.num_tokens], std, token_stats, slice(row, row + 1))
+            tl.decode_into(raw, lambda e, _o, sd=sd: sd[e.name].unsqueeze(0), std)
             for name, shape, dtype in tl.restored:
                 sd[name] = torch.zeros(shape, dtype=getattr(torch, dtype))
             out.append(sd)
         return out
 
-    def decode_flat(self, tokens, layout_id: int = 0, standardized: bool | None = None) -> torch.Tensor:
+    def decode_flat(self, tokens, layout_id: int = 0, standardized: bool | None = None, token_stats=None) -> torch.Tensor:
         """Tokens [M, N, T] of one layout (or a BatchFeature) -> flat float32 weights [M, P]; whether
         to un-standardise as in `decode` (the encoding's `standardized` entry, else `standardized`,
-        else the layout's fitted state)."""
+        else the layout's fitted state; `token_stats` [M, N, 2] for a self-normalised layout)."""
         flags = None
         if isinstance(tokens, Mapping):
+            token_stats = tokens.get("token_stats") if token_stats is None else token_stats
             layout_id = int(tokens["layout_id"][0]) if "layout_id" in tokens else layout_id
             flags = [bool(f) for f in torch.as_tensor(tokens["standardized"]).reshape(-1)] if "standardized" in tokens else None
             tokens = tokens["tokens"]
@@ -656,12 +758,28 @@ class WeightTokenizer(FeatureExtractionMixin):
         for std in set(rows):  # rows made with and without standardisation decode apart
             index = torch.tensor([m for m, r in enumerate(rows) if r == std])
             part = torch.empty(len(index), tl.weights.num_weights)
-            tl.decode_into(tokens[index].float(), lambda e, o, part=part: part[:, o:o + e.numel], std)
+            raw, std = self._raw_tokens(tl, tokens[index].float(), std, token_stats, index)
+            tl.decode_into(raw, lambda e, o, part=part: part[:, o:o + e.numel], std)
             flat[index] = part
         return flat
 
+    @staticmethod
+    def _raw_tokens(tl: TokenLayout, tokens: torch.Tensor, std: bool, token_stats, rows) -> tuple[torch.Tensor, bool]:
+        """(tokens, standardized) for decode_into: a self-normalised layout's standardised rows
+        un-standardised with their token_stats (decode_into then reads them as raw)."""
+        if not (std and tl.self_normalized):
+            return tokens, std
+        if token_stats is None:
+            raise ValueError(
+                f"these tokens are standardised per {tl.normalization} (normalization={tl.normalization!r}), so "
+                "decoding needs each row's statistics: pass token_stats= (the 'token_stats' of the encoding the "
+                "latents came from, e.g. of the prompt model a sample was drawn around)")
+        return tl.denormalize(tokens[:, : tl.num_tokens], torch.as_tensor(token_stats)[rows, : tl.num_tokens]), False
+
     def _decodes_standardized(self, tl: TokenLayout, given: bool | None, carried: bool | None) -> bool:
         """Un-standardise a row? The argument if given, else what its encoding says, else the layout's state."""
+        if tl.self_normalized:
+            return bool(carried if given is None and carried is not None else given is not False)
         if given is not None:
             return bool(given and self._require_fitted(tl))
         if carried is not None:
@@ -872,7 +990,7 @@ class WeightTokenizer(FeatureExtractionMixin):
                 "auto_map": {"AutoFeatureExtractor": f"tokenization_weights.{type(self).__name__}"},
                 "token_size": self.token_size, "max_token_size": self.max_token_size,
                 "allow_nonfinite": self.allow_nonfinite, "min_std": self.min_std,
-                "statistics": self.statistics, "soft_clip": self.soft_clip,
+                "statistics": self.statistics, "soft_clip": self.soft_clip, "normalization": self.normalization,
                 "layouts": [tl.to_dict() for tl in self.layouts]}
 
     def to_json_string(self) -> str:
@@ -894,6 +1012,13 @@ class WeightTokenizer(FeatureExtractionMixin):
     def __repr__(self) -> str:
         return (f"WeightTokenizer(token_size={self.token_size}, layouts={len(self.layouts)}, "
                 f"standardized={[tl.standardized for tl in self.layouts]})")
+
+
+def check_normalization(normalization) -> str:
+    """One of NORMALIZATIONS; a clear error otherwise."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
+    return normalization
 
 
 def _check_token_size(token_size) -> int | str:
