@@ -456,3 +456,48 @@ def test_a_decoded_negative_batchnorm_running_var_is_raised_to_the_floor():
     flat = tok.decode_flat(generated)[0]
     offset = tok.layouts[0].weights.offsets[[e.name for e in tok.layouts[0].weights.entries].index("1.running_var")]
     assert flat[offset:offset + 4].tolist() == pytest.approx([RUNNING_VAR_FLOOR, 0.2, RUNNING_VAR_FLOOR, 4.0])
+
+
+@pytest.mark.parametrize("name", ["cnn-s", "conv-transpose-1d-3d", "norms-no-bias", "mha-kdim"])
+def test_a_token_range_equals_the_whole_tokenization_cut_and_reads_only_its_layers(name):
+    models = [randomize(MODELS[name](), seed=s) for s in range(3)]
+    tok = WeightTokenizer(token_size=7, soft_clip=2.0)
+    layout = WeightLayout.from_state_dict(models[0].state_dict())
+    tok.layout_of(models[0])
+    flat = torch.stack([layout.flatten(m.state_dict()) for m in models])
+    tl = tok.layouts[0]
+    for standardized in (False, True):
+        if standardized:
+            tok.fit_standardization(flat)
+        full = tok.tokenize_flat(flat)
+        N = tl.num_tokens
+        for start, stop in [(0, N), (0, 1), (N - 1, N), (N // 3, N // 3 + 5), (1, N - 1)]:
+            stop = min(stop, N)
+            part = tok.tokenize_range(flat, start, stop)
+            for key in ("tokens", "positions", "attention_mask", "value_mask"):
+                assert torch.equal(part[key], full[key][:, start:stop]), (key, start, stop)
+            assert part["standardized"].tolist() == [standardized] * 3
+    # only the entries of the layers a range covers are read
+    read = []
+    tl.encode_range_into(torch.empty(3, 2, 7), lambda e, o: read.append(e.name) or flat[:, o:o + e.numel], 0, 2, True)
+    first = tl.blocks[0]
+    assert set(read) <= {first.spec.weight, first.spec.bias} | {b.spec.weight for b in tl.blocks if b.n0 < 2}
+    with pytest.raises(ValueError, match="outside the model's"):
+        tok.tokenize_range(flat, 0, tl.num_tokens + 1)
+
+
+def test_standardization_from_chunked_moments_equals_the_whole_fit():
+    models = [randomize(build_model("cnn-s"), seed=s) for s in range(7)]
+    layout = WeightLayout.from_state_dict(models[0].state_dict())
+    flat = torch.stack([layout.flatten(m.state_dict()) for m in models])
+    for statistics in ("median", "mean"):
+        whole, chunked = (WeightTokenizer(token_size=16, statistics=statistics) for _ in range(2))
+        whole.layout_of(models[0])
+        chunked.layout_of(models[0])
+        whole.fit_standardization(flat)
+        moments = [chunked.layer_moments(flat[i:i + 3]) for i in range(0, 7, 3)]
+        chunked.fit_standardization_from_moments(torch.cat([m[0] for m in moments]), torch.cat([m[1] for m in moments]))
+        assert torch.equal(whole.layouts[0].mean, chunked.layouts[0].mean)
+        assert torch.equal(whole.layouts[0].std, chunked.layouts[0].std)
+    with pytest.raises(ValueError, match="moments must be"):
+        chunked.fit_standardization_from_moments(torch.zeros(2, 3), torch.zeros(2, 3))

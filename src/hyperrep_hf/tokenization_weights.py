@@ -384,6 +384,35 @@ class TokenLayout:
                 if self.clip is not None:
                     values.div_(self.clip).asinh_().mul_(self.clip)
 
+    def encode_range_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
+                          start: int, stop: int, standardize: bool) -> None:
+        """Fill tokens [M, stop - start, T] with tokens start .. stop - 1 of the sequence, exactly as
+        `encode_into` would (per-layer statistics; no self-normalisation): only the layers the range
+        covers are read (`tensor` is called for their entries only) and, within a layer, only the
+        channels it covers are copied and standardised. The training data pipeline tokenises a
+        window this way, never the whole model."""
+        if not 0 <= start < stop <= self.num_tokens:
+            raise ValueError(f"token range {start}..{stop} is outside the model's {self.num_tokens} tokens "
+                             f"(0 <= start < stop <= {self.num_tokens})")
+        M, T = tokens.shape[0], self.token_size
+        for i, b in enumerate(self.blocks):
+            if b.n1 <= start or b.n0 >= stop:
+                continue
+            first, last = max(start, b.n0) - b.n0, min(stop, b.n1) - b.n0  # tokens of this block
+            # channels c0 .. c1 - 1 hold them; a ConvTranspose's canonical form spans all channels
+            c0, c1 = (first // b.n_chunks, -(-last // b.n_chunks)) if b.spec.channel_dim == 0 else (0, b.c_out)
+            rows = tokens.new_zeros(M, c1 - c0, b.n_chunks * T)
+            weight = _weight_canonical(tensor(b.weight, b.weight_offset), b)
+            _weight_rows(rows[:, :, : b.rest], b).copy_(weight[:, c0:c1] if b.spec.channel_dim == 0 else weight)
+            if b.bias is not None:
+                rows[:, :, b.rest].copy_(tensor(b.bias, b.bias_offset).reshape(M, b.c_out)[:, c0:c1])
+            if standardize:
+                values = rows[:, :, : b.length].sub_(float(self.mean[i])).div_(float(self.std[i]))
+                if self.clip is not None:
+                    values.div_(self.clip).asinh_().mul_(self.clip)
+            skip = c0 * b.n_chunks
+            tokens[:, b.n0 + first - start : b.n0 + last - start] = rows.view(M, -1, T)[:, first - skip : last - skip]
+
     def decode_into(self, tokens: torch.Tensor, tensor: Callable[[WeightEntry, int], torch.Tensor],
                     standardized: bool) -> None:
         """Write every entry `tensor(entry, offset) -> [M, *entry.shape]` from tokens [M, N, T].
@@ -663,6 +692,37 @@ class WeightTokenizer(FeatureExtractionMixin):
             if normalization != "layer" and not tl.standardized:
                 tl.clip = self.soft_clip
         return self
+
+    def tokenize_range(self, weights: torch.Tensor, start: int, stop: int, layout_id: int = 0,
+                       standardize: bool | None = None) -> BatchFeature:
+        """Zoo rows [M, P] -> tokens start .. stop - 1 of their sequences only: BatchFeature with
+        tokens [M, stop - start, T], positions [M, n, 3], attention_mask [M, n], value_mask [M, n, T]
+        (a view of the layout's constant mask), layout_id, standardized; equal to
+        `tokenize_flat(weights)` cut to the range, but only the layers the range covers are read
+        and standardised (a window of a ResNet-18 costs a window, not a model). No alignment:
+        pass aligned rows. Raises ValueError for a range outside the model's tokens or a
+        self-normalised layout ("model" / "token": its statistics span whole layers; use
+        tokenize_flat)."""
+        tl = self._layout(layout_id)
+        if tl.self_normalized:
+            raise ValueError(f"tokenize_range needs per-layer statistics; layout {layout_id} is normalised by each "
+                             f"model's own ({tl.normalization!r}): use tokenize_flat and cut the range")
+        weights = torch.as_tensor(weights)
+        if weights.dim() == 1:
+            weights = weights.unsqueeze(0)
+        if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
+            raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
+                             f"got shape {list(weights.shape)}")
+        start, stop = int(start), int(stop)
+        M, n = weights.shape[0], max(stop - start, 0)
+        std = self._standardizes(tl, standardize)
+        tokens = torch.empty(M, n, tl.token_size)
+        tl.encode_range_into(tokens, lambda e, o: weights[:, o:o + e.numel], start, stop, std)
+        return BatchFeature({"tokens": tokens, "positions": tl.positions[start:stop].unsqueeze(0).expand(M, n, 3).clone(),
+                             "attention_mask": torch.ones(M, n, dtype=torch.long),
+                             "value_mask": tl.value_mask[start:stop].unsqueeze(0).expand(M, n, tl.token_size),
+                             "layout_id": torch.full((M,), int(layout_id), dtype=torch.long),
+                             "standardized": torch.full((M,), std, dtype=torch.bool)})
 
     def _encoding(self, tokens: torch.Tensor, ids: list[int], standardized: list[bool],
                   stats: list | None = None) -> BatchFeature:
@@ -952,21 +1012,45 @@ class WeightTokenizer(FeatureExtractionMixin):
             tl = self._layout(i)
             if flat.shape[1] != tl.weights.num_weights:
                 raise ValueError(f"flat weights have {flat.shape[1]} values, layout {i} has {tl.weights.num_weights}")
-            if not torch.isfinite(flat).all():
-                raise ValueError("fit_standardization got NaN or inf weights; clean the training zoo first")
-            mean, std = [], []
-            for b in tl.blocks:
-                parts = [flat[:, b.weight_offset:b.weight_offset + b.weight.numel]]
-                if b.bias is not None:
-                    parts.append(flat[:, b.bias_offset:b.bias_offset + b.bias.numel])
-                vals = torch.cat(parts, dim=1).double()
-                pool = torch.mean if self.statistics == "mean" else torch.median
-                mean.append(pool(vals.mean(1)).item())
-                std.append(max(pool(vals.var(1, correction=0)).sqrt().item(), self.min_std))
-            for other in self.layouts:
-                if other.same_architecture(tl.weights):
-                    other.mean, other.std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-                    other.clip = self.soft_clip
+            self.fit_standardization_from_moments(*self.layer_moments(flat, i), layout_id=i)
+        return self
+
+    def layer_moments(self, weights: torch.Tensor, layout_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat weights [M, P] -> (mean, variance) [M, num_layers] float64: each model's moments of
+        each layer's values (weight and bias together), what `fit_standardization` pools. Computed
+        per row, so the moments of a zoo read in chunks and concatenated equal those of the whole."""
+        tl = self._layout(layout_id)
+        flat = torch.as_tensor(weights)
+        if flat.dim() != 2 or flat.shape[1] != tl.weights.num_weights:
+            raise ValueError(f"flat weights have shape {list(flat.shape)}; layout {layout_id} has "
+                             f"{tl.weights.num_weights} weights per model")
+        if not torch.isfinite(flat).all():
+            raise ValueError("fit_standardization got NaN or inf weights; clean the training zoo first")
+        mean, var = [], []
+        for b in tl.blocks:
+            parts = [flat[:, b.weight_offset:b.weight_offset + b.weight.numel]]
+            if b.bias is not None:
+                parts.append(flat[:, b.bias_offset:b.bias_offset + b.bias.numel])
+            vals = torch.cat(parts, dim=1).double()
+            mean.append(vals.mean(1))
+            var.append(vals.var(1, correction=0))
+        return torch.stack(mean, 1), torch.stack(var, 1)
+
+    def fit_standardization_from_moments(self, mean: torch.Tensor, var: torch.Tensor, layout_id: int = 0) -> WeightTokenizer:
+        """Fit the standardisation from per-model layer moments [M, num_layers] (`layer_moments` of
+        the train rows, e.g. read chunk by chunk from a zoo larger than memory), pooled as
+        `fit_standardization` pools them."""
+        tl = self._layout(layout_id)
+        if mean.dim() != 2 or mean.shape != var.shape or mean.shape[1] != tl.num_layers or len(mean) == 0:
+            raise ValueError(f"moments must be two [num_models >= 1, {tl.num_layers}] tensors, got {list(mean.shape)} "
+                             f"and {list(var.shape)}")
+        pool = torch.mean if self.statistics == "mean" else torch.median
+        means = [pool(mean[:, i].contiguous()).item() for i in range(tl.num_layers)]
+        stds = [max(pool(var[:, i].contiguous()).sqrt().item(), self.min_std) for i in range(tl.num_layers)]
+        for other in self.layouts:
+            if other.same_architecture(tl.weights):
+                other.mean, other.std = torch.tensor(means, dtype=torch.float64), torch.tensor(stds, dtype=torch.float64)
+                other.clip = self.soft_clip
         return self
 
     def layer_std(self, layout_id: int = 0) -> torch.Tensor:
