@@ -42,6 +42,7 @@ MODULES: dict[str, str] = {
     "downstream.probes": "probes.py",
     "downstream.samplers": "samplers.py",
     "downstream.generation": "generation.py",
+    "downstream.transfer": "transfer.py",
     "pipelines.weight_embedding": "weight_embedding.py",
     "pipelines.weight_property_prediction": "weight_property_prediction.py",
     "pipelines.weight_generation": "weight_generation.py",

@@ -91,7 +91,7 @@ def register_unseen(tokenizer, model_or_state_dict, config=None, normalization: 
     if layout_id >= known and not tl.standardized:
         tokenizer.set_normalization(normalization, layout_id)
         if isinstance(model_or_state_dict, nn.Module):
-            from ..weightspace import permutation_spec
+            from ..weightspace.permutation import permutation_spec
 
             try:
                 tokenizer.set_permutation_spec(permutation_spec(model_or_state_dict), layout_id)
@@ -228,7 +228,11 @@ def transfer_table(model, tokenizer, prompts: Sequence[nn.Module], task, num_sam
     scratch (`init`). `samples` ({label: models}) adds other groups (e.g. KDE samples of a zoo of
     another task). Rows as `generation_table`: source, task, epoch, mean_acc, std_acc, num_models.
     finetune_options: lr, optimizer, weight_decay, batch_size (zoo.population.finetune)."""
-    from .evaluation import _summary, finetune_accuracy
+    try:
+        from .evaluation import _summary, finetune_accuracy
+    except ImportError as err:  # remote code without hyperrep_hf: fine-tuning needs the package
+        raise ImportError("transfer_table fine-tunes models on task data, which needs hyperrep_hf installed "
+                          "(pip install hyperrep_hf)") from err
 
     prompts = list(prompts)
     check_task_fits(prompts[0], task, "the prompt models")

@@ -8,6 +8,12 @@ token latents [num_tokens, latent_dim] (pooling="full"). Models longer than the 
 encoded in sliding windows with a halo (window_size, halo options). `permutations=k` averages the
 "mean" or "layer" embedding over k function-preserving neuron permutations of each model
 (downstream.embedding; the same k permutations for every model).
+
+`allow_unseen=True` (an opt-in; the default refuses every architecture the checkpoint was not
+trained on) embeds an nn.Module or state_dict of another architecture whose layer kinds the
+tokenizer can encode, its tokens standardised by the model's own statistics
+(downstream.transfer); `positions="clamp"` maps positions beyond the checkpoint's tables to their
+last entries instead of refusing.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 from transformers import Pipeline
 
 from ..downstream.embedding import check_permutations, embed_flat, encode
+from ..downstream.transfer import check_position_policy, clamp_positions, register_unseen
 from ..modeling_sane import check_pooling, pool_latents
 
 
@@ -80,11 +87,16 @@ class WeightEmbeddingPipeline(Pipeline):
         self._known_layouts = len(self.feature_extractor.layouts)
 
     # ---- Pipeline API --------------------------------------------------------------------------
-    def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, permutations=None, **kwargs):
+    def _sanitize_parameters(self, pooling=None, window_size=None, halo=None, permutations=None, allow_unseen=None,
+                             positions=None, **kwargs):
         if kwargs:
             raise ValueError(f"unknown options {sorted(kwargs)}; weight-embedding takes pooling, window_size, halo, "
-                             "permutations")
+                             "permutations, allow_unseen, positions")
         pre, forward = {}, {}
+        if allow_unseen is not None:
+            pre["allow_unseen"] = bool(allow_unseen)
+        if positions is not None:
+            pre["positions"] = check_position_policy(positions)
         if pooling is not None:
             forward["pooling"] = check_pooling(pooling)
         if window_size is not None:
@@ -104,12 +116,15 @@ class WeightEmbeddingPipeline(Pipeline):
             inputs = list(inputs)
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, item, permutations=0) -> dict:
-        flat, layout_id = self._flatten(item)
+    def preprocess(self, item, permutations=0, allow_unseen=False, positions="refuse") -> dict:
+        flat, layout_id = self._flatten(item, allow_unseen, positions)
         if permutations:  # permuted on the flat weights in _forward
             return {"weights": flat, "layout_id": torch.tensor([layout_id])}
         enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
-        return {"tokens": enc["tokens"], "positions": enc["positions"], "attention_mask": enc["attention_mask"]}
+        pos = enc["positions"]
+        if positions == "clamp":
+            pos = clamp_positions(pos, self.model.config.max_positions)
+        return {"tokens": enc["tokens"], "positions": pos, "attention_mask": enc["attention_mask"]}
 
     def _forward(self, model_inputs, pooling="mean", window_size=None, halo=None, permutations=0):
         if permutations:
@@ -165,14 +180,21 @@ class WeightEmbeddingPipeline(Pipeline):
             f"(weights per model: {known}); embed models of the zoo the checkpoint was trained on"
         )
 
-    def _flatten(self, item) -> tuple[torch.Tensor, int]:
-        """One model -> (flat weights [1, P], its tokenizer layout); see `match_layout`."""
+    def _flatten(self, item, allow_unseen: bool = False, positions: str = "refuse") -> tuple[torch.Tensor, int]:
+        """One model -> (flat weights [1, P], its tokenizer layout); see `match_layout`. With
+        `allow_unseen`, a model or state_dict of another architecture gets a layout of its own."""
         tok = self.feature_extractor
         if isinstance(item, Mapping) and "weights" in item:  # a zoo row
             item = item["weights"]
         if torch.is_tensor(item) or isinstance(item, (np.ndarray, list)):
             flat = torch.as_tensor(np.asarray(item, dtype=np.float32)).reshape(1, -1)
-            return flat, self.layout_for_size(flat.shape[1])
+            try:
+                return flat, self.layout_for_size(flat.shape[1])
+            except ValueError as err:
+                if allow_unseen:
+                    raise ValueError(f"{err}. A flat vector does not say which layers it holds: pass the model "
+                                     "(nn.Module) or its state_dict to embed an unseen architecture") from err
+                raise
         if isinstance(item, nn.Module):
             state_dict = item.state_dict()
         elif isinstance(item, (str, os.PathLike)):
@@ -184,7 +206,16 @@ class WeightEmbeddingPipeline(Pipeline):
         else:
             raise ValueError(f"cannot embed a {type(item).__name__}: pass an nn.Module, a state_dict, a .safetensors "
                              "path, a zoo row or a flat weight vector")
-        return match_layout(tok, state_dict, self._known_layouts)
+        try:
+            return match_layout(tok, state_dict, self._known_layouts)
+        except ValueError as err:
+            if not allow_unseen:
+                raise ValueError(f"{err}, or pass allow_unseen=True to embed it with per-model normalisation "
+                                 "(downstream.transfer)") from err
+        layout_id = register_unseen(tok, item if isinstance(item, nn.Module) else state_dict, self.model.config,
+                                    positions=positions)
+        layout = tok.layouts[layout_id].weights
+        return layout.flatten(layout.match(state_dict)).unsqueeze(0), layout_id
 
     def _embed_dataset(self, ds, pooling=None, window_size=None, halo=None, batch_size=None, permutations=None, **kwargs):
         """A zoo split, read in slices of `batch_size` rows: list of one embedding per row. A row whose
