@@ -29,6 +29,43 @@ PRESETS: dict[str, dict] = {
 }
 
 
+PROPERTY_KINDS = ("regression", "classification")
+HEAD_POOLINGS = ("mean", "layer")
+
+
+def check_properties(properties) -> list[dict]:
+    """The property head's targets, normalised: a list of {"name", "kind": "regression", "mean", "std"}
+    (the training targets' standardisation; a bare name means a regression with mean 0, std 1) or
+    {"name", "kind": "classification", "labels": [...]} (the classes, in output order)."""
+    if isinstance(properties, (str, bytes)) or not isinstance(properties, (list, tuple)) or not properties:
+        raise ValueError(f"SaneConfig: properties must be a non-empty list of property names or "
+                         f"{{'name', 'kind', ...}} entries, got {properties!r}.")
+    out = []
+    for entry in properties:
+        entry = {"name": entry, "kind": "regression"} if isinstance(entry, str) else dict(entry)
+        name, kind = entry.get("name"), entry.get("kind", "regression")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"SaneConfig: a property needs a name, got {entry!r}.")
+        if kind not in PROPERTY_KINDS:
+            raise ValueError(f"SaneConfig: property {name!r} has kind {kind!r}; choose one of {list(PROPERTY_KINDS)}.")
+        if kind == "classification":
+            labels = list(entry.get("labels") or [])
+            if len(labels) < 2 or len({str(v) for v in labels}) != len(labels):
+                raise ValueError(f"SaneConfig: classification property {name!r} needs at least 2 distinct labels, "
+                                 f"got {labels!r}.")
+            out.append({"name": name, "kind": kind, "labels": labels})
+        else:
+            mean, std = float(entry.get("mean", 0.0)), float(entry.get("std", 1.0))
+            if not std > 0 or mean != mean:
+                raise ValueError(f"SaneConfig: regression property {name!r} needs a finite mean and a std > 0, "
+                                 f"got mean {mean}, std {std}.")
+            out.append({"name": name, "kind": kind, "mean": mean, "std": std})
+    names = [p["name"] for p in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"SaneConfig: properties must be distinct, got {names}.")
+    return out
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"SaneConfig: {name} must be a positive integer, got {value!r}.")
@@ -62,6 +99,14 @@ class SaneConfig(PretrainedConfig):
         mlp_ratio: hidden size of the transformer MLP relative to d_model.
         layer_norm_eps: epsilon of every LayerNorm.
         initializer_range: std of the normal init of linear and embedding weights.
+        properties: the targets of a property head (`SaneForPropertyPrediction`), see
+            `check_properties`; None for a plain SANE.
+        head_pooling: what the head reads: "mean" (the mean token latent) or "layer" (each layer's
+            mean latent, `head_layers` of them concatenated); both ignore the order of neurons.
+        head_layers: layers "layer" pooling concatenates (the zoo architecture's; absent ones zero).
+        head_hidden_dim: width of the head's hidden layer (0: a linear head).
+        head_dropout: dropout before the head's layers.
+        freeze_encoder: train only the head; the encoder keeps its pretrained weights.
     """
 
     model_type = "sane"
@@ -84,6 +129,12 @@ class SaneConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         contrastive_temperature: float | None = None,
+        properties: list | None = None,
+        head_pooling: str = "mean",
+        head_layers: int | None = None,
+        head_hidden_dim: int = 0,
+        head_dropout: float = 0.0,
+        freeze_encoder: bool = False,
         **kwargs,
     ):
         # A saved config.json carries `contrastive_temperature`; the argument users type is `temperature`.
@@ -125,6 +176,17 @@ class SaneConfig(PretrainedConfig):
         self.layer_loss_norm = bool(layer_loss_norm)
         self.layer_norm_eps = float(layer_norm_eps)
         self.initializer_range = float(initializer_range)
+        self.properties = None if properties is None else check_properties(properties)
+        if head_pooling not in HEAD_POOLINGS:
+            raise ValueError(f"SaneConfig: head_pooling must be one of {list(HEAD_POOLINGS)}, got {head_pooling!r}.")
+        if head_pooling == "layer" and head_layers is None:
+            raise ValueError("SaneConfig: head_pooling='layer' needs head_layers, the zoo architecture's number of layers.")
+        self.head_pooling, self.head_layers = head_pooling, None if head_layers is None else _positive_int("head_layers", head_layers)
+        if isinstance(head_hidden_dim, bool) or not isinstance(head_hidden_dim, int) or head_hidden_dim < 0:
+            raise ValueError(f"SaneConfig: head_hidden_dim must be an integer >= 0, got {head_hidden_dim!r}.")
+        if not 0.0 <= float(head_dropout) < 1.0:
+            raise ValueError(f"SaneConfig: head_dropout must be in [0, 1), got {head_dropout!r}.")
+        self.head_hidden_dim, self.head_dropout, self.freeze_encoder = head_hidden_dim, float(head_dropout), bool(freeze_encoder)
         if __name__.startswith("hyperrep_hf."):
             # config.json names the checkpoint's remote-code pipelines for users without hyperrep_hf.
             # With the package installed its registered pipelines serve those tasks, and transformers
@@ -148,4 +210,4 @@ class SaneConfig(PretrainedConfig):
 # Written into config.json's `auto_map` (with the file copied) for remote-code loading.
 SaneConfig.register_for_auto_class()
 
-__all__ = ["PRESETS", "SaneConfig"]
+__all__ = ["HEAD_POOLINGS", "PRESETS", "PROPERTY_KINDS", "SaneConfig", "check_properties"]

@@ -18,10 +18,12 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.utils import ModelOutput
 
 from .configuration_sane import SaneConfig
 from .losses import SIGMA_FLOOR, masked_reconstruction_mse, nt_xent, sane_loss
+from .windows import sliding_windows
 
 POOLINGS = ("mean", "layer", "full")
 
@@ -252,6 +254,9 @@ class SanePreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, SaneModel):
             init.ones_(module.layer_sigma)
+        elif isinstance(module, SanePropertyHead):
+            init.zeros_(module.feature_mean)
+            init.ones_(module.feature_scale)
 
 
 class SaneModel(SanePreTrainedModel):
@@ -439,6 +444,8 @@ class SaneModel(SanePreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+        if model.config.properties:  # the backbone of a fine-tuned SaneForPropertyPrediction: its head stays behind
+            unexpected = [k for k in unexpected if not k.startswith("head.")]
         if strict and (missing or unexpected):
             source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
@@ -472,8 +479,273 @@ class SaneModel(SanePreTrainedModel):
         return value_mask if mask is None else value_mask & mask.unsqueeze(-1)
 
 
+# ------------------------------------------------------------------------------ property head
+
+
+@dataclass
+class SanePropertyPredictionOutput(ModelOutput):
+    """Output of `SaneForPropertyPrediction.forward`.
+
+    Attributes:
+        loss: 0-d mean over the properties of their losses, only with `labels`.
+        logits: [B, num_outputs] the head's outputs: one standardised value per regression property,
+            one logit per label of each classification property, in `config.properties` order.
+        embedding: [B, d] the pooled latents the head read.
+        property_losses: [num_properties] each property's loss (MSE of the standardised target or
+            cross-entropy), with `labels`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    property_losses: torch.Tensor | None = None
+
+
+# SaneConfig fields of the property head, accepted by SaneForPropertyPrediction.from_pretrained.
+HEAD_OPTIONS = ("properties", "head_pooling", "head_layers", "head_hidden_dim", "head_dropout", "freeze_encoder")
+
+
+class SanePropertyHead(nn.Module):
+    """Pooled latents [B, d] -> [B, num_outputs]. The latents are first standardised with a stored
+    per-feature mean and scale (`feature_mean`, `feature_scale` [d]; the fine-tuner sets them from
+    the pretrained encoder's training embeddings, as the linear probes standardise their features,
+    so the head's learning rate does not depend on the latents' arbitrary scale); then dropout ->
+    Linear, or with head_hidden_dim h dropout -> Linear(d, h) -> LayerNorm -> GELU -> dropout ->
+    Linear(h, num_outputs)."""
+
+    def __init__(self, config: SaneConfig, in_features: int, num_outputs: int):
+        super().__init__()
+        h, p = config.head_hidden_dim, config.head_dropout
+        self.register_buffer("feature_mean", torch.zeros(in_features), persistent=True)
+        self.register_buffer("feature_scale", torch.ones(in_features), persistent=True)
+        layers = [nn.Dropout(p)]
+        if h:
+            layers += [nn.Linear(in_features, h), nn.LayerNorm(h, eps=config.layer_norm_eps), nn.GELU(), nn.Dropout(p)]
+        self.net = nn.Sequential(*layers, nn.Linear(h or in_features, num_outputs))
+
+    def set_feature_standardization(self, embeddings: torch.Tensor) -> None:
+        """Per-feature mean and std of embeddings [n, d] (a constant feature keeps scale 1)."""
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float64)
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.feature_mean.numel() or len(embeddings) < 2:
+            raise ValueError(f"expected at least 2 embeddings of {self.feature_mean.numel()} features, got shape "
+                             f"{list(embeddings.shape)}")
+        scale = embeddings.std(0, unbiased=False)
+        with torch.no_grad():
+            self.feature_mean.copy_(embeddings.mean(0))
+            self.feature_scale.copy_(torch.where(scale > 1e-12, scale, torch.ones_like(scale)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net((pooled - self.feature_mean.to(pooled.dtype)) / self.feature_scale.to(pooled.dtype))
+
+
+class SaneForPropertyPrediction(SanePreTrainedModel):
+    """A pretrained SANE encoder and a head predicting a model's properties (test accuracy, epoch,
+    hyperparameters) from the pooled latents of its weight tokens, fine-tuned end to end (or the
+    head alone, `config.freeze_encoder`): the `AutoModelForSequenceClassification` pattern for
+    weight space.
+
+        model = SaneForPropertyPrediction.from_pretrained(SANE_CHECKPOINT, properties=[
+            {"name": "test_acc", "kind": "regression", "mean": 0.9, "std": 0.05},
+            {"name": "activation", "kind": "classification", "labels": ["relu", "tanh"]}])
+
+    The head reads "mean" or "layer" pooling (`config.head_pooling`), both unchanged by neuron
+    permutations. Regression targets are learned standardised with the stored mean / std and
+    predicted in their own units (`predictions`). Sequences longer than `window_size` are encoded
+    in sliding windows with a halo of window_size // 4, gradients included.
+    Inputs as `SaneModel` (tokens [B, N, T], positions [B, N, 3], attention_mask [B, N]).
+    """
+
+    def __init__(self, config: SaneConfig):
+        super().__init__(config)
+        if not config.properties:
+            raise ValueError("SaneForPropertyPrediction needs config.properties, the properties to predict: e.g. "
+                             "SaneForPropertyPrediction.from_pretrained(SANE_CHECKPOINT, properties=['test_acc'])")
+        self.sane = SaneModel(config)
+        width = config.latent_dim * (config.head_layers if config.head_pooling == "layer" else 1)
+        self.head = SanePropertyHead(config, width, sum(self.output_sizes))
+        self.post_init()
+        self.freeze()
+
+    def freeze(self) -> None:
+        """No gradients for the decoder and projection head (they come with the checkpoint, so AutoModel
+        still loads the backbone from a fine-tuned folder, but take no part in property prediction)
+        nor, with `config.freeze_encoder`, for the encoder. Loading replaces parameters, so
+        from_pretrained calls it again."""
+        self.sane.decoder.requires_grad_(False)
+        self.sane.projection_head.requires_grad_(False)
+        self.sane.encoder.requires_grad_(not self.config.freeze_encoder)
+
+    @property
+    def property_names(self) -> list[str]:
+        return [p["name"] for p in self.config.properties]
+
+    @property
+    def output_sizes(self) -> list[int]:
+        """Head outputs per property: 1 for a regression, one per label for a classification."""
+        return [len(p["labels"]) if p["kind"] == "classification" else 1 for p in self.config.properties]
+
+    def pool(self, latents: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        """Token latents [B, N, L] -> [B, L] ("mean") or [B, head_layers * L] ("layer")."""
+        pooled = pool_latents(latents, attention_mask, self.config.head_pooling, positions)
+        if self.config.head_pooling == "mean":
+            return pooled
+        layers = self.config.head_layers
+        if pooled.shape[1] > layers * self.config.latent_dim:
+            raise ValueError(f"the model has {pooled.shape[1] // self.config.latent_dim} layers but the head reads "
+                             f"{layers} (head_layers); fine-tune a head for this architecture")
+        return F.pad(pooled, (0, layers * self.config.latent_dim - pooled.shape[1]))
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, N, T] -> latents [B, N, latent_dim]; in sliding windows when N > window_size."""
+        window = self.config.window_size
+        batch, length = tokens.shape[:2]
+        if length <= window:
+            return self.sane.encode(tokens, positions, attention_mask)
+        mask = torch.ones(batch, length, dtype=torch.long, device=tokens.device) if attention_mask is None else attention_mask
+        out = tokens.new_zeros(batch, length, self.config.latent_dim)
+        for w in sliding_windows(length, window, window // 4):  # as downstream.embedding encodes, with gradients
+            rows = mask[:, w.slice].bool().any(1)
+            if bool(rows.any()):
+                latents = self.sane.encode(tokens[rows, w.slice], positions[rows, w.slice], mask[rows, w.slice])
+                out[rows, w.keep_start:w.keep_stop] = latents[:, w.keep].to(out.dtype)
+        return out
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, label_mask: torch.Tensor | None = None,
+                return_dict: bool | None = None) -> SanePropertyPredictionOutput | tuple:
+        """Predict the properties of a batch of models; with `labels`, also the loss.
+
+        Args:
+            tokens, positions, attention_mask: as `SaneModel.forward`.
+            labels: [B, num_properties] float, per property the raw target (regression) or the index
+                of its label in `config.properties` (classification); `encode_labels` makes them.
+            label_mask: [B, num_properties] bool, False where a target is missing; default all True.
+        """
+        if self.config.freeze_encoder:
+            with torch.no_grad():
+                latents = self.encode(tokens, positions, attention_mask)
+        else:
+            latents = self.encode(tokens, positions, attention_mask)
+        embedding = self.pool(latents, attention_mask, positions)
+        logits = self.head(embedding)
+        loss = losses = None
+        if labels is not None:
+            losses = self._losses(logits.float(), labels, label_mask)
+            loss = losses.mean()
+        output = SanePropertyPredictionOutput(loss=loss, logits=logits, embedding=embedding, property_losses=losses)
+        use_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if use_dict else output.to_tuple()
+
+    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor | None) -> torch.Tensor:
+        count = len(self.config.properties)
+        if labels.shape != (logits.shape[0], count):
+            raise ValueError(f"labels must have shape [{logits.shape[0]}, {count}] (one column per property "
+                             f"{self.property_names}), got {tuple(labels.shape)}")
+        labels = labels.to(logits.device, torch.float32)
+        mask = torch.ones_like(labels, dtype=torch.bool) if label_mask is None else label_mask.to(logits.device).bool()
+        out, start = [], 0
+        for j, (spec, size) in enumerate(zip(self.config.properties, self.output_sizes)):
+            keep = mask[:, j]
+            part = logits[keep, start:start + size]
+            if not bool(keep.any()):
+                out.append(logits.sum() * 0.0)  # no target in this batch: no gradient, no NaN
+            elif spec["kind"] == "regression":
+                target = (labels[keep, j] - spec["mean"]) / spec["std"]
+                out.append(F.mse_loss(part[:, 0], target))
+            else:
+                out.append(F.cross_entropy(part, labels[keep, j].long()))
+            start += size
+        return torch.stack(out)
+
+    def encode_labels(self, targets: dict, num_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """{property: values} (zoo columns) -> (labels [n, num_properties] float, label_mask [n, P] bool).
+        Missing values (None / NaN) are masked; a classification value the head has no label for is
+        a ValueError naming the property, the value and the labels."""
+        missing = [n for n in self.property_names if n not in targets]
+        if missing:
+            raise ValueError(f"no targets for the head's properties {missing}; got {sorted(targets)}")
+        n = len(next(iter(targets.values()))) if num_rows is None else num_rows
+        labels, mask = torch.zeros(n, len(self.property_names)), torch.zeros(n, len(self.property_names), dtype=torch.bool)
+        for j, spec in enumerate(self.config.properties):
+            values = list(targets[spec["name"]])
+            for i, v in enumerate(values):
+                if v is None or (isinstance(v, float) and v != v):
+                    continue
+                if spec["kind"] == "classification":
+                    index = {str(c): k for k, c in enumerate(spec["labels"])}
+                    if str(v) not in index:
+                        raise ValueError(f"property {spec['name']!r}: label {v!r} is none of the labels the head was "
+                                         f"fine-tuned on {spec['labels']}; fine-tune on a zoo whose train split has it")
+                    labels[i, j] = index[str(v)]
+                else:
+                    labels[i, j] = float(v)
+                mask[i, j] = True
+        return labels, mask
+
+    def predictions(self, logits: torch.Tensor) -> dict[str, list]:
+        """Head outputs [B, num_outputs] -> {property: B values}: regressions in the targets' units,
+        classifications the label of the largest logit."""
+        logits = logits.detach().float().cpu()
+        out, start = {}, 0
+        for spec, size in zip(self.config.properties, self.output_sizes):
+            part = logits[:, start:start + size]
+            if spec["kind"] == "regression":
+                out[spec["name"]] = (part[:, 0] * spec["std"] + spec["mean"]).tolist()
+            else:
+                out[spec["name"]] = [spec["labels"][k] for k in part.argmax(1).tolist()]
+            start += size
+        return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a fine-tuned checkpoint, or build the head over a pretrained SANE checkpoint:
+        `from_pretrained(SANE, properties=[...], head_pooling=..., freeze_encoder=...)` (the head is
+        new; every SANE weight must be in the checkpoint). Weights of another size than the config
+        (a head over a SANE of another size) are an error naming the tensors and their shapes."""
+        want_info = kwargs.pop("output_loading_info", False)
+        head = {k: kwargs.pop(k) for k in HEAD_OPTIONS if k in kwargs}
+        if head:  # a new head: the checkpoint's config with the head's options, validated by SaneConfig
+            if "config" in kwargs:
+                raise ValueError(f"pass the head options {sorted(head)} in the config or as arguments, not both")
+            loaded = SaneConfig.from_pretrained(pretrained_model_name_or_path, **{
+                k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs})
+            kwargs["config"] = SaneConfig.from_dict({**loaded.to_dict(), **head})
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+        mismatched = list(info.get("mismatched_keys", ()))
+        if mismatched:
+            shown = "; ".join(f"{m[0]}: {tuple(m[1])} in the checkpoint, {tuple(m[2])} in the model"
+                              if len(m) == 3 else str(m) for m in mismatched[:4])
+            c = model.config
+            raise ValueError(f"the weights of {pretrained_model_name_or_path!s} do not fit a SaneForPropertyPrediction "
+                             f"of d_model={c.d_model}, latent_dim={c.latent_dim}, num_layers={c.num_layers}, token_size="
+                             f"{c.token_size} with {sum(model.output_sizes)} head outputs: {shown}. Load a head onto the "
+                             "SANE it was fine-tuned from (same sizes) or fine-tune a new one")
+        missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("head."))
+        if missing:
+            raise ValueError(f"{pretrained_model_name_or_path!s} lacks SANE weights the model needs: {missing[:6]}; "
+                             "is it a SANE checkpoint (config.json and model.safetensors of one run)?")
+        model.freeze()
+        return (model, info) if want_info else model
+
+
 # save_pretrained copies this file and its relative imports next to the weights and writes
 # `auto_map`, so checkpoints load with trust_remote_code=True where hyperrep_hf is not installed.
 SaneModel.register_for_auto_class("AutoModel")
+# transformers' own check knows only its Auto classes; this library's is named directly.
+SaneForPropertyPrediction._auto_class = "AutoModelForWeightPropertyPrediction"
 
-__all__ = ["POOLINGS", "SaneModel", "SaneOutput", "SanePreTrainedModel", "pool_latents"]
+
+class AutoModelForWeightPropertyPrediction(_BaseAutoModelClass):
+    """The Auto class of property heads over weight-space backbones, like
+    `AutoModelForSequenceClassification`: `AutoModelForWeightPropertyPrediction.from_pretrained(FOLDER)`
+    loads a fine-tuned `SaneForPropertyPrediction` (and, with `properties=[...]`, builds one over a
+    pretrained SANE checkpoint)."""
+
+    _model_mapping = _LazyAutoMapping({}, type("NoBuiltinModels", (dict,), {})())  # only what register() adds
+
+
+AutoModelForWeightPropertyPrediction.register(SaneConfig, SaneForPropertyPrediction, exist_ok=True)
+
+__all__ = ["POOLINGS", "AutoModelForWeightPropertyPrediction", "SaneForPropertyPrediction", "SaneModel", "SaneOutput", "SanePreTrainedModel",
+           "SanePropertyPredictionOutput", "pool_latents"]
