@@ -48,6 +48,8 @@ MODULES: dict[str, str] = {
     "pipelines.weight_generation": "weight_generation.py",
 }
 AUTO_MAP = {"AutoConfig": "configuration_sane.SaneConfig", "AutoModel": "modeling_sane.SaneModel"}
+# A checkpoint with a property head (config.json names `properties`) also loads it by this library's Auto class.
+HEAD_AUTO_MAP = {"AutoModelForWeightPropertyPrediction": "modeling_sane.SaneForPropertyPrediction"}
 CUSTOM_PIPELINES = {
     task: {"impl": f"{module}.{cls}", "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
     for task, module, cls in (
@@ -128,8 +130,9 @@ def write_remote_code(folder: str | Path) -> list[Path]:
     config = folder / "config.json"
     if config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))
-        atomic_write_json(config, {**data, "auto_map": AUTO_MAP, "custom_pipelines": CUSTOM_PIPELINES})
+        auto_map = {**AUTO_MAP, **(HEAD_AUTO_MAP if data.get("properties") else {})}
+        atomic_write_json(config, {**data, "auto_map": auto_map, "custom_pipelines": CUSTOM_PIPELINES})
     return written
 
 
-__all__ = ["CUSTOM_PIPELINES", "MODULES", "check_remote_code", "remote_sources", "write_remote_code"]
+__all__ = ["CUSTOM_PIPELINES", "HEAD_AUTO_MAP", "MODULES", "check_remote_code", "remote_sources", "write_remote_code"]
