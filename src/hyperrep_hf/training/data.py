@@ -4,9 +4,15 @@
     views = data.training_batch(rows, window_size=64, generator=g, augmentation=Augmentation())
     model(**views.model_inputs(), num_views=2)
 
-Everything is a batched tensor operation on a batch's flat weights [B, P] (one Python step per
-architecture and per weight layer, never per model): a function-preserving permutation per view is
-one gather, tokenizing is one strided copy per layer, the window is one gather per tensor.
+Memory is bounded by a batch, never by the zoo: a split larger than IN_MEMORY_SPLIT_BYTES is read
+lazily from the zoo's parquet shards (`Zoo.rows`; only the rows of a batch, in chunks of at most
+GATHER_LIMIT weights; a smaller one is held as one tensor), and
+only the tokens of a view's window are made: the window starts are drawn first, then each view
+permutes just the layers its window covers (one gather per permuted axis) and tokenises just that
+token range (`TokenLayout.encode_range_into`). Rows sharing a window start (all of them when a
+model is shorter than the window) go through it together, one Python step per layer. The batches
+equal those of tokenising whole permuted models and cutting the window (same random draws).
+The standardisation and the LWLN statistics are computed streaming over the train rows.
 
 Several zoos may be combined if they share one token size; each zoo (architecture) is a "group"
 with its own token layout, and batches mixing groups are padded to the longest window.
@@ -27,13 +33,20 @@ from ..weightspace import (
     block_erasing,
     multiplicative_noise,
     permutation_spec,
-    permute_flat,
 )
-from ..windows import random_window_starts, take_windows
+from ..windows import random_window_starts
 from ..zoo import Zoo, build_model, load_zoo
+from ..zoo.dataset import ZooRows
 
 REQUIRED_COLUMNS = ("weights", "model_id", "epoch")
 SPLITS = ("train", "validation", "test")
+# A split whose usable rows hold at most this many bytes of weights is read once into one tensor
+# [rows, P] (every zoo of the demo and the presets: batches then index memory); a larger one stays
+# on disk as a ZooRows and each batch reads its own rows.
+IN_MEMORY_SPLIT_BYTES = 256 << 20
+# Weights read, permuted and tokenised at once (one row at least): a batch of ResNet-18s (11M
+# weights, 45 MB a row) goes a row at a time, a batch of small models in one step.
+GATHER_LIMIT = 1 << 24
 
 
 @dataclass
@@ -63,15 +76,16 @@ class Augmentation:
 
 @dataclass
 class Split:
-    """The rows of one split of one zoo: weights [M, P] float32 and their metadata (a DataFrame);
-    `exploded`: how many exploded checkpoints were left out (see `exploded_rows`)."""
+    """The rows of one split of one zoo: weights [M, P] float32 (a ZooRows read lazily from the
+    zoo, or a tensor: aligned rows) and their metadata (a DataFrame); `exploded`: how many
+    exploded checkpoints were left out (see `exploded_rows`). `weights[indices]` reads those rows."""
 
-    weights: torch.Tensor
+    weights: ZooRows | torch.Tensor
     metadata: object
     exploded: int = 0
 
     def __len__(self) -> int:
-        return int(self.weights.shape[0])
+        return len(self.weights)
 
 
 @dataclass
@@ -125,6 +139,7 @@ class ZooData:
     def __init__(self, groups: list[ZooGroup], tokenizer: WeightTokenizer, epochs: list[int] | None):
         self.groups, self.tokenizer, self.epochs = groups, tokenizer, epochs
         self._offsets = {s: np.cumsum([0] + [len(g.splits[s]) for g in groups]) for s in SPLITS}
+        self._checked: set = set()
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -176,7 +191,9 @@ class ZooData:
             for g in groups:
                 if len(g.splits["train"]) == 0:
                     raise ValueError(f"zoo {g.name} has no training rows to fit the standardisation on")
-                tokenizer.fit_standardization(g.splits["train"].weights, layout_id=g.layout_id)
+                moments = [tokenizer.layer_moments(chunk, g.layout_id) for chunk in _chunks(g.splits["train"].weights)]
+                tokenizer.fit_standardization_from_moments(torch.cat([m[0] for m in moments]),
+                                                           torch.cat([m[1] for m in moments]), g.layout_id)
         return cls(groups, tokenizer, epochs)
 
     # -- sizes and lookup -----------------------------------------------------------------------
@@ -226,27 +243,62 @@ class ZooData:
 
         Per view: a random function-preserving permutation of the flat weights (as
         `augmentation.views` says), tokenisation (targets), then noise / erasing (inputs). Both
-        views get the SAME random window.
+        views get the SAME random window (a model shorter than the window fills what it has; the
+        rest is padding). Only the rows of the batch are read and only the window's layers are
+        permuted and tokenised (module docstring); the random draws are those of permuting and
+        tokenising whole models, so the batch is the same.
         """
-        views = [[], []]
-        for g, local in self.locate("train", rows):
-            flat = g.splits["train"].weights[local]
-            for v in range(2):
-                w = flat
-                if augmentation.permutes(v) and g.spec is not None:
-                    w = _permute_rows(flat, g, generator)
-                enc = self.tokenizer.tokenize_flat(w, g.layout_id, align=False)
-                views[v].append({k: enc[k] for k in ("tokens", "positions", "attention_mask", "value_mask")})
-        view1, view2 = _pad_cat(views[0]), _pad_cat(views[1])
-        lengths = view1["attention_mask"].sum(1)
-        window = min(window_size, int(lengths.max()))
+        located = self.locate("train", rows)
+        # the draws in their fixed order: permutations (group by group, view 1 then 2), window starts
+        perms = [[g.spec.random(len(local), generator) if augmentation.permutes(v) and g.spec is not None else None
+                  for v in range(2)] for g, local in located]
+        lengths = torch.cat([torch.full((len(local),), g.num_tokens, dtype=torch.long) for g, local in located])
+        window = min(int(window_size), int(lengths.max()))
         starts = random_window_starts(lengths, window, generator)
-        cut = [{k: take_windows(v[k], starts, window) for k in v} for v in (view1, view2)]
-        targets = torch.cat([c["tokens"] for c in cut])
-        value_mask = torch.cat([c["value_mask"] for c in cut])
+        B, T = len(lengths), self.tokenizer.token_size
+        self._check_batch_fits(B, window)
+        targets = torch.zeros(2, B, window, T)
+        positions = torch.zeros(2, B, window, 3, dtype=torch.long)
+        attention_mask = torch.zeros(2, B, window, dtype=torch.long)
+        value_mask = torch.zeros(2, B, window, T, dtype=torch.bool)
+        offset = 0
+        for (g, local), view_perms in zip(located, perms):
+            tl = self.tokenizer.layouts[g.layout_id]
+            group_starts = starts[offset:offset + len(local)]
+            for start in torch.unique(group_starts).tolist():
+                stop = min(start + window, tl.num_tokens)
+                n = stop - start
+                same = torch.nonzero(group_starts == start).flatten()
+                for part in torch.split(same, _rows_per_read(tl.weights.num_weights)):
+                    flat = g.splits["train"].weights[local[part]]
+                    out = offset + part
+                    for v, p in enumerate(view_perms):
+                        picked = None if p is None else {k: q[part] for k, q in p.items()}
+                        targets[v, out, :n] = _window_tokens(tl, flat, start, stop, g, picked, self.tokenizer.min_std)
+                    positions[:, out, :n] = tl.positions[start:stop]
+                    attention_mask[:, out, :n] = 1
+                    value_mask[:, out, :n] = tl.value_mask[start:stop]
+            offset += len(local)
+        targets, value_mask = targets.reshape(2 * B, window, T), value_mask.reshape(2 * B, window, T)
         inputs = _augment(targets, value_mask, augmentation, generator)
-        return TokenBatch(inputs, targets, torch.cat([c["positions"] for c in cut]),
-                          torch.cat([c["attention_mask"] for c in cut]), value_mask)
+        return TokenBatch(inputs, targets, positions.reshape(2 * B, window, 3), attention_mask.reshape(2 * B, window),
+                          value_mask)
+
+    def _check_batch_fits(self, batch_size: int, window: int) -> None:
+        """Refuse, once per batch shape, a batch whose tensors cannot fit in the memory available."""
+        key = (batch_size, window)
+        if key in self._checked:
+            return
+        T = self.tokenizer.token_size
+        # targets, inputs, noise (float32), value mask (bool), positions and attention mask (int64), both views
+        need = 2 * batch_size * window * (T * (4 + 4 + 4 + 1) + 4 * 8)
+        need += 4 * GATHER_LIMIT + max(4 * self.tokenizer.layouts[g.layout_id].weights.num_weights for g in self.groups)
+        available = _available_memory()
+        if available is not None and need > available:
+            raise ValueError(f"a training batch of {batch_size} models x 2 views x window {window} x token size {T} "
+                             f"needs about {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+                             f"available; lower --batch_size or --window_size")
+        self._checked.add(key)
 
     def token_statistics(self, kind: str = "standardized") -> torch.Tensor:
         """sigma_l [num_layers] of layer-wise loss normalisation (LWLN, METHOD.md §4), in the units of
@@ -271,21 +323,23 @@ class ZooData:
         L = self.num_layers
         total, square, count, scale = (torch.zeros(L, dtype=torch.float64) for _ in range(4))
         for g in self.groups:
-            weights = g.splits["train"].weights
-            for start in range(0, len(weights), 1024):
-                # "raw" reads the weights themselves; None: standardised if the tokenizer is fitted
-                enc = self.tokenizer.tokenize_flat(weights[start:start + 1024], g.layout_id, align=False,
-                                                   standardize=False if kind == "raw" else None)
-                values = enc["tokens"].double() * enc["value_mask"]
-                layer = enc["positions"][..., 1].reshape(-1)
-                n = enc["value_mask"].sum(-1).reshape(-1).double()
-                total.index_add_(0, layer, values.sum(-1).reshape(-1))
-                square.index_add_(0, layer, values.square().sum(-1).reshape(-1))
-                count.index_add_(0, layer, n)
-                if kind == "raw":
-                    tl = self.tokenizer.layouts[g.layout_id]
-                    s_l = tl.std if tl.standardized else torch.ones(tl.num_layers, dtype=torch.float64)
-                    scale.index_add_(0, layer, s_l[layer] * n)
+            tl = self.tokenizer.layouts[g.layout_id]
+            # "raw" reads the weights themselves; otherwise standardised if the tokenizer is fitted
+            std = False if kind == "raw" else self.tokenizer._standardizes(tl, None)
+            for chunk in _chunks(g.splits["train"].weights):
+                # streaming: a chunk of rows at a time, and of those a layer's tokens at a time
+                for b in tl.blocks:
+                    tokens = _window_tokens(tl, chunk, b.n0, b.n1, g, None, self.tokenizer.min_std, std)
+                    mask = tl.value_mask[b.n0:b.n1]
+                    values = tokens.double() * mask
+                    layer = tl.positions[b.n0:b.n1, 1].repeat(len(chunk))
+                    n = mask.sum(-1).double().repeat(len(chunk))
+                    total.index_add_(0, layer, values.sum(-1).reshape(-1))
+                    square.index_add_(0, layer, values.square().sum(-1).reshape(-1))
+                    count.index_add_(0, layer, n)
+                    if kind == "raw":
+                        s_l = tl.std if tl.standardized else torch.ones(tl.num_layers, dtype=torch.float64)
+                        scale.index_add_(0, layer, s_l[layer] * n)
         mean = total / count.clamp_min(1)
         sigma = (square / count.clamp_min(1) - mean.square()).clamp_min(0).sqrt()
         if kind == "raw":
@@ -293,18 +347,70 @@ class ZooData:
         return torch.where(count > 0, sigma.clamp_min(SIGMA_FLOOR), torch.ones_like(sigma)).float()
 
 
-# Above this many elements a batched gather index [B, P] (int64) costs too much memory (a batch of
-# ResNet-18s: gigabytes); rows are then permuted one at a time with the same random draws.
-GATHER_LIMIT = 1 << 24
+def _rows_per_read(num_weights: int) -> int:
+    return max(1, GATHER_LIMIT // num_weights)
 
 
-def _permute_rows(flat: torch.Tensor, g: ZooGroup, generator: torch.Generator) -> torch.Tensor:
-    """flat [B, P] -> each row under its own random function-preserving permutation."""
-    perms = g.spec.random(len(flat), generator)
-    if flat.numel() <= GATHER_LIMIT:
-        return permute_flat(flat, g.zoo.layout, g.spec, perms)
-    return torch.stack([permute_flat(flat[i], g.zoo.layout, g.spec, {k: v[i] for k, v in perms.items()})
-                        for i in range(len(flat))])
+def _chunks(weights: ZooRows | torch.Tensor):
+    """The rows of a split in order, GATHER_LIMIT weights at a time (a ZooRows reads only those)."""
+    step = _rows_per_read(weights.shape[1])
+    for start in range(0, len(weights), step):
+        yield weights[start:start + step]
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _permuted_source(flat: torch.Tensor, g: ZooGroup, perms: dict[str, torch.Tensor] | None):
+    """tensor(entry, offset) -> [m, numel] for TokenLayout's kernels: an entry of flat rows [m, P]
+    under each row's own function-preserving permutation (`perms`: {group: [m, n]}; None: as
+    stored). Only the entries asked for are permuted, one gather per permuted axis: the same
+    values as permuting the whole flat vector (weightspace.permute_flat)."""
+    by_entry = {} if perms is None else g.spec.axes_by_entry()
+    m = flat.shape[0]
+
+    def tensor(entry, offset):
+        values = flat[:, offset:offset + entry.numel]
+        if entry.name not in by_entry:
+            return values
+        shape = entry.shape or (1,)
+        values = values.reshape(m, *shape)
+        for axis, group, block in by_entry[entry.name]:
+            dim = 1 + axis % len(shape)
+            p = perms[group]
+            src = (p[:, :, None] * block + torch.arange(block)).reshape(m, -1)  # [m, n * block]
+            view = [m] + [1] * len(shape)
+            view[dim] = src.shape[1]
+            values = values.gather(dim, src.view(view).expand_as(values))
+        return values.reshape(m, entry.numel)
+
+    return tensor
+
+
+def _window_tokens(tl: TokenLayout, flat: torch.Tensor, start: int, stop: int, g: ZooGroup,
+                   perms: dict[str, torch.Tensor] | None, min_std: float, standardize: bool | None = None) -> torch.Tensor:
+    """Tokens start..stop-1 [m, n, T] of flat rows [m, P] (permuted by `perms` first), standardised
+    as the tokenizer would (standardize None: if the layout is fitted)."""
+    source = _permuted_source(flat, g, perms)
+    std = tl.standardized if standardize is None else standardize
+    if tl.self_normalized:  # per-model statistics span whole layers: tokenise the model, cut the range
+        tokens = torch.empty(len(flat), tl.num_tokens, tl.token_size)
+        tl.encode_into(tokens, source, False)
+        if standardize is not False:
+            tl.normalize_(tokens, min_std)
+        return tokens[:, start:stop]
+    tokens = torch.empty(len(flat), stop - start, tl.token_size)
+    tl.encode_range_into(tokens, source, start, stop, std)
+    return tokens
 
 
 def _augment(tokens: torch.Tensor, value_mask: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
@@ -315,24 +421,6 @@ def _augment(tokens: torch.Tensor, value_mask: torch.Tensor, aug: Augmentation, 
         out = additive_noise(out, value_mask, aug.additive_noise, generator)
     if aug.erase_probability > 0:
         out = block_erasing(out, value_mask, aug.erase_probability, generator=generator)
-    return out
-
-
-def _pad_cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate encodings along the batch, zero-padding the token dimension to the longest."""
-    if len(parts) == 1:
-        return {k: v.contiguous() for k, v in parts[0].items()}
-    n = max(p["tokens"].shape[1] for p in parts)
-    out = {}
-    for key in parts[0]:
-        padded = []
-        for p in parts:
-            x = p[key]
-            if x.shape[1] < n:
-                pad = torch.zeros((x.shape[0], n - x.shape[1], *x.shape[2:]), dtype=x.dtype)
-                x = torch.cat([x, pad], dim=1)
-            padded.append(x)
-        out[key] = torch.cat(padded)
     return out
 
 
@@ -347,28 +435,44 @@ def align_splits(splits: dict[str, Split], tokenizer: WeightTokenizer, layout_id
     reference = train.weights[int(first[np.argmax(train.metadata["epoch"].to_numpy()[first])])].clone()
     tokenizer.set_alignment(reference, spec, layout_id)
     for split in splits.values():
-        if len(split):
-            split.weights = tokenizer.align_flat(split.weights, layout_id)
+        if len(split):  # aligned rows live in memory (weight matching is too slow to redo per batch)
+            split.weights = torch.cat([tokenizer.align_flat(chunk, layout_id) for chunk in _chunks(split.weights)])
 
 
 def _read_split(zoo: Zoo, split: str, epochs: list[int] | None, drop_exploded: bool) -> Split:
-    if split not in zoo.dataset:
+    """The split's usable rows: one tensor if they fit IN_MEMORY_SPLIT_BYTES, else a lazy ZooRows
+    (one streaming pass then reads each row once to find the diverged and exploded checkpoints;
+    nothing of it stays in memory)."""
+    if split not in zoo.splits:
         import pandas as pd
 
         return Split(torch.zeros(0, zoo.num_weights), pd.DataFrame({"model_id": [], "epoch": []}))
     metadata = zoo.metadata(split)
-    weights = zoo.weights(split)
     keep = np.ones(len(metadata), dtype=bool)
     if epochs is not None:
         keep &= metadata["epoch"].isin(epochs).to_numpy()
+    rows = zoo.rows(split)
+    if int(keep.sum()) * 4 * zoo.num_weights <= IN_MEMORY_SPLIT_BYTES:
+        rows = zoo.weights(split)
+    kept = _select(rows, keep)
+    finite, rms = [], []
+    for chunk in _chunks(kept):
+        finite.append(torch.isfinite(chunk).all(1))
+        rms.append(_rms(chunk))
+    finite = torch.cat(finite).numpy() if finite else np.zeros(0, bool)
+    rms = torch.cat(rms) if rms else torch.zeros(0, dtype=torch.float64)
     # Diverged checkpoints (NaN / inf weights) cannot be tokenized; they carry no weight-space signal.
-    keep &= torch.isfinite(weights).all(1).numpy()
+    keep[keep] &= finite
     # Exploded ones (weights 1000x the zoo's) would dominate the reconstruction loss and the statistics.
-    exploded = exploded_rows(weights[torch.as_tensor(keep)]).numpy() if drop_exploded else np.zeros(int(keep.sum()), bool)
+    exploded = _exploded(rms[torch.as_tensor(finite)]).numpy() if drop_exploded else np.zeros(int(keep.sum()), bool)
     keep[keep] &= ~exploded
     index = np.flatnonzero(keep)
-    return Split(weights[torch.as_tensor(index)].contiguous(), metadata.iloc[index].reset_index(drop=True),
-                 int(exploded.sum()))
+    return Split(_select(rows, index), metadata.iloc[index].reset_index(drop=True), int(exploded.sum()))
+
+
+def _select(rows: ZooRows | torch.Tensor, index: np.ndarray) -> ZooRows | torch.Tensor:
+    """Rows picked by a boolean mask or indices: a ZooRows view (nothing read) or a new tensor."""
+    return rows.select(index) if isinstance(rows, ZooRows) else rows[torch.as_tensor(index)].contiguous()
 
 
 # A checkpoint whose root-mean-square weight is this many times the split's median has exploded
@@ -380,22 +484,30 @@ def exploded_rows(weights: torch.Tensor) -> torch.Tensor:
     """Flat finite weights [M, P] -> bool [M]: True where a row's root-mean-square weight exceeds
     EXPLODED_FACTOR x the median over the M rows. SANE trains without them (it still embeds them:
     the tokenizer's soft clip keeps their tokens bounded)."""
-    rms = weights.double().square().mean(1).sqrt()
+    return _exploded(_rms(weights))
+
+
+def _rms(weights: torch.Tensor) -> torch.Tensor:
+    return weights.double().square().mean(1).sqrt()
+
+
+def _exploded(rms: torch.Tensor) -> torch.Tensor:
     return rms > EXPLODED_FACTOR * rms.median() if len(rms) else torch.zeros(0, dtype=torch.bool)
 
 
 def _check_columns(name: str, zoo: Zoo, properties: Sequence[str]) -> None:
-    for split, ds in zoo.dataset.items():
-        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    for split in zoo.splits:
+        columns = zoo.column_names(split)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ValueError(f"zoo {name}: split {split!r} lacks the required column(s) {missing}; a zoo row needs "
                              f"{list(REQUIRED_COLUMNS)} (build or import the zoo with hyperrep_hf)")
-        absent = [p for p in properties if p not in ds.column_names]
+        absent = [p for p in properties if p not in columns]
         if absent:
             raise ValueError(f"zoo {name}: split {split!r} has no column(s) {absent} to probe; choose "
-                             f"--probe_properties among {[c for c in ds.column_names if c != 'weights']}")
-    if "train" not in zoo.dataset:
-        raise ValueError(f"zoo {name} has no train split (splits: {list(zoo.dataset)})")
+                             f"--probe_properties among {[c for c in columns if c != 'weights']}")
+    if "train" not in zoo.splits:
+        raise ValueError(f"zoo {name} has no train split (splits: {zoo.splits})")
 
 
 def _common_token_size(loaded: list[tuple[str, Zoo]], token_size: int | str) -> int:

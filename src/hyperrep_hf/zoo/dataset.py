@@ -6,13 +6,21 @@
 
 `datasets.load_dataset(DIR)` (or the Hub repo id) loads the rows; `load_zoo` adds the layout and
 architecture, so a row turns back into a working model in one call.
+
+Reading: `Zoo.rows(split)` reads weight rows lazily, straight from the parquet shards (memory-mapped),
+one row group at a time, keeping decoded row groups in a cache of bounded size (`ROW_CACHE_BYTES`),
+and `Zoo.metadata` reads only the other columns: neither copies the zoo into datasets' Arrow cache,
+and a zoo larger than memory is never read whole. `Zoo.dataset` (a DatasetDict, for pipelines and
+row-by-row access) is loaded with datasets only when something asks for it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +102,155 @@ def write_shard(path: Path, rows: Mapping[str, list | np.ndarray], num_weights: 
 def data_files_config() -> list[dict]:
     return [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in ("train", "validation", "test")]}]
 
+# Decoded row groups a zoo keeps in memory (all splits together). A zoo smaller than this is read
+# from disk once and then served from memory, as fast as a tensor; a larger one (a ResNet-18 zoo:
+# one 45 MB row per row group) keeps only the most recently used row groups.
+ROW_CACHE_BYTES = 256 << 20
+
+
+class RowGroupCache:
+    """Least-recently-used decoded row groups (numpy [rows, P] float32), at most `max_bytes` in all;
+    a row group larger than that is decoded for the read that needs it and not kept. Thread-safe
+    (the trainer builds batches in a background thread). `reads` counts row groups decoded."""
+
+    def __init__(self, max_bytes: int = ROW_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.blocks: OrderedDict = OrderedDict()
+        self.nbytes = 0
+        self.reads = 0
+        self.lock = threading.Lock()
+
+    def get(self, key, load) -> np.ndarray:
+        with self.lock:
+            if key in self.blocks:
+                self.blocks.move_to_end(key)
+                return self.blocks[key]
+            block = load()
+            self.reads += 1
+            if block.nbytes <= self.max_bytes:
+                self.blocks[key] = block
+                self.nbytes += block.nbytes
+                while self.nbytes > self.max_bytes:
+                    _, old = self.blocks.popitem(last=False)
+                    self.nbytes -= old.nbytes
+            return block
+
+    def clear(self) -> None:
+        with self.lock:
+            self.blocks.clear()
+            self.nbytes = 0
+
+
+class _Shards:
+    """The parquet shards of one split: which row group holds which row."""
+
+    def __init__(self, files: Sequence[str], num_weights: int, cache: RowGroupCache, name: str):
+        self.files, self.num_weights, self.cache, self.name = list(files), int(num_weights), cache, name
+        self._open: dict[int, pq.ParquetFile] = {}
+        group_file, group_index, sizes = [], [], []
+        for f, path in enumerate(self.files):
+            meta = pq.read_metadata(path)
+            for g in range(meta.num_row_groups):
+                group_file.append(f)
+                group_index.append(g)
+                sizes.append(meta.row_group(g).num_rows)
+        self.group_file, self.group_index = np.asarray(group_file, np.int64), np.asarray(group_index, np.int64)
+        self.group_start = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.num_rows = int(self.group_start[-1])
+
+    def _decode(self, group: int) -> np.ndarray:
+        f = int(self.group_file[group])
+        if f not in self._open:
+            self._open[f] = pq.ParquetFile(self.files[f], memory_map=True)
+        column = self._open[f].read_row_group(int(self.group_index[group]), columns=["weights"]).column(0)
+        values = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]) \
+            if column.num_chunks != 1 else column.chunk(0).flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(-1, self.num_weights)
+
+    def read(self, rows: np.ndarray, cache: bool = True) -> torch.Tensor:
+        """Split row indices [n] -> their weights [n, P] float32 (a new tensor; only the row groups
+        holding these rows are decoded; cache=False: decoded row groups are not kept)."""
+        out = torch.empty(len(rows), self.num_weights)
+        if not len(rows):
+            return out
+        groups = np.searchsorted(self.group_start, rows, side="right") - 1
+        for g in np.unique(groups):
+            block = self.cache.get((self.name, int(g)), lambda g=int(g): self._decode(g)) if cache else self._decode(int(g))
+            sel = np.flatnonzero(groups == g)
+            local = rows[sel] - self.group_start[g]
+            out[torch.from_numpy(sel)] = torch.from_numpy(block[local])
+        return out
+
+
+class ZooRows:
+    """The weight rows of one zoo split, read lazily: `rows[i]` -> [P], `rows[slice or indices]` ->
+    [n, P] float32 (only those rows are read), `rows.select(indices)` -> a ZooRows of those rows,
+    `len(rows)`, `rows.shape` ([rows, P]), `rows.chunks(max_bytes)` -> [n, P] tensors in order.
+    Indexing it like the [rows, P] tensor of `Zoo.weights` gives the same values."""
+
+    def __init__(self, shards: _Shards, index: np.ndarray | None = None):
+        self.shards = shards
+        self.index = np.arange(shards.num_rows, dtype=np.int64) if index is None else np.asarray(index, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_weights(self) -> int:
+        return self.shards.num_weights
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.num_weights)
+
+    def _positions(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            return self.index[key]
+        key = key.numpy() if torch.is_tensor(key) else np.asarray(key)
+        if key.dtype == bool:
+            if key.shape != (len(self),):
+                raise IndexError(f"a boolean row mask must have {len(self)} entries, got shape {list(key.shape)}")
+            return self.index[key]
+        return self.index[key.astype(np.int64).reshape(-1)]
+
+    def select(self, key) -> ZooRows:
+        """A ZooRows of the rows `key` (indices, a boolean mask or a slice) picks; nothing is read."""
+        return ZooRows(self.shards, self._positions(key))
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, (int, np.integer)):
+            return self.shards.read(self.index[[int(key)]])[0]
+        return self.shards.read(self._positions(key))
+
+    def chunks(self, max_bytes: int = 64 << 20) -> Iterator[torch.Tensor]:
+        """The rows in order, as tensors [n, P] of at most max(1 row, max_bytes)."""
+        step = max(1, int(max_bytes) // (4 * max(1, self.num_weights)))
+        for start in range(0, len(self), step):
+            yield self[start:start + step]
+
+    def __repr__(self) -> str:
+        return f"ZooRows({len(self)} rows x {self.num_weights} weights of split {self.shards.name!r})"
+
+
+def split_files(path: Path) -> dict[str, list[str]]:
+    """{split: its parquet shards (sorted)} of a zoo folder, splits without shards left out."""
+    files = {s: sorted(str(f) for f in (Path(path) / "data").glob(f"{s}-*.parquet")) for s in ("train", "validation", "test")}
+    return {s: f for s, f in files.items() if f}
+
 
 class Zoo:
-    """A loaded zoo: `dataset` (DatasetDict), `layout`, `architecture` (None for a zoo imported
-    without one: its rows are state_dicts only), `architecture_kwargs`, `task`, `config` (the
-    generating config), `extra_columns` (name -> type beyond the standard columns) and `info`
-    (the whole sidecar)."""
+    """A loaded zoo: `dataset` (DatasetDict, loaded on first use), `layout`, `architecture` (None for
+    a zoo imported without one: its rows are state_dicts only), `architecture_kwargs`, `task`,
+    `config` (the generating config), `extra_columns` (name -> type beyond the standard columns),
+    `info` (the whole sidecar), `splits` (the split names with rows), `files` ({split: shards}).
+    Read weights with `rows(split)` (lazy) or `weights(split)` (the whole split as one tensor)."""
 
-    def __init__(self, path: Path, info: dict, dataset):
-        self.path, self.info, self.dataset = Path(path), info, dataset
+    def __init__(self, path: Path, info: dict, dataset=None, files: Mapping[str, list[str]] | None = None):
+        self.path, self.info, self._dataset = Path(path), info, dataset
+        # rows come from the shards, or (a DatasetDict given and no files) from that dataset
+        self.files = dict(files) if files is not None else (split_files(self.path) if dataset is None else None)
+        self.row_cache = RowGroupCache()
+        self._shards: dict[str, _Shards] = {}
         self.layout = WeightLayout.from_dict(info["layout"])
         self.architecture = info["architecture"]
         self.architecture_kwargs = dict(info.get("architecture_kwargs") or {})
@@ -114,20 +262,72 @@ class Zoo:
     def num_weights(self) -> int:
         return self.layout.num_weights
 
+    @property
+    def dataset(self):
+        """The zoo's rows as a datasets.DatasetDict (load_dataset on the shards, on first use: it
+        writes datasets' Arrow cache, which `rows` and `metadata` never need)."""
+        if self._dataset is None:
+            import datasets
+
+            self._dataset = datasets.load_dataset("parquet", data_files=self.files)
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value) -> None:
+        """A DatasetDict given in place of the shards (e.g. with columns changed): from then on
+        every read of this Zoo goes through it, the whole split at a time, as before lazy reading."""
+        self._dataset, self.files, self._shards = value, None, {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.files if self.files is not None else self._dataset)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"the zoo has no split {split!r}; splits: {self.splits}")
+
+    def rows(self, split: str = "train") -> ZooRows | torch.Tensor:
+        """The weight rows of a split, read lazily from the shards (see ZooRows); a Zoo given a
+        DatasetDict (`dataset = ...`) returns the whole split as a tensor, indexed alike."""
+        self._check_split(split)
+        if self.files is None:
+            return self.weights(split)
+        if split not in self._shards:
+            self._shards[split] = _Shards(self.files[split], self.num_weights, self.row_cache, split)
+        return ZooRows(self._shards[split])
+
+    def num_rows(self, split: str = "train") -> int:
+        if split not in self.splits:
+            return 0
+        return len(self.rows(split)) if self.files is not None else len(self._dataset[split])
+
+    def column_names(self, split: str = "train") -> list[str]:
+        self._check_split(split)
+        if self.files is None:
+            return list(self._dataset[split].column_names)
+        return list(pq.read_schema(self.files[split][0]).names)
+
     def weights(self, split: str = "train") -> torch.Tensor:
-        """All weight vectors of a split as one tensor [rows, P], read as a whole column."""
-        ds = self.dataset[split]
-        column = ds.with_format("arrow")[:]["weights"]  # zero-copy view of the memory-mapped table
-        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-        parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
-        values = np.concatenate(parts) if len(parts) != 1 else parts[0].copy()  # one copy into torch-owned memory
-        return torch.from_numpy(values.reshape(len(ds), self.num_weights))
+        """All weight vectors of a split as one tensor [rows, P] (the whole split in memory: for
+        large zoos use `rows(split)`, which reads only the rows asked for)."""
+        self._check_split(split)
+        if self.files is None:
+            ds = self._dataset[split]
+            column = ds.with_format("arrow")[:]["weights"]  # zero-copy view of the memory-mapped table
+            chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+            parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+            values = np.concatenate(parts) if len(parts) != 1 else parts[0].copy()  # one copy into torch-owned memory
+            return torch.from_numpy(values.reshape(len(ds), self.num_weights))
+        rows = self.rows(split)
+        return rows.shards.read(rows.index, cache=False)  # read once: keeping row groups would double it
 
     def metadata(self, split: str = "train", columns=None):
         """The non-weight columns of a split as a pandas DataFrame (cheap: weights are not read)."""
-        ds = self.dataset[split]
-        columns = columns or [c for c in ds.column_names if c != "weights"]
-        return ds.select_columns(columns).to_pandas()
+        columns = list(columns or [c for c in self.column_names(split) if c != "weights"])
+        if self.files is None:
+            return self._dataset[split].select_columns(columns).to_pandas()
+        tables = [pq.read_table(f, columns=columns, memory_map=True) for f in self.files[split]]
+        return pa.concat_tables(tables).to_pandas()
 
     def _flat(self, weights_row_or_flat) -> torch.Tensor:
         flat = weights_row_or_flat["weights"] if isinstance(weights_row_or_flat, Mapping) else weights_row_or_flat
@@ -156,7 +356,7 @@ class Zoo:
         return model.eval()
 
     def __repr__(self) -> str:
-        sizes = {k: len(v) for k, v in self.dataset.items()}
+        sizes = {k: self.num_rows(k) for k in self.splits}
         return f"Zoo({self.architecture}, task={self.task}, P={self.num_weights}, rows={sizes})"
 
 
@@ -191,8 +391,6 @@ def check_layout_fits(info: dict, where: Path, model: nn.Module | None = None) -
 
 def load_zoo(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Zoo:
     """Load a zoo from a local folder or a Hub dataset repo id (downloaded with snapshot_download)."""
-    import datasets
-
     path = Path(path_or_repo_id)
     if not path.exists():
         if str(path_or_repo_id).count("/") != 1 or str(path_or_repo_id).startswith((".", "/")):
@@ -207,19 +405,20 @@ def load_zoo(path_or_repo_id: str | os.PathLike, revision: str | None = None) ->
     # a zoo without an architecture holds state_dicts only; a builder (package.module:fn) is imported on build_model
     if info["architecture"] is not None and not is_builder_reference(info["architecture"]):
         check_layout_fits(info, path / CONFIG_NAME)
-    files = {s: sorted(str(f) for f in (path / "data").glob(f"{s}-*.parquet")) for s in ("train", "validation", "test")}
-    files = {s: f for s, f in files.items() if f}
+    files = split_files(path)
     if not files:
         raise ValueError(f"{path} is not a zoo: {path / 'data'} holds no parquet shards ({{split}}-NNNNN.parquet)")
-    # explicit absolute file lists: datasets' cache key for a folder's YAML patterns does not tell
-    # two zoo folders of the same name apart
-    dataset = datasets.load_dataset("parquet", data_files=files)
-    for split, ds in dataset.items():
-        feature = ds.features.get("weights")
-        length = getattr(feature, "length", None)
-        if length != WeightLayout.from_dict(info["layout"]).num_weights:
-            raise ValueError(
-                f"{path}: split {split!r} stores weight vectors of length {length}, but {CONFIG_NAME} lays out "
-                f"{WeightLayout.from_dict(info['layout']).num_weights} weights for {info['architecture']!r}"
-            )
-    return Zoo(path, info, dataset)
+    # Only the shards' footers are read here: rows come lazily (Zoo.rows), and datasets loads the
+    # DatasetDict (with explicit absolute file lists: its cache key for a folder's YAML patterns
+    # does not tell two zoo folders of the same name apart) only when Zoo.dataset is used.
+    expected = WeightLayout.from_dict(info["layout"]).num_weights
+    for split, shards in files.items():
+        for f in shards:
+            field = pq.read_schema(f).field("weights") if "weights" in pq.read_schema(f).names else None
+            length = getattr(field.type, "list_size", None) if field is not None else None
+            if length != expected:
+                raise ValueError(
+                    f"{path}: split {split!r} stores weight vectors of length {length} ({Path(f).name}), but "
+                    f"{CONFIG_NAME} lays out {expected} weights for {info['architecture']!r}"
+                )
+    return Zoo(path, info, files=files)
