@@ -144,34 +144,42 @@ def reconstruct(model, tokenizer, weights: torch.Tensor, layout_id: int, positio
     return decode_models(model, tokenizer, latents, layout_id, enc.get("token_stats"), positions)
 
 
-def sample_neighbours(model, tokenizer, prompts, num_samples: int, spread: float = 0.1, seed: int = 0,
-                      layout_id: int | None = None, positions: str = "refuse", normalization: str = UNSEEN_NORMALIZATION):
+def draw_neighbours(model, tokenizer, prompts, num_samples: int, spread: float = 0.1, seed: int = 0,
+                    layout_id: int | None = None, positions: str = "refuse", normalization: str = UNSEEN_NORMALIZATION):
     """Neighbour sampling around prompt models of any architecture the tokenizer can encode.
 
     prompts: nn.Modules (or state_dicts) of one architecture. Each draw picks a prompt at random and
     adds Gaussian noise of `spread` x the prompts' latent std per dimension (over the prompts when
     there are several, over one prompt's tokens when there is one: an unseen architecture has no
-    anchors to take a spread from). Decoded with the chosen prompt's token statistics.
-    Returns (flat weights [num_samples, P], latents [num_samples, N, L], prompt index [num_samples], layout_id).
+    anchors to take a spread from).
+    Returns (latents [num_samples, N, L], prompt index of each draw [num_samples], the drawn prompts'
+    token_stats [num_samples, N, 2] (None for a zoo-standardised layout), layout_id).
     """
     items = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts]
     if not items:
         raise ValueError("neighbour sampling needs at least one prompt model")
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not (isinstance(spread, (int, float)) and spread >= 0):
+    if isinstance(spread, bool) or not (isinstance(spread, (int, float)) and spread >= 0):
         raise ValueError(f"spread must be a number >= 0, got {spread!r}")
     if layout_id is None:
         layout_id = register_unseen(tokenizer, items[0], model.config, normalization, positions)
-    flat = _flat(tokenizer, layout_id, items)
-    latents, enc = encode_models(model, tokenizer, flat, layout_id, positions)
+    latents, enc = encode_models(model, tokenizer, _flat(tokenizer, layout_id, items), layout_id, positions)
     std = latents.std(0) if len(latents) > 1 else latents[0].std(0, keepdim=True).expand_as(latents[0])
     generator = torch.Generator().manual_seed(int(seed))
     which = torch.randint(0, len(latents), (num_samples,), generator=generator)
     drawn = latents[which] + torch.randn((num_samples, *latents.shape[1:]), generator=generator) * spread * std
     stats = enc.get("token_stats")
-    weights = decode_models(model, tokenizer, drawn, layout_id, None if stats is None else stats[which], positions)
-    return weights, drawn, which, layout_id
+    return drawn, which, None if stats is None else stats[which], layout_id
+
+
+def sample_neighbours(model, tokenizer, prompts, num_samples: int, spread: float = 0.1, seed: int = 0,
+                      layout_id: int | None = None, positions: str = "refuse", normalization: str = UNSEEN_NORMALIZATION):
+    """`draw_neighbours`, decoded with each draw's prompt statistics: (flat weights [num_samples, P],
+    latents [num_samples, N, L], prompt index [num_samples], layout_id)."""
+    drawn, which, stats, layout_id = draw_neighbours(model, tokenizer, prompts, num_samples, spread, seed, layout_id,
+                                                     positions, normalization)
+    return decode_models(model, tokenizer, drawn, layout_id, stats, positions), drawn, which, layout_id
 
 
 def models_from_flat(prompts: Sequence[nn.Module], which: torch.Tensor, weights: torch.Tensor, layout) -> list[nn.Module]:
@@ -252,3 +260,40 @@ def transfer_table(model, tokenizer, prompts: Sequence[nn.Module], task, num_sam
         rows += _summary(label, task.name, {e: a[start:start + len(ms)] for e, a in accs.items()})
         start += len(ms)
     return rows
+
+
+def layer_errors(tokenizer, layout_id: int, weights: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Relative reconstruction error of every layer [num_layers]: MSE_l / Var_l over the models'
+    weights of layer l (weight and bias together), so layers of any scale count alike."""
+    tl = tokenizer.layouts[layout_id]
+    out = []
+    for b in tl.blocks:
+        cols = [slice(b.weight_offset, b.weight_offset + b.weight.numel)]
+        if b.bias is not None:
+            cols.append(slice(b.bias_offset, b.bias_offset + b.bias.numel))
+        w = torch.cat([weights[:, c] for c in cols], 1).double()
+        r = torch.cat([reconstruction[:, c] for c in cols], 1).double()
+        out.append(float((r - w).square().mean() / w.var().clamp_min(1e-12)))
+    return torch.tensor(out)
+
+
+def choose_normalization(model, tokenizer, validation_models, modes: Sequence[str] = ("model", "token"),
+                         positions: str = "refuse") -> dict:
+    """Choose how to standardise an unseen architecture on VALIDATION models of it (nn.Modules or
+    state_dicts of one architecture): for each mode, the mean per-layer relative reconstruction
+    error (`layer_errors`) of the SANE checkpoint; the lowest wins. The tokenizer is not changed
+    (each mode runs on a copy). Returns {"normalization": mode, "validation_error": {mode: error}}."""
+    items = list(validation_models)
+    if len(items) < 2:
+        raise ValueError("choose_normalization needs at least two validation models of the architecture")
+    errors = {}
+    for mode in modes:
+        tok = copy.deepcopy(tokenizer)
+        layout_id = register_unseen(tok, items[0], model.config, mode, positions)
+        if tok.layouts[layout_id].standardized:
+            raise ValueError("the validation models are of an architecture the tokenizer has zoo statistics for; "
+                             "choose_normalization is for architectures in no training zoo")
+        tok.set_normalization(mode, layout_id)  # also when an earlier call registered the layout
+        flat = _flat(tok, layout_id, items)
+        errors[mode] = float(layer_errors(tok, layout_id, flat, reconstruct(model, tok, flat, layout_id, positions)).mean())
+    return {"normalization": min(errors, key=errors.get), "validation_error": errors}
