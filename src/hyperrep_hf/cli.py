@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per sub-command group; each defines register(subparsers) and sets args.func.
-COMMANDS: tuple[str, ...] = ("demo", "zoo", "tokenize", "train", "embed", "probe", "sample", "push")
+COMMANDS: tuple[str, ...] = ("demo", "zoo", "tokenize", "train", "finetune", "embed", "probe", "sample", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
