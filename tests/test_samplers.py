@@ -140,7 +140,7 @@ def test_bad_requests_name_the_fix():
     assert parse_method("boot50") == ("boot", 0.5)
     assert parse_method("gauss") == ("gauss", 0.3) and parse_method("gauss-fit50") == ("gauss-fit", 0.5)
     with pytest.raises(ValueError, match="unknown sampling method"):
-        parse_method("gan")
+        parse_method("vae")
 
 
 def test_batchnorm_conditioning_re_estimates_statistics_only():

@@ -41,6 +41,7 @@ MODULES: dict[str, str] = {
     "downstream.scores": "scores.py",
     "downstream.probes": "probes.py",
     "downstream.samplers": "samplers.py",
+    "downstream.generative": "generative.py",
     "downstream.generation": "generation.py",
     "downstream.transfer": "transfer.py",
     "pipelines.weight_embedding": "weight_embedding.py",

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "sample",
         help="generate new models from a SANE checkpoint (and store its sampling anchors)",
         description="Draw new models with the weight-generation pipeline. --prepare first embeds a zoo's "
-        "models as sampling anchors into the checkpoint folder (needed once). --evaluate prints accuracy "
+        "models as sampling anchors into the checkpoint folder (needed once); --train-samplers gan diffusion "
+        "trains generative samplers on them (for --method gan / diffusion). --evaluate prints accuracy "
         "after fine-tuning epochs for sampled, from-scratch and zoo models.",
     )
     add_checkpoint_arguments(p, "SANE checkpoint folder or Hub repo id (model, tokenizer, sampling anchors)")
@@ -25,7 +26,15 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="kde30",
                    help="kde30 (default; kde50: the best 50%% anchors), sub, boot, gauss (the published weak baseline, "
                    "N(0, 10^2) per latent dimension), gauss-fit (a Gaussian fitted to the best anchors), neighbours "
-                   "(with --prompts)")
+                   "(with --prompts), gan / diffusion (the samplers --train-samplers trains), sub-gan / sub-diffusion "
+                   "(SUB over their draws)")
+    p.add_argument("--train-samplers", nargs="+", default=None, choices=("gan", "diffusion"), metavar="KIND",
+                   help="train a GAN and/or latent diffusion sampler (gan, diffusion) on the stored anchors, settings "
+                   "chosen on the task's validation split, and save them into the checkpoint folder's sampling/")
+    p.add_argument("--sampler-fraction", type=float, default=0.3,
+                   help="--train-samplers: the best fraction of the anchors they learn from (default 0.3, as kde30)")
+    p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
+                   help="--train-samplers: training steps to choose from on validation (default 1000 4000)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
@@ -60,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..files import atomic_write_bytes, atomic_write_json
 
-    if args.num_samples < 0 or (args.num_samples == 0 and not args.prepare):
-        raise ValueError(f"--num-samples must be positive (got {args.num_samples}); or pass --prepare to only store anchors")
+    if args.num_samples < 0 or (args.num_samples == 0 and not (args.prepare or args.train_samplers)):
+        raise ValueError(f"--num-samples must be positive (got {args.num_samples}); or pass --prepare to only store "
+                         "anchors (--train-samplers to only train samplers)")
     zoo = None
     scale = "auto" if args.bandwidth_scale in (None, "auto") else _bandwidth_scale(args.bandwidth_scale)
     if args.prepare or args.evaluate:
@@ -83,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
             figures = ", ".join(f"{s:g}: {a:.3f}" for s, a in zip(choice["scales"], choice["validation_accuracy"]))
             print(f"bandwidth scale {anchors.info['bandwidth_scale']:g}, chosen by validation accuracy of "
                   f"{choice['num_samples']} decoded KDE draws per scale ({figures})")
+    if args.train_samplers:
+        _train_samplers(args)
     if args.num_samples == 0:
         return 0
 
     pipe = open_pipeline("weight-generation", args, task_data=args.task, device=resolve_device(args.device))
     prompts = [load_file(f) for f in args.prompts] if args.prompts else None
-    options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.startswith(("sub", "boot")) else {}
+    options = {"num_draws": args.num_draws, "rounds": args.rounds} if args.method.lower().startswith(("sub", "boot")) else {}
     options.update({k: v for k, v in (("bandwidth_scale", scale), ("spread", args.spread)) if v is not None})
     samples = pipe(prompts, num_samples=args.num_samples, method=args.method, seed=args.seed, **options)
     print(f"{len(samples)} models sampled with {args.method} (seed {args.seed})")
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             "architecture_kwargs": pipe.generator.anchors.info.get("architecture_kwargs", {}),
             "files": [f"sample-{i:03d}.safetensors" for i in range(len(samples))],
             "scores": [s.get("score") for s in samples],
-            "bandwidth_scale": pipe.generator.bandwidth_scale(scale) if args.method.lower().startswith(("kde", "sub", "boot")) else None,
+            "bandwidth_scale": pipe.generator.bandwidth_scale(scale) if _kind(args.method) in ("kde", "sub", "boot") else None,
         })
         print(f"state_dicts written to {out}/")
     if args.evaluate:
@@ -113,3 +125,33 @@ def run(args: argparse.Namespace) -> int:
                                 num_samples=len(samples), epochs=args.finetune_epochs, task=args.task, seed=args.seed)
         print(format_table(rows))
     return 0
+
+
+def _kind(method: str) -> str:
+    from ..downstream.samplers import parse_method
+
+    return parse_method(method)[0]
+
+
+def _train_samplers(args: argparse.Namespace) -> None:
+    """--train-samplers: GAN / diffusion samplers on the checkpoint's anchors, saved beside them."""
+    from pathlib import Path
+
+    from ..downstream.generation import GENERATIVE_STEPS, ModelGenerator, train_generative_sampler
+
+    if not Path(args.checkpoint).is_dir():
+        raise ValueError(f"--train-samplers writes into the checkpoint folder; {args.checkpoint} is not a local folder")
+    if not 0 < args.sampler_fraction <= 1:
+        raise ValueError(f"--sampler-fraction must be in (0, 1], got {args.sampler_fraction}")
+    steps = args.sampler_steps or GENERATIVE_STEPS
+    if min(steps) <= 0:
+        raise ValueError(f"--sampler-steps must be positive, got {steps}")
+    gen = ModelGenerator.from_pretrained(args.checkpoint, task=args.task, device=resolve_device(args.device))
+    for kind in dict.fromkeys(args.train_samplers):
+        sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed)
+        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
+                           for t in sampler.config["choice"]["trials"])
+        print(f"{kind}: {sampler.settings['steps']} steps, noise scale {sampler.settings['noise_scale']:g} on the best "
+              f"{args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws ({trials})")
+    gen.anchors.save(args.checkpoint)
+    print(f"samplers {sorted(gen.anchors.samplers)} stored in {args.checkpoint}/sampling/")

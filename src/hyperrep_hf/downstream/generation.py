@@ -8,8 +8,12 @@ Two steps:
    the checkpoint folder: `sampling/anchors.safetensors` + `sampling/sampling.json`, with the KDE
    bandwidth scale chosen on the task's validation split (`choose_bandwidth_scale`), so sampling
    later needs no task data for it. (`hyperrep sample --prepare` runs it.)
-2. `ModelGenerator` draws latents (KDE on the best anchors, SUB, BOOT, GAUSS, a fitted Gaussian,
-   neighbours of prompt models), decodes them with the SANE decoder and the tokenizer's de-standardisation, builds the
+2. Optionally `train_generative_sampler(generator, "gan" | "diffusion")` trains a GAN or a latent
+   diffusion model on the best anchors (downstream.generative), its settings chosen on validation
+   accuracy of decoded draws, saved beside the anchors (`sampling/gan.*`, `sampling/diffusion.*`;
+   `hyperrep sample --train-samplers gan diffusion` runs it).
+3. `ModelGenerator` draws latents (KDE on the best anchors, SUB, BOOT, GAUSS, a fitted Gaussian,
+   neighbours of prompt models, the GAN / diffusion samplers and SUB over them), decodes them with the SANE decoder and the tokenizer's de-standardisation, builds the
    models and re-estimates BatchNorm statistics on task data (no weight update).
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +35,8 @@ from torch import nn
 from ..files import atomic_write_bytes, atomic_write_json, resolve_file
 from ..layout import WeightLayout
 from .embedding import decode_flat, encode, encode_flat
+from .generative import KINDS as GENERATIVE_KINDS
+from .generative import GenerativeSampler, load_sampler, train_sampler
 from .samplers import (
     GaussianSampler,
     KDESampler,
@@ -51,6 +58,10 @@ BANDWIDTH_SCALES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 # What the choice draws: KDE samples of the default method (kde30) with a fixed seed, per grid value.
 BANDWIDTH_CHOICE_SAMPLES = 8
 BANDWIDTH_CHOICE_FRACTION = 0.3
+# The GAN / diffusion settings chosen on validation, as the bandwidth scale: training steps x the
+# noise scale a draw starts from (1 = the learnt distribution, 0.5 = nearer its densest region).
+GENERATIVE_STEPS: tuple[int, ...] = (1000, 4000)
+GENERATIVE_NOISE_SCALES: tuple[float, ...] = (0.5, 1.0)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -87,11 +98,14 @@ def find_layout(tokenizer, layout: WeightLayout, what: str = "the zoo") -> int:
 @dataclass
 class SamplingAnchors:
     """Anchor latents [A, N, latent_dim] of zoo models, their scores [A] (validation accuracy) and
-    `info`: architecture, architecture_kwargs, layout, task, score column, zoo, split, epochs."""
+    `info`: architecture, architecture_kwargs, layout, task, score column, zoo, split, epochs;
+    `samplers`: the GAN / diffusion samplers trained on them ({"gan": GANSampler, ...}, saved and
+    loaded with them; `info["generative"]` lists them)."""
 
     latents: torch.Tensor
     scores: torch.Tensor
     info: dict = field(default_factory=dict)
+    samplers: dict[str, GenerativeSampler] = field(default_factory=dict)
 
     @property
     def layout(self) -> WeightLayout:
@@ -100,6 +114,12 @@ class SamplingAnchors:
     def save(self, folder: str | os.PathLike) -> Path:
         base = Path(folder) / SAMPLING_DIR
         atomic_write_bytes(base / "anchors.safetensors", save({"latents": self.latents.float().contiguous(), "scores": self.scores.double().contiguous()}))
+        for sampler in self.samplers.values():
+            sampler.save(folder)
+        # sampling.json last: it names the samplers only once their files are complete
+        self.info.pop("generative", None)
+        if self.samplers:
+            self.info["generative"] = sorted(self.samplers)
         atomic_write_json(base / "sampling.json", self.info)
         return base
 
@@ -109,7 +129,15 @@ class SamplingAnchors:
         hint = f"store anchors first: `hyperrep sample --checkpoint {folder_or_repo} --zoo ZOO --prepare`"
         info = json.loads(Path(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/sampling.json", hint, revision)).read_text())
         tensors = load_file(resolve_file(folder_or_repo, f"{SAMPLING_DIR}/anchors.safetensors", hint, revision))
-        return cls(tensors["latents"], tensors["scores"], info)
+        samplers = {kind: load_sampler(folder_or_repo, kind, train_hint(folder_or_repo, kind), revision)
+                    for kind in info.get("generative", [])}
+        return cls(tensors["latents"], tensors["scores"], info, samplers)
+
+
+def train_hint(checkpoint, kind: str) -> str:
+    """What trains a generative sampler of a checkpoint: the command to run."""
+    return (f"train it on the checkpoint's anchors with `hyperrep sample --checkpoint {checkpoint} --train-samplers "
+            f"{kind}` (downstream.generation.train_generative_sampler)")
 
 
 def prepare_sampling(
@@ -325,7 +353,9 @@ class ModelGenerator:
         """The latent sampler of a method: (kind, sampler). "kdeNN", "subNN", "bootNN" fit a KDE on the
         best NN% anchors (bandwidth x bandwidth_scale; "auto": see `bandwidth_scale`); "gauss" is
         the published N(0, 10^2) per latent dimension (anchors unused); "gauss-fitNN" a per-dimension
-        Gaussian fitted to the best NN% anchors; "neighbours" a KDE around the prompts."""
+        Gaussian fitted to the best NN% anchors; "neighbours" a KDE around the prompts; "gan" /
+        "diffusion" (and "sub-gan" / "sub-diffusion") the trained generative sampler
+        (`generative_sampler`)."""
         kind, fraction = parse_method(method)
         if kind == "neighbours":
             if prompts is None:
@@ -333,10 +363,30 @@ class ModelGenerator:
             return kind, neighbour_sampler(self.prompt_latents(prompts), self.anchors.latents, spread)
         if kind == "gauss":
             return kind, GaussianSampler.published(self.anchors.latents.shape[1:])
+        if kind.removeprefix("sub-") in GENERATIVE_KINDS:
+            explicit = re.search(r"\d+$", str(method))
+            return kind, self.generative_sampler(kind.removeprefix("sub-"), fraction if explicit else None)
         best = best_fraction(self.anchors.latents, self.anchors.scores, fraction)
         if kind == "gauss-fit":
             return kind, GaussianSampler.fit(best)
         return kind, KDESampler(best, bandwidth, self.bandwidth_scale(bandwidth_scale))
+
+    def generative_sampler(self, kind: str, fraction: float | None = None) -> GenerativeSampler:
+        """The GAN or diffusion sampler trained on these anchors; a clear error naming the command
+        that trains it when there is none, or when it learnt from another fraction of the anchors."""
+        sampler = self.anchors.samplers.get(kind)
+        checkpoint = getattr(self.model, "name_or_path", None) or "CHECKPOINT"
+        if sampler is None:
+            raise ValueError(f"this checkpoint has no trained {kind} sampler; {train_hint(checkpoint, kind)}")
+        if list(sampler.config["shape"]) != list(self.anchors.latents.shape[1:]):
+            raise ValueError(f"the {kind} sampler was trained on latents of shape {sampler.config['shape']}, the anchors "
+                             f"are {list(self.anchors.latents.shape[1:])}; {train_hint(checkpoint, kind)}")
+        trained = float(sampler.config["fraction"])
+        if fraction is not None and abs(fraction - trained) > 1e-9:
+            raise ValueError(f"the {kind} sampler learnt from the best {trained:.0%} of the anchors, not {fraction:.0%}: "
+                             f"ask for {kind!r} (or {kind}{round(trained * 100)}), or retrain with --sampler-fraction "
+                             f"{fraction:g}")
+        return sampler
 
     # -- latents -> models --
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -412,13 +462,13 @@ class ModelGenerator:
         check_num_samples(num_samples)
         generator = torch.Generator().manual_seed(int(seed))
         kind, sampler = self.sampler(method, prompts, bandwidth, bandwidth_scale, spread)
-        if kind not in ("sub", "boot"):
+        if not kind.startswith(("sub", "boot")):
             return sampler.sample(num_samples, generator), None
         draws = num_draws or 5 * num_samples
         # Scoring conditions BatchNorm on its own generator (seed + 1, as `items`), so the draws do
         # not depend on it and the models returned are the models scored.
         score_fn = lambda z: self.score(z, torch.Generator().manual_seed(int(seed) + 1))  # noqa: E731
-        if kind == "sub":
+        if kind.startswith("sub"):
             return sub_sample(sampler, score_fn, num_samples, draws, generator)
         return boot_sample(sampler, score_fn, num_samples, draws, rounds, generator)
 
@@ -447,7 +497,9 @@ class ModelGenerator:
         num_draws, default 5 x num_samples, keep the best by validation accuracy), "boot" (SUB, then
         refit on the kept, `rounds` times), "gauss" (the published weak baseline: N(0, 10^2) per
         latent dimension), "gauss-fit30" (per-dimension Gaussian fitted to the best 30% anchors),
-        "neighbours" (around `prompts`, noise `spread` x the anchors' std). Options: num_draws,
+        "neighbours" (around `prompts`, noise `spread` x the anchors' std), "gan" / "diffusion" (the
+        trained generative samplers, `train_generative_sampler`), "sub-gan" / "sub-diffusion" (SUB
+        over their draws). Options: num_draws,
         rounds, bandwidth ("silverman", a float or a tensor), bandwidth_scale ("auto", the default:
         the validation-chosen scale stored with the anchors, see `bandwidth_scale`; or a number),
         spread.
@@ -481,6 +533,50 @@ def choose_bandwidth_scale(generator: ModelGenerator, scales: Sequence[float] = 
     return {"bandwidth_scale": scales[chosen],
             "bandwidth_choice": {"scales": scales, "validation_accuracy": accuracy, "num_samples": int(num_samples),
                                  "fraction": float(fraction), "seed": int(seed)}}
+
+
+def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: float = BANDWIDTH_CHOICE_FRACTION,
+                             steps: Sequence[int] = GENERATIVE_STEPS,
+                             noise_scales: Sequence[float] = GENERATIVE_NOISE_SCALES,
+                             num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
+                             **settings) -> GenerativeSampler:
+    """Train a "gan" or "diffusion" sampler on the best `fraction` of the generator's anchors and
+    choose its settings on validation data, as `choose_bandwidth_scale` does: for each number of
+    training `steps` (a sampler trained with `seed`) and each of `noise_scales`, draw `num_samples`
+    latents with a fixed seed, decode and build them, and score them by accuracy on the task's
+    validation split (the test split is never read). The highest mean wins; ties go to more steps,
+    then the larger noise scale. `settings` fix other options (downstream.generative.DEFAULTS).
+
+    The chosen sampler is put into `generator.anchors.samplers[kind]` (`generator.anchors.save(folder)`
+    writes it with the anchors) and returned; its config records the grid and its figures under "choice".
+    """
+    if kind not in GENERATIVE_KINDS:
+        raise ValueError(f"unknown generative sampler {kind!r}; use one of {list(GENERATIVE_KINDS)}")
+    steps, scales = sorted(int(s) for s in steps), sorted(float(s) for s in noise_scales)
+    if not steps or not scales:
+        raise ValueError("train_generative_sampler needs at least one value of steps and of noise_scales")
+    best = best_fraction(generator.anchors.latents, generator.anchors.scores, fraction)
+    if len(best) < 2:
+        raise ValueError(f"the best {fraction:.0%} of the {len(generator.anchors.scores)} anchors is {len(best)} model; a "
+                         f"{kind} sampler learns from at least 2: raise --sampler-fraction, or store more anchors "
+                         "(`hyperrep sample --prepare --anchor-epochs ...`)")
+    trials, chosen = [], None
+    for n in steps:
+        sampler = train_sampler(best, kind, {**settings, "steps": n}, seed, progress,
+                                config={"fraction": float(fraction)})
+        for scale in scales:
+            sampler.settings["noise_scale"] = scale
+            latents = sampler.sample(num_samples, torch.Generator().manual_seed(int(seed)))
+            acc = float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean())
+            trials.append({"steps": n, "noise_scale": scale, "validation_accuracy": acc})
+            if chosen is None or acc >= chosen[0]:
+                chosen = (acc, sampler, scale)
+    _, sampler, scale = chosen
+    sampler.settings["noise_scale"] = scale
+    sampler.config["choice"] = {"trials": trials, "num_samples": int(num_samples), "seed": int(seed),
+                                "split": "validation"}
+    generator.anchors.samplers[kind] = sampler
+    return sampler
 
 
 def check_num_samples(num_samples) -> int:

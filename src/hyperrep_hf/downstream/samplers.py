@@ -12,8 +12,9 @@ latents [A, num_tokens, latent_dim] of the zoo's models) and draw new latents [k
   baseline GAUSS of METHOD.md §6 (N(0, 10^2) in every latent dimension, the anchors ignored);
   `GaussianSampler.fit` (method "gauss-fit") fits mean and std per dimension to the anchors.
 - `neighbour_sampler`: a KDE centred on a few prompt latents: models near given models.
-- `sub_sample` (SUB): draw k, score each, keep the best m. `boot_sample` (BOOT): refit the KDE on the
-  best and repeat.
+- `sub_sample` (SUB): draw k, score each, keep the best m (from any sampler with `.sample(k, generator)`,
+  the GAN and diffusion samplers of downstream.generative included). `boot_sample` (BOOT): refit the
+  KDE on the best and repeat.
 """
 
 from __future__ import annotations
@@ -193,14 +194,16 @@ def boot_sample(
     return latents, scores
 
 
-METHODS = ("kde", "sub", "boot", "gauss", "gauss-fit", "neighbours")
+METHODS = ("kde", "sub", "boot", "gauss", "gauss-fit", "neighbours", "gan", "diffusion", "sub-gan", "sub-diffusion")
 
 
 def parse_method(method: str) -> tuple[str, float]:
     """"kde30" -> ("kde", 0.30): a sampling method and the best fraction of the zoo it draws from
     (default 0.3 when no number is given). Methods: kde, sub, boot, gauss (the published N(0, 10^2),
-    which uses no anchors), gauss-fit (a Gaussian fitted to the best anchors), neighbours."""
-    m = re.fullmatch(r"([a-z]+(?:-fit)?)(\d+)?", str(method).lower())
+    which uses no anchors), gauss-fit (a Gaussian fitted to the best anchors), neighbours, gan and
+    diffusion (trained generative samplers, downstream.generative), sub-gan and sub-diffusion (SUB
+    over their draws)."""
+    m = re.fullmatch(r"([a-z]+(?:-[a-z]+)?)(\d+)?", str(method).lower())
     if m is None or m.group(1) not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {list(METHODS)}, optionally with a percentage (e.g. 'kde30')")
     pct = int(m.group(2)) if m.group(2) else 30
