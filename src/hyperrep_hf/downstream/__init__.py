@@ -6,8 +6,9 @@ and the result tables that compare them with the baselines.
 - trees: `TreeProbeSet` (gradient-boosted trees on s(W), "stats-gbt", hyperparameters chosen on validation)
 - scores: `r_squared`, `kendall_tau`
 - samplers: `KDESampler`, `GaussianSampler`, `neighbour_sampler`, `sub_sample`, `boot_sample`
+- generative: `GANSampler`, `DiffusionSampler` (trained on anchor latents by `train_sampler`), `load_sampler`
 - generation: `prepare_sampling`, `SamplingAnchors`, `ModelGenerator`, `choose_bandwidth_scale`,
-  `condition_batchnorm`
+  `train_generative_sampler`, `condition_batchnorm`
 - evaluation: `probe_table`, `generation_table`, `finetune_accuracy`, `format_table`
 """
 
@@ -29,6 +30,11 @@ _EXPORTS = {
     "choose_bandwidth_scale": "generation",
     "condition_batchnorm": "generation",
     "prepare_sampling": "generation",
+    "train_generative_sampler": "generation",
+    "DiffusionSampler": "generative",
+    "GANSampler": "generative",
+    "load_sampler": "generative",
+    "train_sampler": "generative",
     "PENALTIES": "probes",
     "ProbeSet": "probes",
     "ridge_path": "probes",
