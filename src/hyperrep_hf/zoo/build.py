@@ -77,7 +77,8 @@ def train_chunk(spec: ZooSpec, chunk: list[ModelSpec], task: TaskData, bar=None)
     """Train one chunk; returns the rows of each split (column -> list; weights as arrays)."""
     device = task.train_x.device
     models = [init_model(spec, m, task.input_shape, task.num_classes).to(device) for m in chunk]
-    population = make_population(models, [m.settings for m in chunk])
+    # BatchNorm / residual models train as a FunctionalPopulation; the example input settles its engine
+    population = make_population(models, [m.settings for m in chunk], example_input=task.train_x[:2])
     rows: dict[str, dict[str, list]] = {}
 
     def on_checkpoint(epoch, metrics, weights):

@@ -1,19 +1,31 @@
 """Population training: many same-architecture models trained at once.
 
-`StackedPopulation` stacks the parameters of M models ([M, *shape] per tensor) and runs them as one
-network: convolutions become grouped convolutions (model m is group m, fed its own batch), linear
-layers become batched matrix products. Each model keeps its own initialisation, data order,
-learning rate, weight decay, dropout rate and optimizer (Adam, AdamW or SGD with momentum, applied
-element-wise on the stacked tensors, so it equals M independent optimizers). Sequential stacks of
-Conv2d / Linear / pooling / activations / Dropout / Flatten stack; anything else (BatchNorm,
-residual blocks) trains with `LoopPopulation`, the same interface one model after another, which
-is also the one-at-a-time reference the tests and benchmark compare against.
+Every population holds M models' tensors stacked ([M, *shape] per tensor) and gives each model its
+own initialisation, data order, learning rate, weight decay, dropout rate and optimizer (Adam,
+AdamW or SGD with momentum, applied element-wise on the stacked tensors by `StackedOptimizer`, so
+it equals M independent optimizers). Three ways to run the stack:
 
-Shapes: per-model inputs [M, B, C, H, W]; shared inputs (evaluation) [B, C, H, W]; logits [M, B, K].
+- `StackedPopulation`: nn.Sequential stacks of Conv2d / Linear / pooling / activations / Dropout /
+  Flatten as one network of grouped convolutions (model m is group m, fed its own batch) and
+  batched matrix products.
+- `FunctionalPopulation`: any models that share a structure, BatchNorm and residual blocks
+  included (ResNet-18, VGG with BN). Engine "grouped" runs the models' own forward code with each
+  Conv / BatchNorm / Linear / Dropout swapped for its M-model version over channel blocks
+  ([B, M*C, ...], model m owns block m; BatchNorm statistics per channel are then per model);
+  engine "vmap" runs `torch.func.functional_call` under `torch.vmap` and works for anything vmap
+  can batch. "auto" takes "grouped" when every layer has a grouped version and its outputs match
+  the models' own on a probe batch, else "vmap". BatchNorm running statistics and
+  num_batches_tracked are stacked buffers updated in place per model (zoo rows store them).
+- `LoopPopulation`: the same interface one model after another (any architecture), also the
+  one-at-a-time reference the tests and benchmark compare against.
+
+`make_population` picks the first that applies. Shapes: per-model inputs [M, B, C, H, W]; shared
+inputs (evaluation) [B, C, H, W]; logits [M, B, K].
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,7 +122,64 @@ class StackedOptimizer:
             p.grad = None
 
 
-class StackedPopulation:
+class _StackedModels:
+    """What every stacked population shares: training, evaluation and weights out of `self.tensors`
+    (state_dict name -> [M, *shape]); subclasses give `forward(x, shared, train) -> [M, B, K]`."""
+
+    M: int
+    settings: list[TrainSettings]
+    layout: WeightLayout
+    tensors: dict[str, torch.Tensor]
+    state_names: list[str]
+    diverged: torch.Tensor
+    optimizer: StackedOptimizer
+
+    def losses(self, x, y, shared=False, train=False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy per model [M] and number correct per model [M]; y [M, B] or [B]."""
+        logits = self.forward(x, shared=shared, train=train)
+        M, B, K = logits.shape
+        yy = y.expand(M, B) if shared else y
+        ce = F.cross_entropy(logits.reshape(M * B, K), yy.reshape(-1), reduction="none").view(M, B)
+        return ce.mean(1), (logits.argmax(-1) == yy).sum(1)
+
+    def train_epoch(self, task: TaskData, epoch: int, batch_size: int, progress: tqdm | None = None) -> None:
+        x, y = task.train_x, task.train_y
+        n = len(y)
+        order = torch.stack([data_order(s.seed, epoch, n) for s in self.settings]).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[:, start : start + batch_size]  # [M, b]: each model its own batch
+            loss, _ = self.losses(x[idx], y[idx], train=True)
+            bad = ~torch.isfinite(loss)
+            self.diverged |= bad
+            torch.where(self.diverged, torch.zeros_like(loss), loss).sum().backward()
+            self.optimizer.step(~self.diverged)
+        if progress is not None:
+            progress.update(self.M)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss [M] and accuracy [M] of every model on (x [N, ...], y [N])."""
+        batch_size = batch_size or max(16, 8192 // self.M)  # bounds the [B, M*C, H, W] activations
+        loss_sum = torch.zeros(self.M, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(self.M, device=x.device, dtype=torch.float64)
+        for s in range(0, len(y), batch_size):
+            loss, c = self.losses(x[s : s + batch_size], y[s : s + batch_size], shared=True)
+            loss_sum += loss.double() * len(y[s : s + batch_size])
+            correct += c
+        return (loss_sum / len(y)).float(), (correct / len(y)).float()
+
+    def flat_weights(self) -> torch.Tensor:
+        """[M, P] float32 in the WeightLayout order of the architecture (BatchNorm statistics included)."""
+        return torch.cat([self.tensors[n].detach().reshape(self.M, -1) for n in self.layout.names], 1).float().cpu()
+
+    def load_into(self, models: Sequence[nn.Module]) -> None:
+        """Copy the trained weights (and buffers such as BatchNorm statistics) back into the given modules."""
+        for k, m in enumerate(models):
+            m.load_state_dict({n: self.tensors[n][k].detach() for n in self.state_names}, strict=False)
+
+
+
+class StackedPopulation(_StackedModels):
     """M nn.Sequential models of one architecture as one stacked network (see module docstring)."""
 
     def __init__(self, models: Sequence[nn.Module], settings: Sequence[TrainSettings], channels_last: bool = True):
@@ -149,6 +218,7 @@ class StackedPopulation:
             n: torch.stack([sd[n].detach() for sd in sds]).to(device).requires_grad_(True) for n in self.layout.names
         }
         self.dropout = {i: p.to(device) for i, p in self.dropout.items()}
+        self.tensors, self.state_names = self.params, self.layout.names
         self.diverged = torch.zeros(self.M, dtype=torch.bool, device=device)
         self.optimizer = StackedOptimizer(list(self.params.values()), self.settings)
 
@@ -197,52 +267,247 @@ class StackedPopulation:
                 h = mod(h)
         return h
 
-    def losses(self, x, y, shared=False, train=False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy per model [M] and number correct per model [M]; y [M, B] or [B]."""
-        logits = self.forward(x, shared=shared, train=train)
-        M, B, K = logits.shape
-        yy = y.expand(M, B) if shared else y
-        ce = F.cross_entropy(logits.reshape(M * B, K), yy.reshape(-1), reduction="none").view(M, B)
-        return ce.mean(1), (logits.argmax(-1) == yy).sum(1)
 
-    def train_epoch(self, task: TaskData, epoch: int, batch_size: int, progress: tqdm | None = None) -> None:
-        x, y = task.train_x, task.train_y
-        n = len(y)
-        order = torch.stack([data_order(s.seed, epoch, n) for s in self.settings]).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = order[:, start : start + batch_size]  # [M, b]: each model its own batch
-            loss, _ = self.losses(x[idx], y[idx], train=True)
-            bad = ~torch.isfinite(loss)
-            self.diverged |= bad
-            torch.where(self.diverged, torch.zeros_like(loss), loss).sum().backward()
-            self.optimizer.step(~self.diverged)
-        if progress is not None:
-            progress.update(self.M)
+# Channel-wise layers the grouped engine runs unchanged on [B, M*C, ...] (no parameters, no channel mixing).
+_CHANNELWISE = _ELEMENTWISE + (
+    nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.CELU, nn.SELU,
+    nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+ENGINES = ("auto", "grouped", "vmap")
+
+
+class _GroupedConv(nn.Module):
+    """M convolutions as one with M times the groups: [B, M*C_in, ...] -> [B, M*C_out, ...]."""
+
+    def __init__(self, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, M: int):
+        super().__init__()
+        if conv.transposed or weight.dim() not in (4, 5, 6):
+            raise NotStackable(f"{type(conv).__name__} has no grouped version")
+        self.conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 4]
+        self.weight, self.bias = weight, bias  # the population's stacked [M, C_out, C_in/g, *k] and [M, C_out]
+        self.stride, self.padding, self.dilation, self.groups, self.pad = conv.stride, conv.padding, conv.dilation, conv.groups * M, None
+        if conv.padding_mode != "zeros":
+            self.pad, self.padding = (conv._reversed_padding_repeated_twice, conv.padding_mode), 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            h = F.pad(h, self.pad[0], mode=self.pad[1])
+        bias = None if self.bias is None else self.bias.flatten()
+        return self.conv(h, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _GroupedBatchNorm(nn.Module):
+    """M BatchNorms as one over M*C channels: statistics per channel are statistics per model, and
+    the running statistics update the population's stacked buffers [M, C] in place."""
+
+    def __init__(self, bn: nn.Module, tensors: dict[str, torch.Tensor], name: str):
+        super().__init__()
+        get = lambda key: tensors.get(f"{name}.{key}")  # noqa: E731
+        self.weight, self.bias, self.running_mean, self.running_var = get("weight"), get("bias"), get("running_mean"), get("running_var")
+        self.num_batches_tracked = get("num_batches_tracked")  # [M]
+        self.momentum, self.eps = bn.momentum, bn.eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        flat = lambda t: None if t is None else t.view(-1)  # noqa: E731  (views: in-place updates reach the stack)
+        batch_stats = self.training or self.running_mean is None
+        return F.batch_norm(h, flat(self.running_mean), flat(self.running_var), flat(self.weight), flat(self.bias), batch_stats, self.momentum, self.eps)
+
+
+class _GroupedLinear(nn.Module):
+    """M Linear layers as one batched product: [B, M*in] -> [B, M*out]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias  # [M, out, in], [M, out]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() != 2:
+            raise NotStackable("the grouped engine runs Linear layers on [batch, features] inputs only")
+        M, B = self.weight.shape[0], h.shape[0]
+        hm = h.reshape(B, M, -1).transpose(0, 1)  # [M, B, in]
+        w = self.weight.transpose(1, 2)
+        out = torch.bmm(hm, w) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), hm, w)
+        return out.transpose(0, 1).reshape(B, -1)
+
+
+class _GroupedDropout(nn.Module):
+    """Dropout with one rate per model over the channel blocks of [B, M*C, ...]."""
+
+    def __init__(self, rates: torch.Tensor):
+        super().__init__()
+        self.rates, self.active = rates, bool((rates > 0).any())  # [M]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.active):
+            return h
+        p = self.rates.repeat_interleave(h.shape[1] // len(self.rates)).view(1, -1, *([1] * (h.dim() - 2)))
+        return h * ((torch.rand_like(h) >= p).to(h.dtype) / (1 - p).clamp_min(1e-12))
+
+
+class _RateDropout(nn.Module):
+    """nn.Dropout whose rate is a buffer, so that under vmap every model has its own."""
+
+    def __init__(self, active: bool):
+        super().__init__()
+        self.register_buffer("rate", torch.zeros(()))
+        self.active = active
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.active):
+            return h
+        return h * ((torch.rand_like(h) >= self.rate).to(h.dtype) / (1 - self.rate).clamp_min(1e-12))
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+class FunctionalPopulation(_StackedModels):
+    """M models of one structure (any architecture: BatchNorm, residual blocks) trained as one.
+
+    `engine`: "grouped" (the models' forward code on channel blocks [B, M*C, ...]: grouped
+    convolutions, per-model BatchNorm over M*C channels, batched Linear), "vmap"
+    (torch.func.functional_call under torch.vmap) or "auto" (see the module docstring). With
+    `example_input` ([B, ...], a few inputs) "auto" chooses at once and a model that neither engine
+    runs raises NotStackable here; otherwise it chooses on the first forward.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], settings: Sequence[TrainSettings], engine: str = "auto",
+                 example_input: torch.Tensor | None = None, channels_last: bool = True):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+        if len(settings) != len(models):
+            raise ValueError(f"got {len(models)} models but {len(settings)} training settings")
+        if len(group_by_structure(models)) > 1:
+            raise ValueError("the models do not share one structure (layers other than dropout rates differ): "
+                             "train each group of population.group_by_structure(models) as its own population")
+        template = models[0]
+        for name, mod in template.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats and mod.momentum is None:
+                raise NotStackable(f"{name}: BatchNorm with momentum=None (a cumulative average) has no stacked version")
+        self.M, self.settings, self.channels_last, self.engine = len(models), list(settings), channels_last, engine
+        self.layout = WeightLayout.from_state_dict(template.state_dict())
+        self.state_names = list(template.state_dict())
+        named = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in models]
+        missing = [n for n in self.state_names if n not in named[0]]
+        if missing:
+            raise NotStackable(f"state_dict entries {missing[:3]} are no parameter or buffer of their own (tied weights?)")
+        param_names = [n for n, _ in template.named_parameters()]
+        self.params = {n: torch.stack([d[n].detach() for d in named]).requires_grad_(True) for n in param_names}
+        self.buffers = {n: torch.stack([d[n].detach() for d in named]) for n, _ in template.named_buffers()}
+        self.tensors = self.params | self.buffers
+        device = next(iter(self.tensors.values())).device
+        # nn.Dropout rates differ between models of one structure: a stacked rate per Dropout module
+        dropouts = [n for n, mod in template.named_modules() if type(mod) is nn.Dropout]
+        self.rates = {f"{n}.rate": torch.tensor([float(m.get_submodule(n).p) for m in models], device=device) for n in dropouts}
+        self.base = copy.deepcopy(template)  # the vmap engine's module: its own tensors are replaced on every call
+        for n in dropouts:
+            _replace(self.base, n, _RateDropout(bool((self.rates[f"{n}.rate"] > 0).any())))
+        self.grouped = self._grouped_module(template) if engine != "vmap" else None
+        self.diverged = torch.zeros(self.M, dtype=torch.bool, device=device)
+        self.optimizer = StackedOptimizer(list(self.params.values()), self.settings)
+        if example_input is not None and engine == "auto":
+            self._choose_engine(example_input.to(device), shared=True)
+
+    def _grouped_module(self, template: nn.Module) -> nn.Module | None:
+        """The template with every layer swapped for its M-model version over channel blocks; None
+        (engine "auto") or NotStackable (engine "grouped") when a layer has none."""
+        try:
+            wide = copy.deepcopy(template)
+            for name, mod in list(wide.named_modules()):
+                has_children = next(mod.children(), None) is not None
+                if has_children or isinstance(mod, nn.Sequential):
+                    if mod._parameters or any(b is not None for b in mod._buffers.values()):
+                        raise NotStackable(f"{name or 'the model'} ({type(mod).__name__}) uses tensors of its own in its forward")
+                    continue
+                if not name:
+                    raise NotStackable(f"the model is a single {type(mod).__name__} layer")
+                if isinstance(mod, nn.modules.conv._ConvNd):
+                    _replace(wide, name, _GroupedConv(mod, self.params[f"{name}.weight"], self.params.get(f"{name}.bias"), self.M))
+                elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    _replace(wide, name, _GroupedBatchNorm(mod, self.tensors, name))
+                elif type(mod) is nn.Linear:
+                    _replace(wide, name, _GroupedLinear(self.params[f"{name}.weight"], self.params.get(f"{name}.bias")))
+                elif type(mod) is nn.Dropout:
+                    _replace(wide, name, _GroupedDropout(self.rates[f"{name}.rate"]))
+                elif isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+                    continue
+                elif not isinstance(mod, _CHANNELWISE):
+                    raise NotStackable(f"{name} ({type(mod).__name__}) has no grouped version")
+            return wide
+        except NotStackable:
+            if self.engine == "grouped":
+                raise
+            return None
+
+    def _grouped_forward(self, x: torch.Tensor, shared: bool, train: bool) -> torch.Tensor:
+        M = self.M
+        if shared:  # [B, C, ...] -> every model's copy side by side [B, M*C, ...]
+            h = x.unsqueeze(1).expand(x.shape[0], M, *x.shape[1:]).reshape(x.shape[0], M * x.shape[1], *x.shape[2:])
+        else:  # [M, B, C, ...] -> [B, M*C, ...]
+            h = x.transpose(0, 1).reshape(x.shape[1], M * x.shape[2], *x.shape[3:])
+        if self.channels_last and h.dim() == 4:
+            h = h.contiguous(memory_format=torch.channels_last)  # grouped convolutions run faster on CPUs
+        self.grouped.train(train)
+        out = self.grouped(h)
+        if out.dim() != 2 or out.shape[1] % M:
+            raise NotStackable(f"the grouped model returned {list(out.shape)}, not [batch, models * classes]")
+        return out.view(out.shape[0], M, -1).transpose(0, 1)
+
+    def _vmap_forward(self, x: torch.Tensor, shared: bool, train: bool) -> torch.Tensor:
+        self.base.train(train)
+
+        def one_model(params, buffers, inputs):
+            return torch.func.functional_call(self.base, (params, buffers), (inputs,))
+
+        run = torch.vmap(one_model, in_dims=(0, 0, None if shared else 0), randomness="different")
+        return run(self.params, self.buffers | self.rates, x)
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss [M] and accuracy [M] of every model on (x [N, ...], y [N])."""
-        batch_size = batch_size or max(16, 8192 // self.M)  # bounds the [B, M*C, H, W] activations
-        loss_sum = torch.zeros(self.M, device=x.device, dtype=torch.float64)
-        correct = torch.zeros(self.M, device=x.device, dtype=torch.float64)
-        for s in range(0, len(y), batch_size):
-            loss, c = self.losses(x[s : s + batch_size], y[s : s + batch_size], shared=True)
-            loss_sum += loss.double() * len(y[s : s + batch_size])
-            correct += c
-        return (loss_sum / len(y)).float(), (correct / len(y)).float()
+    def _choose_engine(self, x: torch.Tensor, shared: bool) -> None:
+        """"grouped" when its outputs on two inputs match each model's own (eval mode), else "vmap"."""
+        probe = x[:2] if shared else x[:, :2]
+        if self.grouped is not None:
+            try:
+                out = self._grouped_forward(probe, shared, train=False)
+            except (NotStackable, RuntimeError, TypeError, IndexError):
+                out = None
+            self.base.eval()
+            tensors = self.params | self.buffers | self.rates
+            own = torch.stack([
+                torch.func.functional_call(self.base, {n: t[k] for n, t in tensors.items()}, (probe if shared else probe[k],))
+                for k in range(self.M)
+            ])  # fmt: skip
+            scale = float(own.abs().nan_to_num(0, 0, 0).max()) + 1.0
+            if out is not None and out.shape == own.shape and torch.allclose(out, own, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):
+                self.engine = "grouped"
+                return
+        try:
+            self._vmap_forward(probe, shared, train=False)
+        except (RuntimeError, TypeError, ValueError, NotImplementedError) as err:
+            raise NotStackable(
+                f"{type(self.base).__name__} runs neither grouped nor under torch.vmap ({str(err).splitlines()[0]}); "
+                "train these models one at a time: make_population(..., stacked=False) or LoopPopulation"
+            ) from err
+        self.engine = "vmap"
 
-    def flat_weights(self) -> torch.Tensor:
-        """[M, P] float32 in the WeightLayout order of the architecture."""
-        return torch.cat([self.params[n].detach().reshape(self.M, -1) for n in self.layout.names], 1).float().cpu()
-
-    def load_into(self, models: Sequence[nn.Module]) -> None:
-        """Copy the trained weights back into the given modules."""
-        for m, flat in zip(models, self.flat_weights()):
-            m.load_state_dict(self.layout.unflatten(flat), strict=False)
+    def forward(self, x: torch.Tensor, shared: bool = False, train: bool = False) -> torch.Tensor:
+        """x [M, B, ...] (each model its own batch) or [B, ...] with shared=True -> logits [M, B, K]."""
+        if self.engine == "auto":
+            self._choose_engine(x, shared)
+        if self.engine == "grouped":
+            return self._grouped_forward(x, shared, train)
+        return self._vmap_forward(x, shared, train)
 
 
 class LoopPopulation:
-    """The same interface as StackedPopulation, one model after another (any architecture)."""
+    """The same interface as StackedPopulation, one model after another (any architecture, any mix of
+    structures): each model an nn.Module with its own torch.optim optimizer."""
 
     def __init__(self, models: Sequence[nn.Module], settings: Sequence[TrainSettings]):
         self.models, self.settings, self.M = list(models), list(settings), len(models)
@@ -305,18 +570,36 @@ def group_by_structure(models: Sequence[nn.Module]) -> list[list[int]]:
     return list(groups.values())
 
 
-def make_population(models: Sequence[nn.Module], settings: Sequence[TrainSettings], stacked: bool = True):
-    """A StackedPopulation when the models stack (and `stacked`), else a LoopPopulation."""
+def make_population(models: Sequence[nn.Module], settings: Sequence[TrainSettings], stacked: bool = True,
+                    example_input: torch.Tensor | None = None):
+    """The fastest population that trains the models (all of one structure):
+
+    StackedPopulation for plain Conv / Linear sequences, else FunctionalPopulation (BatchNorm,
+    residual blocks, any layers torch.vmap batches), else LoopPopulation; LoopPopulation too with
+    stacked=False. `example_input` ([B, ...], e.g. two training inputs) lets the choice between
+    FunctionalPopulation and LoopPopulation be made here rather than fail on the first forward.
+    """
     if not models:
         raise ValueError("a population needs at least one model")
     if len(settings) != len(models):
         raise ValueError(f"got {len(models)} models but {len(settings)} training settings")
-    if stacked:
-        try:
-            return StackedPopulation(models, settings)
-        except NotStackable:
-            pass
-    return LoopPopulation(models, settings)
+    if not stacked:
+        return LoopPopulation(models, settings)
+    groups = group_by_structure(models)
+    if len(groups) > 1:
+        raise ValueError(
+            f"the models do not share one structure ({len(groups)} groups: layers other than dropout rates differ, "
+            "e.g. the activation): train each group of population.group_by_structure(models) as its own population, "
+            "or pass stacked=False to train them one after another"
+        )
+    try:
+        return StackedPopulation(models, settings)
+    except NotStackable:
+        pass
+    try:
+        return FunctionalPopulation(models, settings, example_input=example_input)
+    except NotStackable:
+        return LoopPopulation(models, settings)
 
 
 SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))
