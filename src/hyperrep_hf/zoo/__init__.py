@@ -14,6 +14,7 @@ from .hub import push_zoo
 from .importers import FORMATS as IMPORT_FORMATS
 from .importers import import_modelzoos, import_zoo
 from .population import (
+    FunctionalPopulation,
     LoopPopulation,
     StackedPopulation,
     TrainSettings,
@@ -29,6 +30,7 @@ __all__ = [
     "ARCHITECTURES",
     "PRESETS",
     "TASKS",
+    "FunctionalPopulation",
     "LoopPopulation",
     "StackedPopulation",
     "TaskData",
