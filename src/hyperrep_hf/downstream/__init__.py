@@ -10,6 +10,8 @@ and the result tables that compare them with the baselines.
 - generation: `prepare_sampling`, `SamplingAnchors`, `ModelGenerator`, `choose_bandwidth_scale`,
   `train_generative_sampler`, `condition_batchnorm`
 - evaluation: `probe_table`, `generation_table`, `finetune_accuracy`, `format_table`
+- transfer: models of an architecture in no training zoo and transfer to other tasks
+  (`register_unseen`, `choose_normalization`, `sample_neighbours`, `transfer_table`)
 """
 
 import importlib
@@ -46,6 +48,10 @@ _EXPORTS = {
     "TreeProbeSet": "trees",
     "kendall_tau": "scores",
     "r_squared": "scores",
+    "choose_normalization": "transfer",
+    "register_unseen": "transfer",
+    "sample_neighbours": "transfer",
+    "transfer_table": "transfer",
 }
 
 __all__ = sorted(_EXPORTS)
