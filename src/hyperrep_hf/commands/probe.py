@@ -9,6 +9,7 @@ from ..modeling_sane import POOLINGS
 from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
 
 FEATURES = ("sane", "stats", "stats-gbt", "weights")  # downstream.probes.FEATURE_SETS, without importing it
+FINETUNED = "sane-finetuned"  # downstream.evaluation.FINETUNED_FEATURES: a fine-tuned head (hyperrep finetune)
 
 
 def register(subparsers) -> None:
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
     ev = sub.add_parser("eval", help="score saved probes on a zoo split: R^2 / Kendall tau / accuracy table")
     _common(ev)
     ev.add_argument("--split", default="test", help="zoo split to score on (default: test)")
+    ev.add_argument("--finetuned", default=None, metavar="CHECKPOINT",
+                    help="the fine-tuned checkpoint (hyperrep finetune) scored as feature set sane-finetuned "
+                    "(default: --checkpoint)")
     ev.add_argument("--epochs", nargs="+", type=int, default=None,
                     help="score only rows at these epochs (default: the epochs the probes were fitted on, else all)")
     ev.add_argument("--json", default=None, help="also write the table rows as JSON here")
@@ -60,9 +64,10 @@ def register(subparsers) -> None:
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder; probes are saved in / read from it")
     p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset id")
-    p.add_argument("--features", nargs="+", choices=FEATURES, default=["sane"],
+    p.add_argument("--features", nargs="+", choices=(*FEATURES, FINETUNED), default=["sane"],
                    help="feature sets (default: sane); stats = s(W) with a linear probe, stats-gbt = s(W) with "
-                   "gradient-boosted trees (eval only: fitted in place, never saved), weights = flat W")
+                   "gradient-boosted trees (eval only: fitted in place, never saved), weights = flat W, "
+                   "sane-finetuned = the property head of a fine-tuned checkpoint (eval only: --finetuned)")
     p.add_argument("--properties", nargs="+", default=None,
                    help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
     add_device_argument(p, "the SANE embeddings")
@@ -80,6 +85,10 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
+    if FINETUNED in args.features:
+        raise ValueError("sane-finetuned is a fine-tuned head, not a probe: train it with `hyperrep finetune --checkpoint "
+                         f"{args.checkpoint} --zoo {args.zoo} --output_dir OUT` and score it with `hyperrep probe eval "
+                         "--features sane-finetuned --finetuned OUT`")
     if "stats-gbt" in args.features:
         raise ValueError("stats-gbt probes are table-only (sklearn trees cannot be saved without pickle): score them "
                          f"with `hyperrep probe eval --checkpoint {args.checkpoint} --zoo {args.zoo} --features stats-gbt`, "
@@ -139,7 +148,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.split not in zoo.dataset:
         raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
     model, tokenizer = _checkpoint_parts(args, args.features)
-    probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features if features != "stats-gbt"}
+    probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features
+                  if features not in ("stats-gbt", FINETUNED)}
     epochs = args.epochs
     if epochs is None and probe_sets:
         fitted = {tuple(p.info["epochs"]) if p.info.get("epochs") else None for p in probe_sets.values()}
@@ -148,7 +158,11 @@ def run_eval(args: argparse.Namespace) -> int:
         properties = args.properties or (probe_sets["stats"].properties if "stats" in probe_sets else None)
         probe_sets["stats-gbt"] = fit_probes(zoo, "stats-gbt", properties=properties, epochs=epochs)
         print("stats-gbt: trees fitted on train, hyperparameters chosen on validation (not saved)")
-        probe_sets = {f: probe_sets[f] for f in args.features}  # the table in the order asked for
+    if FINETUNED in args.features:
+        from ..downstream.evaluation import finetuned_head
+
+        probe_sets[FINETUNED] = finetuned_head(zoo, args.finetuned or args.checkpoint, args.properties, epochs)
+    probe_sets = {f: probe_sets[f] for f in args.features}  # the table in the order asked for
     rows = score_split(zoo, probe_sets, args.split, model, tokenizer, args.properties, epochs, args.bootstrap)
     print(format_table(rows))
     if args.json:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +43,87 @@ PROBE_PERMUTATIONS = 8
 # Pooling of a probe's SANE embedding, fixed a priori: "mean" over tokens is the published model
 # embedding for probing (METHOD.md §2); "layer" and "full" are there for studies, set explicitly.
 PROBE_POOLING = "mean"
+# The property head of a fine-tuned checkpoint (`hyperrep finetune`), scored beside the probes: its
+# "features" are the head's outputs, which it decodes into predictions itself.
+FINETUNED_FEATURES = "sane-finetuned"
+
+
+@dataclass
+class HeadProperty:
+    """One property of a fine-tuned head, as a probe-table row reads it (kind, validation score)."""
+
+    kind: str
+    validation: dict
+    penalty: float | None = None
+
+
+class FinetunedHead:
+    """A fine-tuned SaneForPropertyPrediction in the place of a probe set ("sane-finetuned"): features
+    are the head's outputs [rows, num_outputs] (`outputs`), `predict` turns them into properties."""
+
+    features = FINETUNED_FEATURES
+
+    def __init__(self, model, tokenizer, checkpoint=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.probes = {p["name"]: HeadProperty(p["kind"], {}) for p in model.config.properties}
+        self.info = {"pooling": None, "permutations": 0, "checkpoint": None if checkpoint is None else str(checkpoint)}
+
+    @classmethod
+    def load(cls, folder_or_repo, device: str | torch.device = "cpu", revision: str | None = None) -> FinetunedHead:
+        from ..modeling_sane import SaneForPropertyPrediction, SaneModel
+        from ..tokenization_weights import WeightTokenizer
+
+        config = SaneModel.config_class.from_pretrained(str(folder_or_repo), revision=revision)
+        if not config.properties:
+            raise ValueError(f"{folder_or_repo} has no property head (its config names no properties): fine-tune one "
+                             f"with `hyperrep finetune --checkpoint {folder_or_repo} --zoo ZOO --output_dir OUT` and "
+                             "score OUT as sane-finetuned")
+        model = SaneForPropertyPrediction.from_pretrained(str(folder_or_repo), revision=revision).eval().to(device)
+        return cls(model, WeightTokenizer.from_pretrained(str(folder_or_repo), revision=revision), folder_or_repo)
+
+    @property
+    def properties(self) -> list[str]:
+        return list(self.probes)
+
+    @torch.no_grad()
+    def outputs(self, weights: torch.Tensor, layout_id: int, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Flat weights [M, P] of one tokenizer layout -> head outputs [M, num_outputs] (on the CPU)."""
+        from transformers.utils.logging import tqdm
+
+        model, parts = self.model, []
+        for start in tqdm(range(0, len(weights), batch_size), desc="head", disable=not progress, unit="batch"):
+            enc = self.tokenizer.tokenize_flat(weights[start:start + batch_size], layout_id=layout_id)
+            inputs = [torch.as_tensor(enc[k]).to(model.device) for k in ("tokens", "positions", "attention_mask")]
+            parts.append(model(inputs[0].to(model.dtype), inputs[1], inputs[2]).logits.float().cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, sum(model.output_sizes))
+
+    def predict(self, x: torch.Tensor, properties: Sequence[str] | None = None) -> dict[str, list]:
+        names = self.properties if properties is None else list(properties)
+        unknown = [n for n in names if n not in self.probes]
+        if unknown:
+            raise ValueError(f"the fine-tuned head predicts {self.properties}, not {unknown}; fine-tune a head with "
+                             f"--properties {' '.join(self.properties + unknown)}")
+        predicted = self.model.predictions(torch.as_tensor(x))
+        return {n: predicted[n] for n in names}
+
+
+def finetuned_head(zoo, checkpoint, properties: Sequence[str] | None = None, epochs: Sequence[int] | None = None,
+                   progress: bool = False) -> FinetunedHead:
+    """The fine-tuned head of `checkpoint` ready for a probe table: its validation scores on the zoo
+    (rows at `epochs`) are filled in; `properties` (None: all the head predicts) must be the head's."""
+    head = FinetunedHead.load(checkpoint)
+    if properties is not None:
+        head.predict(torch.zeros(0, sum(head.model.output_sizes)), properties)  # names the ones it lacks
+        head.probes = {n: head.probes[n] for n in properties}
+    rows, _ = usable_rows(zoo, "validation", epochs)
+    x = zoo_features(zoo, "validation", FINETUNED_FEATURES, head.model, head.tokenizer, rows=rows, progress=progress)
+    finite = torch.isfinite(x).all(1).numpy()
+    targets = zoo_targets(zoo, "validation", head.properties, rows[finite])
+    predicted = head.predict(x[torch.as_tensor(finite)])
+    for name, probe in head.probes.items():
+        score = property_score(probe.kind, targets[name], predicted[name], kendall=False)
+        probe.validation = {k: v for k, v in score.items()}
+    return head
 
 
 # ------------------------------------------------------------------------------------ features
@@ -112,8 +194,8 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
     "weights" (the flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
     leave out diverged checkpoints (it also counts them). Returns [rows, d]; a row with non-finite
     weights gets non-finite features (NaN SANE embeddings: it is not embedded)."""
-    if features not in FEATURE_SETS:
-        raise ValueError(f"unknown feature set {features!r}; choose one of {list(FEATURE_SETS)}")
+    if features not in (*FEATURE_SETS, FINETUNED_FEATURES):
+        raise ValueError(f"unknown feature set {features!r}; choose one of {[*FEATURE_SETS, FINETUNED_FEATURES]}")
     weights = zoo.weights(split)
     if rows is not None:
         weights = weights[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
@@ -127,8 +209,11 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
         raise ValueError("SANE features need the checkpoint: pass model and tokenizer (or checkpoint=FOLDER)")
     layout_id = find_layout(tokenizer, zoo.layout)
     finite = torch.isfinite(weights).all(1)
-    embeddings = embed_flat(model, tokenizer, weights[finite], pooling, layout_id, batch_size, progress=progress,
-                            permutations=permutations)
+    if features == FINETUNED_FEATURES:  # model: the SaneForPropertyPrediction; features: its outputs
+        embeddings = FinetunedHead(model, tokenizer).outputs(weights[finite], layout_id, batch_size, progress)
+    else:
+        embeddings = embed_flat(model, tokenizer, weights[finite], pooling, layout_id, batch_size, progress=progress,
+                                permutations=permutations)
     if bool(finite.all()):
         return embeddings
     out = embeddings.new_full((len(weights), *embeddings.shape[1:]), float("nan"))
@@ -196,11 +281,12 @@ def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokeniz
 def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS, properties: Sequence[str] | None = None,
                 pooling: str = PROBE_POOLING, split: str = "test", progress: bool = False,
                 permutations: int | None = None, bootstrap: int = 0, seed: int = 0,
-                epochs: Sequence[int] | None = None) -> list[dict]:
+                epochs: Sequence[int] | None = None, finetuned=None) -> list[dict]:
     """Fit probes on train (penalty, or the trees' hyperparameters, chosen on validation) for each
     feature set, score them on `split`. Feature sets: "sane", "stats" (linear s(W)), "stats-gbt"
     (gradient-boosted trees on s(W), the baseline of Unterthiner et al. 2020; seeded by `seed`),
-    "weights".
+    "weights", and "sane-finetuned": the property head of the fine-tuned checkpoint `finetuned`
+    (`hyperrep finetune`; default `checkpoint` when it has a head), scored on its own properties.
 
     Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
     "validation", "num_rows", "left_out"} (+ "hyperparameters" for trees). "sane" needs `checkpoint`
@@ -213,9 +299,14 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
     baseline scored: "vs_stats", "vs_stats_ci", "vs_stats_nonfinite" (and "vs_stats-gbt", ...).
     """
     model = tokenizer = None
+    asked = properties
     properties = zoo_properties(zoo, properties, epochs)
     probe_sets = {}
     for features in feature_sets:
+        if features == FINETUNED_FEATURES:
+            if (finetuned or checkpoint) is not None:
+                probe_sets[features] = finetuned_head(zoo, finetuned or checkpoint, asked, epochs, progress)
+            continue
         if features == "sane":
             if checkpoint is None:
                 continue
@@ -236,10 +327,12 @@ def score_split(zoo, probe_sets: dict[str, ProbeSet], split: str = "test", model
     x = {}
     for f, p in probe_sets.items():
         same = "stats" if f == GBT_FEATURES and "stats" in x else None  # the same s(W) features: compute them once
-        x[f] = x[same] if same else zoo_features(zoo, split, f, model, tokenizer, p.info.get("pooling") or "mean",
+        own = (p.model, p.tokenizer) if f == FINETUNED_FEATURES else (model, tokenizer)
+        x[f] = x[same] if same else zoo_features(zoo, split, f, *own, p.info.get("pooling") or "mean",
                                                  progress=progress, permutations=p.info.get("permutations", 0), rows=rows)
     x, rows, left_out = _leave_out_non_finite(x, rows, left_out)
-    names = {f: list(properties) if properties is not None else p.properties for f, p in probe_sets.items()}
+    names = {f: list(properties) if properties is not None and f != FINETUNED_FEATURES else p.properties
+             for f, p in probe_sets.items()}
     targets = zoo_targets(zoo, split, list(dict.fromkeys(n for ns in names.values() for n in ns)), rows)
     table, predictions = [], {}
     for features, probes in probe_sets.items():

@@ -1,7 +1,9 @@
 """`pipeline("weight-property-prediction", model=CHECKPOINT)`: predict a model's properties from its weights.
 
-The probes are the checkpoint's "sane" probe set (`hyperrep probe fit`, saved under
-CHECKPOINT/probes/); the output per model is a dict keyed by the zoo's column names, e.g.
+A checkpoint with a fine-tuned property head (`hyperrep finetune`; its config names `properties`)
+predicts with the head (SaneForPropertyPrediction); any other with the checkpoint's "sane" probe set
+(`hyperrep probe fit`, saved under CHECKPOINT/probes/), or the probes passed as `probes=`. The
+output per model is a dict keyed by the zoo's column names, e.g.
 {"test_acc": 0.91, "epoch": 7.8, "ggap": 0.02, "activation": "tanh"}. Inputs as for
 "weight-embedding"; on a zoo split, rows of diverged checkpoints (NaN / inf weights) get None for
 every property.
@@ -17,11 +19,35 @@ from .weight_embedding import WeightEmbeddingPipeline
 
 
 class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
-    """SANE embedding + linear probes. `probes=` takes a ProbeSet (default: the checkpoint's)."""
+    """The fine-tuned head, or SANE embedding + linear probes. `probes=` takes a ProbeSet (default:
+    the checkpoint's), used instead of a head."""
 
     def __init__(self, *args, probes: ProbeSet | None = None, **kwargs):
         self._probes = probes
+        self._head = None
         super().__init__(*args, **kwargs)
+
+    @property
+    def head(self):
+        """The checkpoint's SaneForPropertyPrediction (None: it has none, or `probes=` was given)."""
+        if self._probes is not None or not getattr(self.model.config, "properties", None):
+            return None
+        if self._head is None:
+            from ..modeling_sane import SaneForPropertyPrediction
+
+            if isinstance(self.model, SaneForPropertyPrediction):
+                self._head = self.model
+            else:  # AutoModel loaded the backbone; the head is in the same files
+                self._head = SaneForPropertyPrediction.from_pretrained(
+                    self.model.name_or_path, revision=checkpoint_revision(self.model)).to(self.model.device, self.model.dtype)
+            self._head.eval()
+        return self._head
+
+    def _check_head_properties(self, properties) -> None:
+        unknown = [n for n in properties if n not in self.head.property_names]
+        if unknown:
+            raise ValueError(f"the checkpoint's fine-tuned head predicts {self.head.property_names}, not {unknown}; "
+                             "fine-tune a head for them (hyperrep finetune --properties ...)")
 
     @property
     def probes(self) -> ProbeSet:
@@ -38,23 +64,35 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         post = {}
         if properties is not None:
             properties = [properties] if isinstance(properties, str) else list(properties)
-            for name in properties:  # fail before any model is embedded
-                self.probes._probe(name)
+            if self.head is not None:
+                self._check_head_properties(properties)
+            else:
+                for name in properties:  # fail before any model is embedded
+                    self.probes._probe(name)
             post["properties"] = properties
         return pre, forward, post
 
     def preprocess(self, item, **kwargs) -> dict:
-        return super().preprocess(item, self.probes.info.get("permutations", 0))
+        return super().preprocess(item, 0 if self.head is not None else self.probes.info.get("permutations", 0))
 
     def _forward(self, model_inputs, window_size=None, halo=None, **kwargs):
+        if self.head is not None:
+            inputs = [torch.as_tensor(model_inputs[k]).to(self.head.device) for k in ("tokens", "positions", "attention_mask")]
+            with torch.no_grad():
+                return {"logits": self.head(inputs[0].to(self.head.dtype), inputs[1], inputs[2]).logits.float().cpu()}
         return super()._forward(model_inputs, self.probes.info.get("pooling", "mean"), window_size, halo,
                                 self.probes.info.get("permutations", 0))
 
     def postprocess(self, model_outputs, properties=None):
+        if "logits" in model_outputs:
+            predicted = self.head.predictions(model_outputs["logits"][:1])
+            return {name: predicted[name][0] for name in (properties or self.head.property_names)}
         embedding = self._unbatch(model_outputs).reshape(1, -1)
         return {name: values[0] for name, values in self.probes.predict(embedding, properties).items()}
 
     def _embed_dataset(self, ds, properties=None, window_size=None, halo=None, batch_size=None, **kwargs):
+        if self.head is not None:
+            return self._predict_dataset(ds, properties, batch_size)
         _, _, post = self._sanitize_parameters(properties=properties, window_size=window_size, halo=halo)
         embeddings = super()._embed_dataset(ds, self.probes.info.get("pooling", "mean"), window_size, halo, batch_size,
                                             self.probes.info.get("permutations", 0))
@@ -68,4 +106,24 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         for ok in finite.tolist():
             out.append({n: predictions[n][k] for n in names} if ok else dict.fromkeys(names))
             k += ok
+        return out
+
+    def _predict_dataset(self, ds, properties=None, batch_size=None) -> list[dict]:
+        """A zoo split through the fine-tuned head, in slices; rows of diverged checkpoints get None."""
+        import numpy as np
+
+        if "weights" not in ds.column_names:
+            raise ValueError(f"the dataset has no 'weights' column (columns: {ds.column_names}); is it a zoo split?")
+        names = list(properties) if properties is not None else self.head.property_names
+        self._check_head_properties(names)
+        step, out = batch_size or self._batch_size or 64, []
+        for start in range(0, len(ds), step):
+            flat = torch.as_tensor(np.asarray(ds.with_format("numpy")[start : start + step]["weights"], dtype=np.float32))
+            flat = flat.reshape(flat.shape[0], -1)
+            diverged = ~torch.isfinite(flat).all(1)
+            flat[diverged] = 0.0
+            enc = self.feature_extractor.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
+            predicted = self.head.predictions(self._forward(enc)["logits"])
+            out += [dict.fromkeys(names) if bad else {n: predicted[n][i] for n in names}
+                    for i, bad in enumerate(diverged.tolist())]
         return out

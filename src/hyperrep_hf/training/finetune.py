@@ -125,8 +125,8 @@ class PropertyData:
             columns = set(zoo.dataset[split].column_names)
             absent = [p for p in properties if p not in columns]
             if absent:
-                raise ValueError(f"zoo {zoo.path} has no property {absent[0]!r} in its {split} split; its columns: "
-                                 f"{sorted(columns - {'weights'})}")
+                raise ValueError(f"zoo {zoo.path} has no property {absent[0]!r} to fine-tune on in its {split} split "
+                                 f"(missing: {absent}); its columns: {sorted(columns - {'weights'})}")
             targets[split] = zoo_targets(zoo, split, properties, rows)
             model_ids[split] = zoo.metadata(split, ["model_id"])["model_id"].to_numpy()[rows]
         return cls(zoo, tokenizer, layout_id, weights, targets, model_ids, left_out)

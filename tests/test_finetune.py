@@ -1,0 +1,185 @@
+"""Fine-tuning a SANE property head: SaneForPropertyPrediction, `hyperrep finetune`, the pipeline and
+probe_table's "sane-finetuned", resume, freezing, remote code and the bad inputs.
+
+One small digits zoo (20 CNNs, 3 epochs) and one SANE pretrained on it for a few seconds serve all tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hyperrep_hf
+from hyperrep_hf import SaneConfig
+from hyperrep_hf.cli import main as cli
+from hyperrep_hf.modeling_sane import (
+    AutoModelForWeightPropertyPrediction,
+    SaneForPropertyPrediction,
+    SaneModel,
+)
+from hyperrep_hf.training import SaneTrainingArguments, train_sane
+from hyperrep_hf.training.finetune import SaneFinetuningArguments, finetune_sane
+from hyperrep_hf.zoo import build_zoo, load_zoo
+
+FAST = dict(batch_size=8, learning_rate=1e-2, encoder_learning_rate=1e-3, pct_start=0.1, progress=False,
+            report_to=["none"], mixed_precision="no", early_stopping_patience=0)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("zoo") / "digits"
+    torch.set_num_threads(1)
+    build_zoo("digits-seed", out, num_models=20, epochs=3, progress=False)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def sane_dir(zoo_dir, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("sane") / "sane"
+    train_sane(SaneTrainingArguments(zoo=[zoo_dir], output_dir=str(out), d_model=32, num_layers=1, num_heads=2,
+                                     latent_dim=8, window_size=16, batch_size=8, epochs=10, learning_rate=3e-3,
+                                     eval_every=10, progress=False, report_to=["none"], mixed_precision="no"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def head_dir(zoo_dir, sane_dir, tmp_path_factory) -> str:
+    """A head fine-tuned on test_acc and epoch for 8 epochs, with TensorBoard logs (via the CLI)."""
+    out = tmp_path_factory.mktemp("head") / "head"
+    flags = [f"--{k}={v}" for k, v in {**FAST, "report_to": "tensorboard", "epochs": 8}.items() if k != "progress"]
+    assert cli(["finetune", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--output_dir", str(out), "--properties",
+                "test_acc", "epoch", "--progress", "false", *flags]) == 0
+    return str(out)
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_head_learns_and_the_run_reports_validation_and_test(head_dir, zoo_dir):
+    evals = [m for m in metrics(head_dir) if m["type"] == "eval"]
+    assert len(evals) == 8
+    # the loss of predicting the train mean, i.e. of a head that learned nothing (targets standardised)
+    zoo = load_zoo(zoo_dir)
+    train, val = zoo.metadata("train"), zoo.metadata("validation")
+    chance = np.mean([np.mean(((val[p] - train[p].mean()) / train[p].std(ddof=0)) ** 2) for p in ("test_acc", "epoch")])
+    best = min(e["val_loss"] for e in evals)
+    assert best < chance - 0.03, (best, chance, [e["val_loss"] for e in evals])
+    results = json.loads((Path(head_dir) / "eval_results.json").read_text())
+    chosen = next(e for e in evals if e["epoch"] == results["best_epoch"])
+    assert chosen["val_loss"] == best  # the model kept is that of the best validation epoch
+    assert results["validation"]["loss"] == pytest.approx(best, rel=1e-5)
+    assert set(results["test"]) == {"loss", "test_acc", "epoch"} and "kendall_tau" in results["test"]["epoch"]
+    card = (Path(head_dir) / "README.md").read_text()
+    assert "model-index" in card and "split: test" in card.replace("'", "") and "Kendall tau epoch" in card
+    assert (Path(head_dir) / "training_complete.json").is_file()
+    assert any(Path(head_dir, "runs").rglob("events.out.tfevents.*"))
+    config = json.loads((Path(head_dir) / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForWeightPropertyPrediction"] == "modeling_sane.SaneForPropertyPrediction"
+    assert [p["name"] for p in config["properties"]] == ["test_acc", "epoch"]
+    assert config["properties"][0]["mean"] == pytest.approx(float(np.mean(train["test_acc"])), rel=1e-4)
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(zoo_dir, sane_dir, tmp_path):
+    options = dict(checkpoint=sane_dir, zoo=zoo_dir, properties=["test_acc"], epochs=3, **FAST)
+    finetune_sane(SaneFinetuningArguments(output_dir=str(tmp_path / "a"), **options))
+    stopped = finetune_sane(SaneFinetuningArguments(output_dir=str(tmp_path / "b"), stop_after_steps=10, **options))
+    assert not stopped.finished and stopped.global_step == 10  # mid-epoch 2 (7 steps per epoch)
+    resumed = finetune_sane(SaneFinetuningArguments(output_dir=str(tmp_path / "b"), resume="last", **options))
+    assert resumed.finished
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["val_loss"] for m in metrics(tmp_path / "a") if m["type"] == "eval"] == \
+        [m["val_loss"] for m in metrics(tmp_path / "b") if m["type"] == "eval"]
+    with pytest.raises(ValueError, match="options differ.*learning_rate"):
+        finetune_sane(SaneFinetuningArguments(output_dir=str(tmp_path / "b"), resume="last",
+                                              **{**options, "learning_rate": 0.5}))
+
+
+def test_freeze_encoder_trains_only_the_head(zoo_dir, sane_dir, tmp_path):
+    finetune_sane(SaneFinetuningArguments(checkpoint=sane_dir, zoo=zoo_dir, output_dir=str(tmp_path / "f"),
+                                          properties=["epoch"], epochs=1, freeze_encoder=True, pooling="layer",
+                                          head_hidden_dim=8, **FAST))
+    pretrained = SaneModel.from_pretrained(sane_dir)
+    tuned = AutoModelForWeightPropertyPrediction.from_pretrained(tmp_path / "f")
+    assert tuned.config.freeze_encoder and tuned.config.head_layers == 4  # the digits CNN's weight layers
+    for name, p in pretrained.encoder.state_dict().items():
+        assert torch.equal(p, tuned.sane.encoder.state_dict()[name]), name
+    assert not any(p.requires_grad for p in tuned.sane.parameters())
+    fresh = SaneForPropertyPrediction.from_pretrained(sane_dir, properties=["epoch"], head_pooling="layer",
+                                                      head_layers=4, head_hidden_dim=8)
+    assert not torch.equal(fresh.head.net[1].weight, tuned.head.net[1].weight)  # the head did train
+
+
+def test_pipeline_and_probe_table_use_the_fine_tuned_head(head_dir, zoo_dir, sane_dir):
+    from transformers import pipeline
+
+    from hyperrep_hf.downstream.evaluation import probe_table
+
+    zoo = load_zoo(zoo_dir)
+    model = AutoModelForWeightPropertyPrediction.from_pretrained(head_dir).eval()
+    enc = hyperrep_hf.WeightTokenizer.from_pretrained(head_dir).tokenize_flat(zoo.weights("test"))
+    with torch.no_grad():
+        expected = model.predictions(model(enc["tokens"], enc["positions"], enc["attention_mask"]).logits)
+    pipe = pipeline("weight-property-prediction", model=head_dir)
+    rows = pipe(zoo.dataset["test"])
+    assert [r["epoch"] for r in rows] == pytest.approx(expected["epoch"], abs=1e-5)
+    one = pipe(zoo.build_model({**zoo.metadata("test").iloc[0].to_dict(), "weights": zoo.weights("test")[0]}))
+    assert set(one) == {"test_acc", "epoch"} and one["test_acc"] == pytest.approx(expected["test_acc"][0], abs=1e-5)
+    with pytest.raises(ValueError, match=r"predicts \['test_acc', 'epoch'\], not \['ggap'\]"):
+        pipe(zoo.dataset["test"], properties=["ggap"])
+
+    table = probe_table(zoo, checkpoint=sane_dir, finetuned=head_dir, feature_sets=["sane-finetuned", "stats"],
+                        bootstrap=20)
+    tuned = {r["property"]: r for r in table if r["features"] == "sane-finetuned"}
+    assert set(tuned) == {"test_acc", "epoch"} and "vs_stats_ci" in tuned["epoch"]
+    results = json.loads((Path(head_dir) / "eval_results.json").read_text())
+    assert tuned["epoch"]["value"] == pytest.approx(results["test"]["epoch"]["r2"], abs=1e-4)
+    assert tuned["test_acc"]["validation"] == pytest.approx(results["validation"]["test_acc"]["r2"], abs=1e-4)
+    assert {r["features"] for r in table} == {"sane-finetuned", "stats"}
+
+
+def test_a_fine_tuned_checkpoint_carries_the_code_of_its_head(head_dir):
+    """The fresh-process load without hyperrep_hf is tests/test_remote_code.py's; here: what it would need."""
+    from hyperrep_hf.remote_code import check_remote_code
+
+    sources = {p.name: p.read_text() for p in Path(head_dir).glob("*.py")}
+    check_remote_code(sources)  # torch / transformers / numpy / safetensors and siblings only
+    assert "class SaneForPropertyPrediction" in sources["modeling_sane.py"]
+    assert "SaneForPropertyPrediction.from_pretrained" in sources["weight_property_prediction.py"]
+    assert "from .modeling_sane import" in sources["weight_property_prediction.py"]
+
+
+def test_bad_inputs_name_the_property_the_labels_the_sizes_and_the_zoo(zoo_dir, sane_dir, head_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"has no property 'accuracy' to fine-tune on"):
+        finetune_sane(SaneFinetuningArguments(checkpoint=sane_dir, zoo=zoo_dir, output_dir=str(tmp_path / "x"),
+                                              properties=["test_acc", "accuracy"], **FAST))
+    config = SaneConfig.from_preset("tiny", token_size=5, d_model=16, latent_dim=4, window_size=4,
+                                    max_positions=(8, 4, 4),
+                                    properties=[{"name": "activation", "kind": "classification", "labels": ["relu", "tanh"]}])
+    with pytest.raises(ValueError, match=r"property 'activation': label 'gelu' is none of the labels .*\['relu', 'tanh'\]"):
+        SaneForPropertyPrediction(config).encode_labels({"activation": ["relu", "gelu"]})
+    # a head's weights under the config of a SANE of another size
+    other = tmp_path / "other"
+    shutil.copytree(head_dir, other)
+    saved = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**saved, "latent_dim": 16}))
+    with pytest.raises(ValueError, match=r"latent_dim=16.*sane.encoder.head.weight: \(8, 32\) in the checkpoint, \(16, 32\)"):
+        SaneForPropertyPrediction.from_pretrained(other)
+    with pytest.raises(ValueError, match="needs config.properties"):
+        SaneForPropertyPrediction.from_pretrained(sane_dir)
+    # a zoo of another architecture (an MLP on digits) than the checkpoint's CNN
+    mlp = build_zoo({"architecture": "mlp", "architecture_kwargs": {"in_features": 64, "hidden": [8]}, "task": "digits",
+                     "name": "mlp-digits"}, tmp_path / "mlp", num_models=3, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"cannot fine-tune .* on zoo .*mlp.*\(mlp\)"):
+        finetune_sane(SaneFinetuningArguments(checkpoint=sane_dir, zoo=str(mlp.path), output_dir=str(tmp_path / "y"),
+                                              properties=["test_acc"], **FAST))
+    capsys.readouterr()
+    assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
+    assert "sane-finetuned is a fine-tuned head, not a probe" in capsys.readouterr().err
