@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TOPICS = ("tokenizer", "weightspace", "population", "sane", "training", "pipelines")
+TOPICS = ("tokenizer", "weightspace", "population", "sane", "training", "finetune", "pipelines")
 
 
 def machine() -> dict:
