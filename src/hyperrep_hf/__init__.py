@@ -19,7 +19,12 @@ from transformers import AutoModel as _AutoModel
 from .configuration_sane import SaneConfig
 from .hub import push_checkpoint
 from .layout import WeightEntry, WeightLayout
-from .modeling_sane import SaneModel, SaneOutput
+from .modeling_sane import (
+           AutoModelForWeightPropertyPrediction,
+           SaneForPropertyPrediction,
+           SaneModel,
+           SaneOutput,
+)
 from .tokenization_weights import LayerSpec, WeightTokenizer
 
 _AutoConfig.register("sane", SaneConfig, exist_ok=True)
@@ -33,5 +38,5 @@ from . import pipelines  # noqa: E402, F401
 
 __version__ = "0.1.0"
 
-__all__ = ["LayerSpec", "SaneConfig", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__",
+__all__ = ["AutoModelForWeightPropertyPrediction", "LayerSpec", "SaneConfig", "SaneForPropertyPrediction", "SaneModel", "SaneOutput", "WeightEntry", "WeightLayout", "WeightTokenizer", "__version__",
            "push_checkpoint"]
