@@ -20,10 +20,10 @@ from .configuration_sane import SaneConfig
 from .hub import push_checkpoint
 from .layout import WeightEntry, WeightLayout
 from .modeling_sane import (
-           AutoModelForWeightPropertyPrediction,
-           SaneForPropertyPrediction,
-           SaneModel,
-           SaneOutput,
+    AutoModelForWeightPropertyPrediction,
+    SaneForPropertyPrediction,
+    SaneModel,
+    SaneOutput,
 )
 from .tokenization_weights import LayerSpec, WeightTokenizer
 
