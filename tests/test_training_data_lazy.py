@@ -145,3 +145,34 @@ def test_a_batch_too_large_for_memory_names_the_options(zoos, monkeypatch):
     monkeypatch.setattr(data_module, "_available_memory", lambda: 10 << 20)
     with pytest.raises(ValueError, match="lower --batch_size or --window_size"):
         data.training_batch(torch.arange(8), 256, torch.Generator().manual_seed(0), Augmentation())
+
+
+def test_embedding_streams_slices_and_permutes_tokens_instead_of_retokenising(zoos, monkeypatch):
+    from hyperrep_hf import SaneConfig, SaneModel
+    from hyperrep_hf.downstream import embedding
+    from hyperrep_hf.downstream.evaluation import zoo_features
+
+    zoo = zoos[0]
+    data = ZooData.from_zoos([zoo])
+    tokenizer, layout = data.tokenizer, data.tokenizer.layouts[0]
+    torch.manual_seed(0)
+    sane = SaneModel(SaneConfig.from_preset("tiny", token_size=layout.token_size, window_size=256,
+                                            max_positions=(layout.num_tokens, layout.num_layers, 512))).eval()
+    whole = zoo.weights("test")
+    # one model's tokens a chunk: every read holds one row, never the split
+    monkeypatch.setattr(embedding, "EMBED_TOKEN_BYTES", 4 * layout.num_tokens * layout.token_size)
+    reads, calls = [], []
+    real_read, real_tokenize = _Shards.read, type(tokenizer).tokenize_flat
+    monkeypatch.setattr(_Shards, "read", lambda self, r, cache=True: reads.append(len(r)) or real_read(self, r, cache))
+    monkeypatch.setattr(type(tokenizer), "tokenize_flat", lambda self, w, *a, **k: calls.append(len(w)) or real_tokenize(self, w, *a, **k))
+    lazy = zoo_features(zoo, "test", "sane", sane, tokenizer, permutations=2)
+    # after the finiteness pass (64 MB slices), the embedding reads a row at a time
+    assert reads[-len(whole):] == [1] * len(whole) and sum(reads) == 2 * len(whole)
+    assert sum(calls) == len(whole)  # tokenised once per model, not once per permutation
+    monkeypatch.setattr(embedding.TokenPermutation, "applies", staticmethod(lambda *a: False))
+    retokenised = embedding.embed_flat(sane, tokenizer, whole, permutations=2)
+    assert torch.equal(lazy, retokenised) and sum(calls) == 3 * len(whole)
+    stats = zoo_features(zoo, "test", "stats")
+    from hyperrep_hf.weightspace.statistics import weight_statistics
+
+    assert torch.equal(stats, weight_statistics(whole, zoo.layout)[0])

@@ -131,7 +131,7 @@ def zoo_properties(zoo, properties: Sequence[str] | None = None, epochs: Sequenc
     """The properties to probe: the given ones (checked against the zoo's columns), or test accuracy,
     epoch, generalisation gap and every hyperparameter the zoo varies (activation, lr, ...). With a
     single epoch in `epochs` the default leaves out "epoch" (constant there)."""
-    columns = set(zoo.dataset["train"].column_names)
+    columns = set(zoo.column_names("train"))
     if properties is None:
         varied = [v for v in zoo.info.get("varied", []) if v in CATEGORICAL_HYPERPARAMETERS + NUMERIC_HYPERPARAMETERS]
         properties = [p for p in DEFAULT_PROPERTIES if p in columns] + varied
@@ -151,21 +151,40 @@ def usable_rows(zoo, split: str, epochs: Sequence[int] | None = None) -> tuple[n
     with NaN / inf weights is left out of every feature set, counted as "non-finite weights".
     Rows at other epochs are filtered, not counted.
     """
-    if split not in zoo.dataset:
-        raise ValueError(f"the zoo has no split {split!r}; splits: {list(zoo.dataset)}")
-    keep = np.ones(len(zoo.dataset[split]), dtype=bool)
+    if split not in zoo.splits:
+        raise ValueError(f"the zoo has no split {split!r}; splits: {zoo.splits}")
+    keep = np.ones(zoo.num_rows(split), dtype=bool)
     if epochs is not None:
         chosen = sorted({int(e) for e in epochs})
         at = zoo.metadata(split, ["epoch"])["epoch"].to_numpy()
         keep = np.isin(at, chosen)
         if not keep.any():
             raise ValueError(f"split {split!r} has no rows at epochs {chosen}; its epochs: {sorted(set(at.tolist()))}")
-    finite = torch.isfinite(zoo.weights(split)).all(1).numpy()
+    finite = _finite_rows(zoo.rows(split)).numpy()
     if not (keep & finite).any():
         raise ValueError(f"every row of split {split!r}{'' if epochs is None else f' at epochs {chosen}'} has non-finite "
                          "weights (diverged checkpoints): nothing to probe or embed; pick other epochs or another split")
     left_out = {"non-finite weights": int((keep & ~finite).sum())}
     return np.flatnonzero(keep & finite), {k: n for k, n in left_out.items() if n}
+
+
+def _chunks(weights, max_bytes: int = 64 << 20):
+    """Rows [M, P] (a tensor or a lazy ZooRows) in order, about max_bytes (one row at least) at a time."""
+    step = max(1, max_bytes // (4 * max(1, weights.shape[1])))
+    for start in range(0, len(weights), step):
+        yield weights[start:start + step]
+
+
+def _finite_rows(weights) -> torch.Tensor:
+    """bool [M]: the rows whose weights are all finite, read a chunk at a time."""
+    parts = [torch.isfinite(chunk).all(1) for chunk in _chunks(weights)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def _pick(weights, index):
+    """Rows by indices or a boolean mask: a ZooRows view (nothing read) or a tensor's rows."""
+    index = np.asarray(index)
+    return weights[torch.as_tensor(index)] if torch.is_tensor(weights) else weights.select(index)
 
 
 def zoo_targets(zoo, split: str, properties: Sequence[str], rows=None) -> dict[str, list]:
@@ -193,27 +212,30 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
     averaged over `permutations` neuron permutations), "stats" or "stats-gbt" (s(W) statistics) or
     "weights" (the flat weights W). `rows` (indices) picks rows, default all; pass `usable_rows(zoo, split)[0]` to
     leave out diverged checkpoints (it also counts them). Returns [rows, d]; a row with non-finite
-    weights gets non-finite features (NaN SANE embeddings: it is not embedded)."""
+    weights gets non-finite features (NaN SANE embeddings: it is not embedded). Rows are read from
+    the zoo a slice at a time (`zoo.rows`): statistics and embeddings need memory for a slice,
+    not the split (only "weights" returns the split's weights whole)."""
     if features not in (*FEATURE_SETS, FINETUNED_FEATURES):
         raise ValueError(f"unknown feature set {features!r}; choose one of {[*FEATURE_SETS, FINETUNED_FEATURES]}")
-    weights = zoo.weights(split)
+    weights = zoo.rows(split)
     if rows is not None:
-        weights = weights[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
+        weights = _pick(weights, np.asarray(rows, dtype=np.int64))
     if features == "weights":
-        return weights.float()
+        return weights[:].float()
     if features in ("stats", GBT_FEATURES):
         from ..weightspace.statistics import weight_statistics
 
-        return weight_statistics(weights, zoo.layout)[0]
+        parts = [weight_statistics(chunk, zoo.layout)[0] for chunk in _chunks(weights)]
+        return torch.cat(parts) if parts else weight_statistics(weights[:], zoo.layout)[0]
     if model is None or tokenizer is None:
         raise ValueError("SANE features need the checkpoint: pass model and tokenizer (or checkpoint=FOLDER)")
     layout_id = find_layout(tokenizer, zoo.layout)
-    finite = torch.isfinite(weights).all(1)
+    finite = _finite_rows(weights)
     if features == FINETUNED_FEATURES:  # model: the SaneForPropertyPrediction; features: its outputs
-        embeddings = FinetunedHead(model, tokenizer).outputs(weights[finite], layout_id, batch_size, progress)
+        embeddings = FinetunedHead(model, tokenizer).outputs(_pick(weights, finite.numpy()), layout_id, batch_size, progress)
     else:
-        embeddings = embed_flat(model, tokenizer, weights[finite], pooling, layout_id, batch_size, progress=progress,
-                                permutations=permutations)
+        embeddings = embed_flat(model, tokenizer, _pick(weights, finite.numpy()), pooling, layout_id, batch_size,
+                                progress=progress, permutations=permutations)
     if bool(finite.all()):
         return embeddings
     out = embeddings.new_full((len(weights), *embeddings.shape[1:]), float("nan"))
