@@ -147,6 +147,7 @@ class _Shards:
     def __init__(self, files: Sequence[str], num_weights: int, cache: RowGroupCache, name: str):
         self.files, self.num_weights, self.cache, self.name = list(files), int(num_weights), cache, name
         self._open: dict[int, pq.ParquetFile] = {}
+        self._lock = threading.Lock()  # one decode at a time per split (batches are built in a thread)
         group_file, group_index, sizes = [], [], []
         for f, path in enumerate(self.files):
             meta = pq.read_metadata(path)
@@ -160,9 +161,10 @@ class _Shards:
 
     def _decode(self, group: int) -> np.ndarray:
         f = int(self.group_file[group])
-        if f not in self._open:
-            self._open[f] = pq.ParquetFile(self.files[f], memory_map=True)
-        column = self._open[f].read_row_group(int(self.group_index[group]), columns=["weights"]).column(0)
+        with self._lock:
+            if f not in self._open:
+                self._open[f] = pq.ParquetFile(self.files[f], memory_map=True)
+            column = self._open[f].read_row_group(int(self.group_index[group]), columns=["weights"]).column(0)
         values = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]) \
             if column.num_chunks != 1 else column.chunk(0).flatten().to_numpy(zero_copy_only=False)
         return values.reshape(-1, self.num_weights)
