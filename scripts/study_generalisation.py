@@ -59,6 +59,7 @@ SIZES = {
 }
 WINDOWS = (8, 16, 44)
 PROPERTIES = ("test_acc", "epoch", "ggap")
+GENERATION_COLUMNS = ["source", "task", "epoch", "mean_acc", "std_acc", "num_models"]
 
 
 def mnist_8x8(root: Path) -> dict:
@@ -170,21 +171,40 @@ def weight_scales(zoo) -> list[float]:
         for b in tok.layouts[0].blocks]
 
 
+def with_unseen(root: Path, folder: Path, zoo, normalization: str) -> Path:
+    """A copy of a checkpoint whose tokenizer also knows the zoo's (unseen) architecture, standardised by `normalization`."""
+    model, tok = load_checkpoint(folder)
+    out = root / "sane" / f"{folder.name}+unseen-{zoo.architecture}-{normalization}"
+    if not out.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "sampling", "anchors-*"))
+        transfer.register_unseen(tok, zoo.build_model(zoo.weights("train")[0]), model.config, normalization)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    return out
+
+
+def part_modes(root: Path, zoos: dict, size: dict) -> dict:
+    """Both normalisations of the unseen MLP on P's VALIDATION split: probe R^2 / tau (probes fitted
+    on train, penalty chosen on validation, so optimistic) beside the reconstruction error the
+    choice uses."""
+    folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
+    rows = []
+    for mode in ("model", "token"):
+        for r in probe_table(zoos["P"], with_unseen(root, folder, zoos["P"], mode), feature_sets=("sane",),
+                             properties=list(PROPERTIES), split="validation"):
+            rows.append({"normalization": mode, "property": r["property"], "validation_r2": r["value"],
+                         "validation_tau": r["kendall_tau"]})
+    return {"rows": rows}
+
+
 def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
     folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
     model, tok = load_checkpoint(folder)
     P = zoos["P"]
     choice = transfer.choose_normalization(model, tok, last_epoch_models(P, "validation"))
     print("normalisation chosen on P's validation models:", choice, flush=True)
-    # A copy of the checkpoint whose tokenizer knows P (its layout, the chosen normalisation).
-    unseen = root / "sane" / "cnn-zoos+unseen-mlp"
-    if not unseen.exists():
-        shutil.copytree(folder, unseen.with_name(unseen.name + ".tmp"), dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("checkpoints", "sampling", "anchors-*"))
-        tok_p = load_checkpoint(folder)[1]
-        transfer.register_unseen(tok_p, P.build_model(P.weights("train")[0]), model.config, choice["normalization"])
-        tok_p.save_pretrained(unseen.with_name(unseen.name + ".tmp"))
-        os.replace(unseen.with_name(unseen.name + ".tmp"), unseen)
+    unseen = with_unseen(root, folder, P, choice["normalization"])
     probes = probe_table(P, unseen, feature_sets=("sane", "stats"), properties=list(PROPERTIES))
     _, tok_p = load_checkpoint(unseen)
     task = load_task(P.task)
@@ -236,16 +256,22 @@ def tables(results: dict) -> str:
                 format_table([{k: r[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
                               for r in u["probes_P"]]), "",
                 "Generation for the unseen MLP on digits (test accuracy after fine-tuning epochs):", "",
-                format_table(u["generation_unseen_architecture"]), "",
+                format_table(u["generation_unseen_architecture"], GENERATION_COLUMNS), "",
                 "Task transfer: KDE30 samples of the digits CNN zoo D, fine-tuned on mnist-8x8:", "",
-                format_table(u["generation_transfer_task"]), ""]
+                format_table(u["generation_transfer_task"], GENERATION_COLUMNS), ""]
+    if "modes" in results:
+        out += ["Both normalisations of the unseen MLP, P's validation split (SANE mean embeddings):", "",
+                format_table(results["modes"]["rows"], ["normalization", "property", "validation_r2", "validation_tau"]), ""]
     if "lwln" in results:
         out += ["### (2) Layer-wise loss normalisation, zoos D + C", "",
                 "Per-layer weight std of the train splits: " + "; ".join(
                     f"{k}: {', '.join(f'{s:.3g}' for s in v)}" for k, v in results["lwln"]["weight_scales"].items()), "",
-                format_table(results["lwln"]["rows"]), ""]
+                format_table(results["lwln"]["rows"], ["run", "zoo", "layer_error", "recon_acc", "original_acc", "kde30_acc",
+                                                       "kde30_std", "bandwidth_scale"]), ""]
     if "windows" in results:
-        out += ["### (3) Window sizes, zoo D (44 tokens per model)", "", format_table(results["windows"]["rows"]), ""]
+        out += ["### (3) Window sizes, zoo D (44 tokens per model)", "", format_table(results["windows"]["rows"], [
+            "window", "layer_error", "recon_acc", "original_acc", "probe_r2_test_acc", "probe_tau_test_acc", "kde30_acc",
+            "kde30_std", "bandwidth_scale"]), ""]
     return "\n".join(out)
 
 
@@ -253,7 +279,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/work/zoos/gen", help="where zoos, checkpoints and results go")
     parser.add_argument("--quick", action="store_true", help="tiny zoos and 2 SANE epochs: a smoke run")
-    parser.add_argument("--parts", default="unseen,lwln,windows", help="comma-separated: unseen, lwln, windows")
+    parser.add_argument("--parts", default="unseen,modes,lwln,windows", help="comma-separated: unseen, modes, lwln, windows")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models on a shared machine: one thread is fastest (BENCHMARKS.md)
     torch.set_flush_denormal(True)
@@ -265,7 +291,7 @@ def main(argv=None) -> int:
     results["setup"] = {"sizes": size, "token_size": TOKEN_SIZE, "machine": f"{platform.machine()} {platform.processor()}",
                         "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
     zoos = build_zoos(root, size)
-    parts = {"unseen": part_unseen, "lwln": part_lwln, "windows": part_windows}
+    parts = {"unseen": part_unseen, "modes": part_modes, "lwln": part_lwln, "windows": part_windows}
     for name in args.parts.split(","):
         if name not in parts:
             parser.error(f"unknown part {name!r}; choose among {sorted(parts)}")
