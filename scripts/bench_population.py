@@ -4,7 +4,10 @@
 
 For cnn-s on mnist-5k (28x28) and the digits CNN, times one training epoch (batch 10) of M models
 trained as a stacked population and of a subset trained one model at a time (plain nn.Module +
-torch.optim), and prints model-epochs/s and the ratio. Also times reading a saved zoo's weights
+torch.optim), and prints model-epochs/s and the ratio. For a narrow ResNet-18 (BatchNorm, residual
+blocks; width 8) the same with FunctionalPopulation, each engine ("grouped", "vmap"): on CIFAR-like
+random 3x32x32 images (--bn-train-images of them; no dataset download) and on the built-in 8x8
+digits. Also times reading a saved zoo's weights
 (rows/s through Zoo.weights, and in slices of 64 rows through datasets' torch format). Timings on a shared machine are noisy: compare ratios.
 """
 
@@ -22,22 +25,71 @@ import torch
 
 from hyperrep_hf.files import atomic_write_text
 from hyperrep_hf.layout import WeightLayout
-from hyperrep_hf.zoo import build_model, init_weights, load_task, load_zoo
+from hyperrep_hf.zoo import TaskData, build_model, init_weights, load_task, load_zoo
 from hyperrep_hf.zoo.dataset import (
     CONFIG_NAME,
     HYPERPARAMETER_TYPES,
     METRICS,
     write_shard,
 )
-from hyperrep_hf.zoo.population import LoopPopulation, StackedPopulation, TrainSettings
+from hyperrep_hf.zoo.population import (
+    FunctionalPopulation,
+    LoopPopulation,
+    StackedPopulation,
+    TrainSettings,
+)
 
 
-def models_for(arch: str, n: int) -> list[torch.nn.Module]:
+def models_for(arch: str, n: int, **kwargs) -> list[torch.nn.Module]:
+    kwargs = kwargs or {"activation": "tanh"}
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        out.append(init_weights(build_model(arch, activation="tanh"), "kaiming_uniform", generator=torch.Generator().manual_seed(seed)))
+        out.append(init_weights(build_model(arch, **kwargs), "kaiming_uniform", generator=torch.Generator().manual_seed(seed)))
     return out
+
+
+def random_images(n: int, shape=(3, 32, 32), num_classes: int = 10) -> TaskData:
+    """CIFAR-like random images [n, 3, 32, 32] and labels (timing only: nothing to learn)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, *shape, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    return TaskData("random-3x32x32", x, y, x[:10], y[:10], x[:10], y[:10], num_classes)
+
+
+def compare(population, loop, task: TaskData, repeats: int, device: str) -> tuple[float, float]:
+    """Best seconds per epoch of `population` and of `loop` (alternating, after a warm-up epoch)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def timed(p, epoch):
+        sync()
+        t0 = time.perf_counter()
+        p.train_epoch(task, epoch, 10)
+        sync()
+        return time.perf_counter() - t0
+
+    timed(population, 1)  # warm-up (allocations, kernels, the engine's choice)
+    timed(loop, 1)
+    # alternate the two and keep each one's best epoch: load from other processes comes and goes
+    t_pop, t_loop = float("inf"), float("inf")
+    for epoch in range(2, 2 + repeats):
+        t_pop = min(t_pop, timed(population, epoch))
+        t_loop = min(t_loop, timed(loop, epoch))
+    return t_pop, t_loop
+
+
+def result_row(arch: str, task: TaskData, num_models: int, num_single: int, t_pop: float, t_loop: float, **extra) -> dict:
+    pop_rate, single_rate = num_models / t_pop, num_single / t_loop
+    return {
+        "architecture": arch,
+        "task": task.name,
+        "train_images": len(task.train_y),
+        "models": num_models,
+        **extra,
+        "population_model_epochs_per_s": pop_rate,
+        "one_at_a_time_model_epochs_per_s": single_rate,
+        "one_at_a_time_s_per_model_epoch": 1 / single_rate,
+        "speedup": pop_rate / single_rate,
+    }
 
 
 def bench_training(arch: str, task_name: str, num_models: int, num_single: int, train_images: int | None, device: str, repeats: int) -> dict:
@@ -46,33 +98,21 @@ def bench_training(arch: str, task_name: str, num_models: int, num_single: int, 
     settings = [TrainSettings(seed=i, optimizer="adam", lr=1e-3) for i in range(num_models)]
     stacked = StackedPopulation([copy.deepcopy(m) for m in models], settings)
     loop = LoopPopulation([copy.deepcopy(m) for m in models[:num_single]], settings[:num_single])
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return result_row(arch, task, num_models, num_single, *compare(stacked, loop, task, repeats, device), population="stacked")
 
-    def timed(population, epoch):
-        sync()
-        t0 = time.perf_counter()
-        population.train_epoch(task, epoch, 10)
-        sync()
-        return time.perf_counter() - t0
 
-    timed(stacked, 1)  # warm-up (allocations, kernels)
-    timed(loop, 1)
-    # alternate the two and keep each one's best epoch: load from other processes comes and goes
-    t_stacked, t_loop = float("inf"), float("inf")
-    for epoch in range(2, 2 + repeats):
-        t_stacked = min(t_stacked, timed(stacked, epoch))
-        t_loop = min(t_loop, timed(loop, epoch))
-    pop_rate, single_rate = num_models / t_stacked, num_single / t_loop
-    return {
-        "architecture": arch,
-        "task": task_name,
-        "train_images": len(task.train_y),
-        "models": num_models,
-        "population_model_epochs_per_s": pop_rate,
-        "one_at_a_time_model_epochs_per_s": single_rate,
-        "one_at_a_time_s_per_model_epoch": 1 / single_rate,
-        "speedup": pop_rate / single_rate,
-    }
+def bench_functional(task: TaskData, num_models: int, num_single: int, device: str, repeats: int, width: int = 8) -> list[dict]:
+    """ResNet-18 of `width` (BatchNorm, residual blocks): FunctionalPopulation, each engine, vs one at a time."""
+    task = task.to(device)
+    models = [m.to(device) for m in models_for("resnet18", num_models, in_channels=task.input_shape[0], width=width)]
+    settings = [TrainSettings(seed=i, optimizer="adam", lr=1e-3) for i in range(num_models)]
+    rows = []
+    for engine in ("grouped", "vmap"):
+        population = FunctionalPopulation([copy.deepcopy(m) for m in models], settings, engine=engine)
+        loop = LoopPopulation([copy.deepcopy(m) for m in models[:num_single]], settings[:num_single])
+        rows.append(result_row(f"resnet18-w{width}", task, num_models, num_single, *compare(population, loop, task, repeats, device),
+                               population=f"functional/{engine}"))
+    return rows
 
 
 def bench_reading(rows: int, architecture: str = "cnn-s") -> dict:
@@ -113,27 +153,35 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=1000, help="mnist-5k training images per epoch (4000 = all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per side, alternating; the best counts")
+    p.add_argument("--bn-train-images", type=int, default=100, help="random 3x32x32 images per ResNet-18 epoch")
+    p.add_argument("--bn-digits-images", type=int, default=300, help="digits images per ResNet-18 epoch")
     p.add_argument("--read-rows", type=int, default=20000, help="rows of the synthetic zoo read back")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
+    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "reading"), default=["stacked", "resnet", "reading"],
+                   help="parts to run (default all)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as build_zoo does, for both sides
-    results = {
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "training": [
+    training = []
+    if "stacked" in args.only:
+        training += [
             bench_training("cnn-s", "mnist-5k", args.models, args.single, args.train_images, args.device, args.repeats),
             bench_training("cnn-digits", "digits", args.models, args.single, None, args.device, args.repeats),
-        ],
-        "reading": bench_reading(args.read_rows),
-    }
+        ]
+    if "resnet" in args.only:
+        training += bench_functional(random_images(args.bn_train_images), args.models, args.single, args.device, args.repeats)
+        training += bench_functional(load_task("digits", limit=args.bn_digits_images), args.models, args.single, args.device, args.repeats)
+    results = {"device": args.device, "threads": torch.get_num_threads(), "training": training}
+    if "reading" in args.only:
+        results["reading"] = bench_reading(args.read_rows)
     print(f"device {args.device}, {results['threads']} threads, population of {args.models}, batch 10")
-    print(f"{'model':<11} {'task':<9} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8}")
+    print(f"{'model':<12} {'population':<18} {'task':<14} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8}")
     for r in results["training"]:
-        print(f"{r['architecture']:<11} {r['task']:<9} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x")
-    rd = results["reading"]
-    print(f"reading a saved zoo ({rd['rows']} rows x {rd['weights_per_row']} weights): {rd['rows_per_s_whole_column_first_read']:,.0f} rows/s whole column (first read), {rd['rows_per_s_whole_column']:,.0f} (again), {rd['rows_per_s_slices_of_64']:,.0f} rows/s in slices of 64")
+        print(f"{r['architecture']:<12} {r['population']:<18} {r['task']:<14} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x")
+    rd = results.get("reading")
+    if rd:
+        print(f"reading a saved zoo ({rd['rows']} rows x {rd['weights_per_row']} weights): {rd['rows_per_s_whole_column_first_read']:,.0f} rows/s whole column (first read), {rd['rows_per_s_whole_column']:,.0f} (again), {rd['rows_per_s_slices_of_64']:,.0f} rows/s in slices of 64")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -39,6 +39,7 @@ from ..layout import WeightLayout
 from .tasks import TaskData
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+_TINY = torch.finfo(torch.float32).tiny
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d)
 
 
@@ -87,38 +88,47 @@ class StackedOptimizer:
         dev = params[0].device
         col = lambda vals: torch.tensor(vals, dtype=params[0].dtype, device=dev)  # noqa: E731
         self.params, self.betas, self.eps, self.t = params, betas, eps, 0
+        kinds = [s.optimizer for s in settings]
         self.lr = col([s.lr for s in settings])
         self.wd = col([s.weight_decay for s in settings])
         self.momentum = col([s.momentum for s in settings])
-        kinds = [s.optimizer for s in settings]
+        self.l2 = col([s.weight_decay if k == "adam" else 0.0 for s, k in zip(settings, kinds)])  # Adam's L2 term
+        self.decoupled = col([s.lr * s.weight_decay if k == "adamw" else 0.0 for s, k in zip(settings, kinds)])  # AdamW's decay
         self.is_sgd = torch.tensor([k == "sgd" for k in kinds], device=dev)
-        self.is_adamw = col([k == "adamw" for k in kinds])
         self.has_sgd, self.has_adam = any(k == "sgd" for k in kinds), any(k != "sgd" for k in kinds)
-        self.state = [{"m": torch.zeros_like(p), "v": torch.zeros_like(p), "buf": torch.zeros_like(p)} for p in params]
+        self.has_l2, self.has_decoupled = bool((self.l2 != 0).any()), bool((self.decoupled != 0).any())
+        self.has_sgd_decay = bool((self.wd[self.is_sgd] != 0).any())
+        # only the state the optimizers in use need (Adam: m, v; SGD: the momentum buffer)
+        self.state = [{k: torch.zeros_like(p) for k in (("m", "v") if self.has_adam else ()) + (("buf",) if self.has_sgd else ())} for p in params]
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
+        """One update of every model with active[m] (a [M] bool tensor); gradients are cleared."""
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2_sqrt = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
+        all_active = bool(active.all())
         for p, st in zip(self.params, self.state):
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
-            lr, wd = self.lr.view(shape), self.wd.view(shape)
-            step = torch.zeros_like(p)
+            lr = self.lr.view(shape)
             if self.has_adam:
-                adamw = self.is_adamw.view(shape)
-                g = p.grad + (wd * (1 - adamw)) * p  # Adam's L2 term; AdamW decays below instead
+                g = p.grad.addcmul(self.l2.view(shape), p) if self.has_l2 else p.grad
                 st["m"].lerp_(g, 1 - b1)
                 st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (st["v"].sqrt() / bc2_sqrt).add_(self.eps)
-                step = (lr / bc1) * st["m"] / denom + (lr * wd * adamw) * p
+                # sqrt(0) takes a slow path on x86 CPUs (8x here; weights that see only padding have
+                # gradient 0); sqrt of the smallest normal float instead changes no denominator
+                denom = st["v"].clamp_min(_TINY).sqrt_().div_(bc2_sqrt).add_(self.eps)
+                step = torch.div(st["m"], denom).mul_(lr / bc1)
+                if self.has_decoupled:
+                    step.addcmul_(self.decoupled.view(shape), p)
             if self.has_sgd:
-                g = p.grad + wd * p
+                g = p.grad.addcmul(self.wd.view(shape), p) if self.has_sgd_decay else p.grad
                 st["buf"].mul_(self.momentum.view(shape)).add_(g)
-                step = torch.where(self.is_sgd.view(shape), lr * st["buf"], step)
-            p.sub_(torch.where(active.view(shape), step, torch.zeros_like(step)))
+                sgd_step = st["buf"] * lr
+                step = torch.where(self.is_sgd.view(shape), sgd_step, step) if self.has_adam else sgd_step
+            p.sub_(step if all_active else torch.where(active.view(shape), step, torch.zeros((), dtype=p.dtype, device=p.device)))
             p.grad = None
 
 
@@ -398,7 +408,15 @@ class FunctionalPopulation(_StackedModels):
         if missing:
             raise NotStackable(f"state_dict entries {missing[:3]} are no parameter or buffer of their own (tied weights?)")
         param_names = [n for n, _ in template.named_parameters()]
-        self.params = {n: torch.stack([d[n].detach() for d in named]).requires_grad_(True) for n in param_names}
+        self.params = {n: torch.stack([d[n].detach() for d in named]) for n in param_names}
+        if channels_last and engine != "vmap":
+            # 2-D convolution weights [M, C_out, C_in, kh, kw] laid out so that their grouped view
+            # [M*C_out, C_in, kh, kw] is channels_last, as oneDNN wants it: no copy per step
+            for name, mod in template.named_modules():
+                w = self.params.get(f"{name}.weight")
+                if isinstance(mod, nn.Conv2d) and w is not None and w.dim() == 5:
+                    self.params[f"{name}.weight"] = w.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(w.shape)
+        self.params = {n: t.requires_grad_(True) for n, t in self.params.items()}
         self.buffers = {n: torch.stack([d[n].detach() for d in named]) for n, _ in template.named_buffers()}
         self.tensors = self.params | self.buffers
         device = next(iter(self.tensors.values())).device
