@@ -16,6 +16,12 @@ size: the lazy pipeline's peak must not grow with the zoo (goal: under 3 GB for 
 `git archive` to the temporary folder and put first on PYTHONPATH) on the smallest zoo only, killed
 when its RssAnon passes --eager-limit GB; its datasets cache goes to the temporary folder too.
 Without it the eager figure is an estimate: the [rows, P] float32 tensors of all three splits.
+
+--speed also times the data pipeline alone (ZooData.training_batch, ms per batch of --batch_size
+models, one thread, the same rows and seeds) on two small synthetic zoos (CNN-s, 300 rows; ResNet-18
+width 16, 60 rows): this tree with the split in memory (the default below IN_MEMORY_SPLIT_BYTES),
+this tree reading every batch from the parquet shards (lazy), and with --eager-ref the eager pipeline
+of that revision; ratios against the eager one.
 """
 
 from __future__ import annotations
@@ -91,6 +97,34 @@ def run_peak(cmd: list[str], env: dict, limit_bytes: int | None = None) -> dict:
             "killed": killed, "tail": "".join(out)[-2000:]}
 
 
+SPEED_CODE = """
+import sys, time, torch
+torch.set_num_threads(1)
+import hyperrep_hf.training.data as d
+if sys.argv[5] == "lazy":
+    d.IN_MEMORY_SPLIT_BYTES = 0
+data = d.ZooData.from_zoos([sys.argv[1]])
+B, W, S, aug, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), d.Augmentation(), data.num_rows("train")
+def run(i):
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(i))[:B]
+    data.training_batch(rows, W, torch.Generator().manual_seed(i), aug)
+run(0)
+t = time.perf_counter()
+for i in range(1, S + 1):
+    run(i)
+print((time.perf_counter() - t) / S * 1000)
+"""
+
+
+def batch_speed(zoo: Path, batch_size: int, window: int, steps: int, mode: str, env: dict) -> float:
+    """ms per training batch of the data pipeline alone, in a fresh process (mode "lazy" or "memory")."""
+    out = subprocess.run([sys.executable, "-c", SPEED_CODE, str(zoo), str(batch_size), str(window), str(steps), mode],
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the speed run failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.split()[-1])
+
+
 def train_command(zoo: Path, out: Path, args) -> list[str]:
     return [sys.executable, "-m", "hyperrep_hf.cli", "train", "--zoo", str(zoo), "--output_dir", str(out),
             "--preset", "tiny", "--window_size", str(args.window), "--batch_size", str(args.batch_size),
@@ -109,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the zoos")
     parser.add_argument("--eager-ref", help="git revision whose (eager) data pipeline to measure too, on the smallest zoo")
     parser.add_argument("--eager-limit", type=float, default=10.0, help="GB of RssAnon at which the eager run is killed")
+    parser.add_argument("--speed", action="store_true", help="also time the data pipeline (lazy, in memory, eager)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -116,8 +151,26 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_DATASETS_CACHE": str(root / "hf_datasets"),
            "TOKENIZERS_PARALLELISM": "false"}
-    results = []
+    results, speed = [], []
     try:
+        if args.eager_ref:
+            old = root / "eager_src"
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.eager_ref, "src"], capture_output=True, check=True)
+            old.mkdir()
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        if args.speed:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from test_training_data_lazy import synthetic_zoo
+
+            for name, arch, kwargs, models, epochs, window in [("CNN-s", "cnn-s", {}, 60, 5, 64),
+                                                               ("ResNet-18 width 16", "resnet18", {"width": 16}, 30, 2, 256)]:
+                zoo = synthetic_zoo(root / f"speed-{arch}", arch, kwargs, models, epochs=epochs)
+                row = {"zoo": f"{name}, {zoo.num_rows('train')} train rows x {zoo.num_weights:,} weights", "window": window}
+                modes = [("memory", env), ("lazy", env)] + ([("eager", {**env, "PYTHONPATH": str(old / "src")})] if args.eager_ref else [])
+                for mode, mode_env in modes:
+                    row[mode] = batch_speed(zoo.path, args.batch_size, window, 10, "lazy" if mode == "lazy" else "memory", mode_env)
+                print(f"data pipeline on {row['zoo']}: " + ", ".join(f"{m} {row[m]:.1f} ms" for m, _ in modes), flush=True)
+                speed.append(row)
         sizes = [args.models, max(3, args.models // 2)]
         zoos = {}
         for n in sizes:
@@ -139,10 +192,6 @@ def main(argv=None) -> int:
                             "peak_rss_anon_gb": run["peak_bytes"] / 1e9, "seconds": run["seconds"],
                             "eager_estimate_gb": eager_estimate / 1e9})
         if args.eager_ref:
-            old = root / "eager_src"
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.eager_ref, "src"], capture_output=True, check=True)
-            old.mkdir()
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
             n = min(sizes)
             zoo, data_bytes, weight_bytes = zoos[n]
             run = run_peak(train_command(zoo.path, root / f"eager-{n}", args),
@@ -170,8 +219,16 @@ def main(argv=None) -> int:
     if len(lazy) == 2:
         print(f"\npeak ratio full / half zoo: {lazy[0]['peak_rss_anon_gb'] / lazy[1]['peak_rss_anon_gb']:.2f} "
               f"(zoo size ratio {lazy[0]['zoo_weight_gb'] / lazy[1]['zoo_weight_gb']:.2f})")
+    if speed:
+        print(f"\nData pipeline alone (ZooData.training_batch, batch {args.batch_size}, one thread), ms per batch\n")
+        print("| zoo | window | eager (" + (args.eager_ref or "-") + ") | this tree, in memory | this tree, lazy (parquet) |")
+        print("|---|---|---|---|---|")
+        for r in speed:
+            eager = r.get("eager")
+            cells = [f"{r[m]:.1f}" + (f" ({eager / r[m]:.1f}x faster)" if eager else "") for m in ("memory", "lazy")]
+            print(f"| {r['zoo']} | {r['window']} | {f'{eager:.1f}' if eager else '-'} | {cells[0]} | {cells[1]} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "args": vars(args)}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "speed": speed, "args": vars(args)}, indent=2))
     return 0
 
 
