@@ -36,6 +36,7 @@ MODULES: dict[str, str] = {
     "windows": "windows.py",
     "tokenization_weights": "tokenization_weights.py",
     "weightspace.permutation": "permutation.py",
+    "weightspace.statistics": "statistics.py",
     "zoo.architectures": "architectures.py",
     "downstream.embedding": "embedding.py",
     "downstream.scores": "scores.py",
