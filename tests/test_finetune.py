@@ -102,19 +102,34 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(zoo_dir, sane
                                               **{**options, "learning_rate": 0.5}))
 
 
-def test_freeze_encoder_trains_only_the_head(zoo_dir, sane_dir, tmp_path):
+def test_freeze_encoder_trains_only_the_head_and_s_w_can_join_the_latents(zoo_dir, sane_dir, tmp_path):
+    from transformers import pipeline
+
+    from hyperrep_hf.downstream.evaluation import FinetunedHead
+    from hyperrep_hf.weightspace.statistics import weight_statistics
+
     finetune_sane(SaneFinetuningArguments(checkpoint=sane_dir, zoo=zoo_dir, output_dir=str(tmp_path / "f"),
                                           properties=["epoch"], epochs=1, freeze_encoder=True, pooling="layer",
-                                          head_hidden_dim=8, **FAST))
+                                          head_hidden_dim=8, statistics_features=True, **FAST))
     pretrained = SaneModel.from_pretrained(sane_dir)
     tuned = AutoModelForWeightPropertyPrediction.from_pretrained(tmp_path / "f")
     assert tuned.config.freeze_encoder and tuned.config.head_layers == 4  # the digits CNN's weight layers
+    zoo = load_zoo(zoo_dir)
+    assert tuned.config.head_statistics == weight_statistics(zoo.weights("test")[:1], zoo.layout)[0].shape[1] == 7 * 8
+    assert tuned.head.feature_mean.numel() == 4 * 8 + 56  # layer-pooled latents, then s(W)
     for name, p in pretrained.encoder.state_dict().items():
         assert torch.equal(p, tuned.sane.encoder.state_dict()[name]), name
     assert not any(p.requires_grad for p in tuned.sane.parameters())
     fresh = SaneForPropertyPrediction.from_pretrained(sane_dir, properties=["epoch"], head_pooling="layer",
-                                                      head_layers=4, head_hidden_dim=8)
-    assert not torch.equal(fresh.head.net[1].weight, tuned.head.net[1].weight)  # the head did train
+                                                      head_layers=4, head_hidden_dim=8, head_statistics=56)
+    assert not torch.equal(fresh.head.net[1].weight[:, :32], tuned.head.net[1].weight[:, :32])  # the head did train
+    head = FinetunedHead.load(tmp_path / "f")
+    expected = head.predict(head.outputs(zoo.weights("test"), 0))["epoch"]
+    assert [r["epoch"] for r in pipeline("weight-property-prediction", model=str(tmp_path / "f"))(zoo.dataset["test"])] \
+        == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match=r"this head reads 56 s\(W\) statistics"):
+        enc = head.tokenizer.tokenize_flat(zoo.weights("test")[:2])
+        tuned(enc["tokens"], enc["positions"], enc["attention_mask"])
 
 
 def test_pipeline_and_probe_table_use_the_fine_tuned_head(head_dir, zoo_dir, sane_dir):

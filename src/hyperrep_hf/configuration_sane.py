@@ -107,6 +107,8 @@ class SaneConfig(PretrainedConfig):
         head_hidden_dim: width of the head's hidden layer (0: a linear head).
         head_dropout: dropout before the head's layers.
         freeze_encoder: train only the head; the encoder keeps its pretrained weights.
+        head_statistics: how many s(W) statistics of the raw weights (weightspace.statistics, 7 per
+            tensor) the head reads beside the pooled latents; 0: none (the latents alone).
     """
 
     model_type = "sane"
@@ -135,6 +137,7 @@ class SaneConfig(PretrainedConfig):
         head_hidden_dim: int = 0,
         head_dropout: float = 0.0,
         freeze_encoder: bool = False,
+        head_statistics: int = 0,
         **kwargs,
     ):
         # A saved config.json carries `contrastive_temperature`; the argument users type is `temperature`.
@@ -187,6 +190,9 @@ class SaneConfig(PretrainedConfig):
         if not 0.0 <= float(head_dropout) < 1.0:
             raise ValueError(f"SaneConfig: head_dropout must be in [0, 1), got {head_dropout!r}.")
         self.head_hidden_dim, self.head_dropout, self.freeze_encoder = head_hidden_dim, float(head_dropout), bool(freeze_encoder)
+        if isinstance(head_statistics, bool) or not isinstance(head_statistics, int) or head_statistics < 0:
+            raise ValueError(f"SaneConfig: head_statistics must be an integer >= 0, got {head_statistics!r}.")
+        self.head_statistics = head_statistics
         if __name__.startswith("hyperrep_hf."):
             # config.json names the checkpoint's remote-code pipelines for users without hyperrep_hf.
             # With the package installed its registered pipelines serve those tasks, and transformers

@@ -490,7 +490,7 @@ class SanePropertyPredictionOutput(ModelOutput):
         loss: 0-d mean over the properties of their losses, only with `labels`.
         logits: [B, num_outputs] the head's outputs: one standardised value per regression property,
             one logit per label of each classification property, in `config.properties` order.
-        embedding: [B, d] the pooled latents the head read.
+        embedding: [B, d] what the head read: the pooled latents (and s(W), with head_statistics).
         property_losses: [num_properties] each property's loss (MSE of the standardised target or
             cross-entropy), with `labels`.
     """
@@ -502,7 +502,8 @@ class SanePropertyPredictionOutput(ModelOutput):
 
 
 # SaneConfig fields of the property head, accepted by SaneForPropertyPrediction.from_pretrained.
-HEAD_OPTIONS = ("properties", "head_pooling", "head_layers", "head_hidden_dim", "head_dropout", "freeze_encoder")
+HEAD_OPTIONS = ("properties", "head_pooling", "head_layers", "head_hidden_dim", "head_dropout", "freeze_encoder",
+                "head_statistics")
 
 
 class SanePropertyHead(nn.Module):
@@ -535,7 +536,8 @@ class SanePropertyHead(nn.Module):
             self.feature_scale.copy_(torch.where(scale > 1e-12, scale, torch.ones_like(scale)))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.net((pooled - self.feature_mean.to(pooled.dtype)) / self.feature_scale.to(pooled.dtype))
+        # standardised in float32: in bf16 a feature's spread can be below its rounding step
+        return self.net((pooled.float() - self.feature_mean.float()) / self.feature_scale.float())
 
 
 class SaneForPropertyPrediction(SanePreTrainedModel):
@@ -561,7 +563,7 @@ class SaneForPropertyPrediction(SanePreTrainedModel):
             raise ValueError("SaneForPropertyPrediction needs config.properties, the properties to predict: e.g. "
                              "SaneForPropertyPrediction.from_pretrained(SANE_CHECKPOINT, properties=['test_acc'])")
         self.sane = SaneModel(config)
-        width = config.latent_dim * (config.head_layers if config.head_pooling == "layer" else 1)
+        width = config.latent_dim * (config.head_layers if config.head_pooling == "layer" else 1) + config.head_statistics
         self.head = SanePropertyHead(config, width, sum(self.output_sizes))
         self.post_init()
         self.freeze()
@@ -610,23 +612,39 @@ class SaneForPropertyPrediction(SanePreTrainedModel):
                 out[rows, w.keep_start:w.keep_stop] = latents[:, w.keep].to(out.dtype)
         return out
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, label_mask: torch.Tensor | None = None,
-                return_dict: bool | None = None) -> SanePropertyPredictionOutput | tuple:
-        """Predict the properties of a batch of models; with `labels`, also the loss.
-
-        Args:
-            tokens, positions, attention_mask: as `SaneModel.forward`.
-            labels: [B, num_properties] float, per property the raw target (regression) or the index
-                of its label in `config.properties` (classification); `encode_labels` makes them.
-            label_mask: [B, num_properties] bool, False where a target is missing; default all True.
-        """
+    def features(self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 statistics: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head reads [B, d]: the pooled latents, with `config.head_statistics` the s(W)
+        statistics [B, head_statistics] of the raw weights after them."""
         if self.config.freeze_encoder:
             with torch.no_grad():
                 latents = self.encode(tokens, positions, attention_mask)
         else:
             latents = self.encode(tokens, positions, attention_mask)
-        embedding = self.pool(latents, attention_mask, positions)
+        pooled = self.pool(latents, attention_mask, positions)
+        wanted = self.config.head_statistics
+        if not wanted:
+            return pooled
+        if statistics is None or tuple(statistics.shape) != (pooled.shape[0], wanted):
+            got = None if statistics is None else tuple(statistics.shape)
+            raise ValueError(f"this head reads {wanted} s(W) statistics of each model's raw weights beside its latents: "
+                             f"pass statistics [{pooled.shape[0]}, {wanted}] = weightspace.weight_statistics(flat, layout)[0] "
+                             f"(got {got})")
+        return torch.cat([pooled.float(), statistics.to(pooled.device, torch.float32)], dim=1)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, label_mask: torch.Tensor | None = None,
+                statistics: torch.Tensor | None = None, return_dict: bool | None = None) -> SanePropertyPredictionOutput | tuple:
+        """Predict the properties of a batch of models; with `labels`, also the loss.
+
+        Args:
+            tokens, positions, attention_mask: as `SaneModel.forward`.
+            statistics: [B, head_statistics] s(W) of the raw weights, for a head that reads them.
+            labels: [B, num_properties] float, per property the raw target (regression) or the index
+                of its label in `config.properties` (classification); `encode_labels` makes them.
+            label_mask: [B, num_properties] bool, False where a target is missing; default all True.
+        """
+        embedding = self.features(tokens, positions, attention_mask, statistics)
         logits = self.head(embedding)
         loss = losses = None
         if labels is not None:
@@ -712,10 +730,10 @@ class SaneForPropertyPrediction(SanePreTrainedModel):
             kwargs["config"] = SaneConfig.from_dict({**loaded.to_dict(), **head})
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               ignore_mismatched_sizes=True, **kwargs)
-        mismatched = list(info.get("mismatched_keys", ()))
+        mismatched = sorted(info.get("mismatched_keys", ()), key=str)
         if mismatched:
             shown = "; ".join(f"{m[0]}: {tuple(m[1])} in the checkpoint, {tuple(m[2])} in the model"
-                              if len(m) == 3 else str(m) for m in mismatched[:4])
+                              if len(m) == 3 else str(m) for m in mismatched)
             c = model.config
             raise ValueError(f"the weights of {pretrained_model_name_or_path!s} do not fit a SaneForPropertyPrediction "
                              f"of d_model={c.d_model}, latent_dim={c.latent_dim}, num_layers={c.num_layers}, token_size="

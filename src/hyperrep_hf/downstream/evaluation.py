@@ -90,11 +90,16 @@ class FinetunedHead:
         """Flat weights [M, P] of one tokenizer layout -> head outputs [M, num_outputs] (on the CPU)."""
         from transformers.utils.logging import tqdm
 
+        from ..weightspace.statistics import weight_statistics
+
         model, parts = self.model, []
         for start in tqdm(range(0, len(weights), batch_size), desc="head", disable=not progress, unit="batch"):
-            enc = self.tokenizer.tokenize_flat(weights[start:start + batch_size], layout_id=layout_id)
+            chunk = weights[start:start + batch_size]
+            enc = self.tokenizer.tokenize_flat(chunk, layout_id=layout_id)
             inputs = [torch.as_tensor(enc[k]).to(model.device) for k in ("tokens", "positions", "attention_mask")]
-            parts.append(model(inputs[0].to(model.dtype), inputs[1], inputs[2]).logits.float().cpu())
+            stats = (weight_statistics(chunk, self.tokenizer.layouts[layout_id].weights)[0]
+                     if model.config.head_statistics else None)
+            parts.append(model(inputs[0].to(model.dtype), inputs[1], inputs[2], statistics=stats).logits.float().cpu())
         return torch.cat(parts) if parts else torch.zeros(0, sum(model.output_sizes))
 
     def predict(self, x: torch.Tensor, properties: Sequence[str] | None = None) -> dict[str, list]:

@@ -73,13 +73,27 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         return pre, forward, post
 
     def preprocess(self, item, **kwargs) -> dict:
-        return super().preprocess(item, 0 if self.head is not None else self.probes.info.get("permutations", 0))
+        if self.head is None:
+            return super().preprocess(item, self.probes.info.get("permutations", 0))
+        flat, layout_id = self._flatten(item)
+        return self._head_inputs(flat, layout_id)
+
+    def _head_inputs(self, flat: torch.Tensor, layout_id: int) -> dict:
+        """Flat weights [B, P] -> the head's inputs: tokens, positions, attention_mask (and s(W))."""
+        enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
+        inputs = {k: enc[k] for k in ("tokens", "positions", "attention_mask")}
+        if self.head.config.head_statistics:
+            from ..weightspace.statistics import weight_statistics
+
+            inputs["statistics"] = weight_statistics(flat, self.feature_extractor.layouts[layout_id].weights)[0]
+        return inputs
 
     def _forward(self, model_inputs, window_size=None, halo=None, **kwargs):
         if self.head is not None:
-            inputs = [torch.as_tensor(model_inputs[k]).to(self.head.device) for k in ("tokens", "positions", "attention_mask")]
+            inputs = {k: torch.as_tensor(v).to(self.head.device) for k, v in model_inputs.items()}
+            inputs["tokens"] = inputs["tokens"].to(self.head.dtype)
             with torch.no_grad():
-                return {"logits": self.head(inputs[0].to(self.head.dtype), inputs[1], inputs[2]).logits.float().cpu()}
+                return {"logits": self.head(**inputs).logits.float().cpu()}
         return super()._forward(model_inputs, self.probes.info.get("pooling", "mean"), window_size, halo,
                                 self.probes.info.get("permutations", 0))
 
@@ -122,8 +136,7 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
             flat = flat.reshape(flat.shape[0], -1)
             diverged = ~torch.isfinite(flat).all(1)
             flat[diverged] = 0.0
-            enc = self.feature_extractor.tokenize_flat(flat, layout_id=self.layout_for_size(flat.shape[1]))
-            predicted = self.head.predictions(self._forward(enc)["logits"])
+            predicted = self.head.predictions(self._forward(self._head_inputs(flat, self.layout_for_size(flat.shape[1])))["logits"])
             out += [dict.fromkeys(names) if bad else {n: predicted[n][i] for n in names}
                     for i, bad in enumerate(diverged.tolist())]
         return out

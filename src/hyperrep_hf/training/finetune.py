@@ -103,6 +103,7 @@ class PropertyData:
     targets: dict
     model_ids: dict
     left_out: dict
+    with_statistics: bool = False
 
     @classmethod
     def load(cls, zoo, tokenizer, properties, epochs=None, checkpoint: str = "the checkpoint") -> PropertyData:
@@ -145,6 +146,21 @@ class PropertyData:
     def num_rows(self, split: str) -> int:
         return len(self.weights[split])
 
+    @property
+    def num_statistics(self) -> int:
+        """s(W) features per model (7 per tensor of the layout)."""
+        return 7 * len(self.tokenizer.layouts[self.layout_id].weights)
+
+    def statistics(self, split: str) -> torch.Tensor:
+        """s(W) of the raw weights [rows, num_statistics] of a split, computed once (a neuron
+        permutation leaves every tensor's statistics as they are)."""
+        from ..weightspace.statistics import weight_statistics
+
+        cache = self.__dict__.setdefault("_statistics", {})
+        if split not in cache:
+            cache[split] = weight_statistics(self.weights[split], self.tokenizer.layouts[self.layout_id].weights)[0]
+        return cache[split]
+
     def batch(self, split: str, rows: torch.Tensor, labels, generator: torch.Generator | None = None) -> dict:
         """Model inputs of rows [B] of a split, each under its own random neuron permutation when a
         generator is given: tokens [B, N, T], positions, attention_mask, labels [B, P], label_mask."""
@@ -156,8 +172,11 @@ class PropertyData:
             flat = permute_flat(flat, self.tokenizer.layouts[self.layout_id].weights, spec,
                                 spec.random(len(flat), generator))
         enc = self.tokenizer.tokenize_flat(flat, layout_id=self.layout_id)
-        return {"tokens": enc["tokens"], "positions": enc["positions"], "attention_mask": enc["attention_mask"],
-                "labels": labels[0][rows], "label_mask": labels[1][rows]}
+        batch = {"tokens": enc["tokens"], "positions": enc["positions"], "attention_mask": enc["attention_mask"],
+                 "labels": labels[0][rows], "label_mask": labels[1][rows]}
+        if self.with_statistics:
+            batch["statistics"] = self.statistics(split)[rows]
+        return batch
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -195,10 +214,12 @@ class SaneFinetuner(SaneTrainer):
         args = self.args
         specs = property_specs(data.zoo, args.properties, data.targets["train"])
         layers = data.tokenizer.layouts[data.layout_id].num_layers
+        data.with_statistics = args.statistics_features
         return SaneForPropertyPrediction.from_pretrained(
             args.checkpoint, revision=args.revision, properties=specs, head_pooling=args.pooling,
             head_layers=layers if args.pooling == "layer" else None, head_hidden_dim=args.head_hidden_dim,
-            head_dropout=args.head_dropout, freeze_encoder=args.freeze_encoder)
+            head_dropout=args.head_dropout, freeze_encoder=args.freeze_encoder,
+            head_statistics=data.num_statistics if args.statistics_features else 0)
 
     def _optimizer(self, model: SaneForPropertyPrediction) -> torch.optim.Optimizer:
         args, groups = self.args, []
@@ -376,9 +397,10 @@ class SaneFinetuner(SaneTrainer):
         out = []
         for rows in torch.arange(self.data.num_rows(split)).split(self.args.eval_batch_size):
             batch = self.data.batch(split, rows, self.labels[split])
-            inputs = [batch[k].to(acc.device) for k in ("tokens", "positions", "attention_mask")]
+            inputs = [batch[k].to(acc.device) if k in batch else None for k in ("tokens", "positions", "attention_mask",
+                                                                                  "statistics")]
             with acc.autocast():
-                out.append(model.pool(model.encode(*inputs), inputs[2], inputs[1]).float().cpu())
+                out.append(model.features(*inputs).float().cpu())
         model.train()
         return torch.cat(out)
 
@@ -493,7 +515,7 @@ def write_finetuned_card(output_dir: Path, args: SaneFinetuningArguments, model,
     training = (
         f"\nFine-tuned with `hyperrep finetune --checkpoint {args.checkpoint} --zoo {args.zoo} --properties "
         f"{' '.join(args.properties)}`: {'the head only (frozen encoder)' if args.freeze_encoder else 'encoder and head'}, "
-        f"{args.pooling} pooling, head hidden width {args.head_hidden_dim or 'none (linear)'}, permutation augmentation "
+        f"{args.pooling} pooling{' with the s(W) statistics' if args.statistics_features else ''}, head hidden width {args.head_hidden_dim or 'none (linear)'}, permutation augmentation "
         f"{args.permutation_augmentation}; AdamW (head lr {args.learning_rate}, encoder lr {args.encoder_learning_rate}, "
         f"weight decay {args.weight_decay}), OneCycle, batch {args.batch_size}, up to {args.epochs} epochs with early "
         f"stopping on the validation loss (patience {args.early_stopping_patience}); the model is that of epoch "

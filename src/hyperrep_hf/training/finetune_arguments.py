@@ -31,7 +31,8 @@ class SaneFinetuningArguments:
         regressions, string ones classifications), zoo_epochs (checkpoints to use, e.g. "1-25";
         default all).
     Head: pooling ("mean" or "layer"), head_hidden_dim (0: linear), head_dropout, freeze_encoder
-        (train the head only), permutation_augmentation (each training model under a fresh random
+        (train the head only), statistics_features (the head also reads the s(W) statistics of the raw
+        weights, the baseline's features, beside the latents), permutation_augmentation (each training model under a fresh random
         function-preserving permutation of its neurons, every step).
     Optimisation: AdamW, learning_rate for the head and encoder_learning_rate for the encoder,
         weight_decay on matrices, OneCycle schedule (pct_start, cosine), epochs, batch_size models,
@@ -54,6 +55,7 @@ class SaneFinetuningArguments:
     head_hidden_dim: int = 0
     head_dropout: float = 0.0
     freeze_encoder: bool = False
+    statistics_features: bool = False
     permutation_augmentation: bool = True
     # optimisation
     epochs: int = 30
@@ -156,6 +158,7 @@ _HELP = {
     "pooling": "what the head reads: mean (mean token latent) or layer (each layer's mean latent)",
     "head_hidden_dim": "hidden width of the head (0: linear)",
     "freeze_encoder": "train the head only (true/false)",
+    "statistics_features": "the head also reads the s(W) statistics of the raw weights (true/false)",
     "permutation_augmentation": "a fresh random neuron permutation of each training model every step (true/false)",
     "learning_rate": "peak learning rate of the head",
     "encoder_learning_rate": "peak learning rate of the encoder",
