@@ -14,11 +14,12 @@ from hyperrep_hf.downstream.evaluation import generation_table
 from hyperrep_hf.downstream.generation import (
     ModelGenerator,
     SamplingAnchors,
+    nearest_anchor_distance,
     prepare_sampling,
     train_generative_sampler,
 )
 from hyperrep_hf.downstream.generative import LatentBasis, load_sampler, train_sampler
-from hyperrep_hf.downstream.samplers import parse_method, sub_sample
+from hyperrep_hf.downstream.samplers import best_fraction, parse_method, sub_sample
 from hyperrep_hf.zoo import build_zoo
 
 
@@ -38,7 +39,7 @@ def mixture():
     return x.reshape(512, 2, 2)
 
 
-@pytest.mark.parametrize("kind, settings", [("gan", {"steps": 1000, "hidden": 64, "lr": 1e-3}),
+@pytest.mark.parametrize("kind, settings", [("gan", {"steps": 600, "hidden": 64, "lr": 1e-3}),
                                             ("diffusion", {"steps": 500, "batch_size": 128})])
 def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     torch.set_num_threads(1)
@@ -194,6 +195,13 @@ def test_cli_trains_samplers_and_the_pipeline_samples_them(zoo, checkpoint, tmp_
 
 def test_a_sampler_needs_two_anchors(checkpoint):
     gen = ModelGenerator.from_pretrained(checkpoint)
+    # the novelty measure: decoded anchors are at distance 0, draws further out are further
+    best = best_fraction(gen.anchors.latents, gen.anchors.scores, 1.0)
+    assert nearest_anchor_distance(gen, best, 1.0).abs().max() < 1e-4
+    noise = torch.randn(best[:1].shape, generator=_gen(0))
+    near = nearest_anchor_distance(gen, best[:1] + 0.01 * noise, 1.0)
+    far = nearest_anchor_distance(gen, best[:1] + noise, 1.0)
+    assert 0 < near < far
     with pytest.raises(ValueError, match="learns from at least 2: raise --sampler-fraction"):
         train_generative_sampler(gen, "gan", fraction=0.01, steps=(5,))
     with pytest.raises(ValueError, match="unknown generative sampler"):

@@ -579,6 +579,21 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     return sampler
 
 
+@torch.no_grad()
+def nearest_anchor_distance(generator: ModelGenerator, latents: torch.Tensor,
+                            fraction: float = BANDWIDTH_CHOICE_FRACTION) -> torch.Tensor:
+    """How new sampled models are: the weight-space distance [k] of each model decoded from latents
+    [k, N, L] to the nearest decoded anchor among the best `fraction`, divided by the median distance
+    of such an anchor to its nearest other one (0 = a copy of an anchor, 1 = as far from the zoo as
+    neighbouring zoo models are from each other). Needs at least 2 anchors in the fraction."""
+    best = best_fraction(generator.anchors.latents, generator.anchors.scores, fraction)
+    if len(best) < 2:
+        raise ValueError(f"the best {fraction:.0%} of the anchors is {len(best)} model; a spacing needs at least 2")
+    anchors = generator.decode(best).double()
+    between = torch.cdist(anchors, anchors).fill_diagonal_(float("inf")).min(1).values.median()
+    return (torch.cdist(generator.decode(latents).double(), anchors).min(1).values / between).float()
+
+
 def check_num_samples(num_samples) -> int:
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}; ask for at least one model")

@@ -1,0 +1,99 @@
+"""GAN and diffusion samples against KDE30 on a trained checkpoint: test accuracy after fine-tuning
+epochs, distance to the nearest anchor, and SUB over each.
+
+    python scripts/compare_generative_samplers.py --zoo DEMO/zoo --checkpoint DEMO/sane [--json out.json]
+
+Stores anchors when the checkpoint has none (`prepare_sampling`, bandwidth chosen on validation),
+trains the GAN and diffusion samplers when it has none (`train_generative_sampler`: settings chosen
+on validation accuracy of decoded draws; --retrain trains them again) and saves them with the
+checkpoint. Then draws --num-samples models per method with the same seed (SUB: the best of
+--num-draws by validation accuracy), and prints one Markdown table: test accuracy (mean +- std)
+after each of --epochs of fine-tuning, and the mean weight-space distance of the decoded samples to
+their nearest decoded anchor, in units of the median distance between neighbouring anchors
+(`nearest_anchor_distance`; 0 = a copy of an anchor). The test split is read for the table only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+METHODS = ("kde30", "gan", "diffusion", "sub", "sub-gan", "sub-diffusion")
+
+
+def main(argv=None) -> int:
+    from hyperrep_hf.downstream.evaluation import format_table, generation_table
+    from hyperrep_hf.downstream.generation import (
+        ModelGenerator,
+        SamplingAnchors,
+        nearest_anchor_distance,
+        prepare_sampling,
+        train_generative_sampler,
+    )
+    from hyperrep_hf.files import atomic_write_json
+    from hyperrep_hf.zoo import load_zoo
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--num-samples", type=int, default=10)
+    p.add_argument("--num-draws", type=int, default=50, help="SUB: models drawn, the best --num-samples kept")
+    p.add_argument("--epochs", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true", help="train the GAN / diffusion samplers again")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+
+    zoo = load_zoo(args.zoo)
+    timings = {}
+    try:
+        SamplingAnchors.load(args.checkpoint)
+    except FileNotFoundError:
+        start = time.time()
+        prepare_sampling(args.checkpoint, zoo)
+        timings["prepare_s"] = time.time() - start
+    gen = ModelGenerator.from_pretrained(args.checkpoint)
+    for kind in ("gan", "diffusion"):
+        if args.retrain or kind not in gen.anchors.samplers:
+            start = time.time()
+            train_generative_sampler(gen, kind, seed=args.seed)
+            timings[f"train_{kind}_s"] = time.time() - start
+            gen.anchors.save(args.checkpoint)
+    choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],
+                      "rank": s.config["rank"]} for kind, s in gen.anchors.samplers.items()}
+    for kind, c in choices.items():
+        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}" for t in c["trials"])
+        print(f"{kind}: {c['num_anchors']} anchors, {c['rank']} components; validation accuracy of 8 draws: {trials}")
+    print(f"bandwidth scale {gen.anchors.info['bandwidth_scale']:g}: {gen.anchors.info.get('bandwidth_choice')}")
+
+    groups, distance = {}, {}
+    for method in args.methods:
+        start = time.time()
+        latents, _ = gen.draw(args.num_samples, method, args.seed, num_draws=args.num_draws if method.startswith("sub") else None)
+        items = gen.items(gen.decode(latents), latents, seed=args.seed)
+        timings[f"draw_{method}_s"] = time.time() - start
+        groups[method] = [item["model"] for item in items]
+        distance[method] = nearest_anchor_distance(gen, latents).tolist()
+    rows = generation_table(args.checkpoint, zoo, methods=(), samples=groups, num_samples=args.num_samples,
+                            epochs=args.epochs, seed=args.seed, generator=gen)
+    table = {}
+    for r in rows:
+        entry = table.setdefault(r["source"], {"source": r["source"]})
+        entry[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
+        if r["source"] in distance:
+            d = torch.tensor(distance[r["source"]])
+            entry["distance to nearest anchor"] = f"{d.mean():.2f} [{d.min():.2f}, {d.max():.2f}]"
+    print(format_table(list(table.values())))
+    print({k: round(v, 1) for k, v in timings.items()})
+    if args.json:
+        atomic_write_json(args.json, {"rows": rows, "distance": distance, "choices": choices, "timings": timings,
+                                      "args": vars(args)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
