@@ -80,6 +80,26 @@ def test_a_diverging_model_is_marked_and_the_others_go_on(digits):
     assert torch.isfinite(w[[0, 2]]).all() and not torch.equal(w[0], healthy.layout.flatten(models[0].state_dict()))
 
 
+@pytest.mark.parametrize("engine", ["grouped", "vmap"])
+def test_a_diverging_batchnorm_model_leaks_into_no_other(digits, engine):
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+
+    models = [net(i) for i in range(3)]
+    settings = [TrainSettings(seed=i, lr=1e-2) for i in range(3)]
+    healthy = FunctionalPopulation([copy.deepcopy(m) for m in models], settings, engine=engine)
+    with torch.no_grad():
+        models[1][0].weight.fill_(float("nan"))
+    population = FunctionalPopulation(models, settings, engine=engine)
+    population.train_epoch(digits, 1, batch_size=10)
+    healthy.train_epoch(digits, 1, batch_size=10)
+    assert population.diverged.tolist() == [False, True, False]
+    w, w_healthy = population.flat_weights(), healthy.flat_weights()
+    torch.testing.assert_close(w[[0, 2]], w_healthy[[0, 2]])  # weights and BatchNorm statistics
+    assert torch.isfinite(w[[0, 2]]).all()
+
+
 def test_dropout_rates_stack_per_model(digits):
     models = _models("cnn-digits", 2, dropout=0.0) + _models("cnn-digits", 1, dropout=0.5)
     population = StackedPopulation(models, [TrainSettings(seed=i) for i in range(3)])

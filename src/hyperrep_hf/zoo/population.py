@@ -673,8 +673,9 @@ def evaluate_accuracy(models: Sequence[nn.Module], task_data: TaskData, split: s
     """Accuracy [M] of each model on a split of the task (models of one structure evaluated stacked)."""
     acc = torch.zeros(len(models))
     for idx in group_by_structure(models):
-        population = make_population([models[i] for i in idx], [TrainSettings() for _ in idx])
-        acc[idx] = population.evaluate(*task_data.split(split))[1].cpu()
+        x, y = task_data.split(split)
+        population = make_population([models[i] for i in idx], [TrainSettings() for _ in idx], example_input=x[:2])
+        acc[idx] = population.evaluate(x, y)[1].cpu()
     return acc
 
 
@@ -699,7 +700,7 @@ def finetune(
     for idx in group_by_structure(models):
         group = [models[i] for i in idx]
         settings = [TrainSettings(seed=seed + i, optimizer=optimizer, lr=lr, weight_decay=weight_decay) for i in idx]
-        population = make_population(group, settings)
+        population = make_population(group, settings, example_input=task.train_x[:2])
         history = train_population(population, task, epochs, batch_size, progress=progress, desc="fine-tune")
         population.load_into(group)
         for k in history[0]:
