@@ -6,9 +6,11 @@
 
 Writes synthetic zoos of random ResNet-18 weights (one checkpoint per model, BatchNorm variances
 positive) with the importers' writer (zoo/importers/writer.py) into a temporary folder, runs a short
-`hyperrep train` on each in a subprocess (tiny SANE, window --window tokens, --steps optimizer steps,
-so no evaluation pass) and samples the subprocess's RssAnon (/proc/PID/status) every 10 ms; the peak
-is the largest sample (a spike shorter than 10 ms can be missed). The zoos are deleted afterwards
+`hyperrep train` on each in a subprocess (tiny SANE, window --window tokens, --steps optimizer
+steps, --eval_every 1000: no evaluation pass, since training/evaluation.py's encode_split still
+tokenises --eval_batch_size whole models at a time, 64 ResNet-18s = 4 GB) and samples the
+subprocess's RssAnon (/proc/PID/status) every 10 ms; the peak is the largest sample (a spike
+shorter than 10 ms can be missed). The zoos are deleted afterwards
 (--keep keeps them). Prints peak RssAnon against the zoo's size for the full zoo and one half its
 size: the lazy pipeline's peak must not grow with the zoo (goal: under 3 GB for ResNet-18).
 
@@ -128,7 +130,7 @@ def batch_speed(zoo: Path, batch_size: int, window: int, steps: int, mode: str, 
 def train_command(zoo: Path, out: Path, args) -> list[str]:
     return [sys.executable, "-m", "hyperrep_hf.cli", "train", "--zoo", str(zoo), "--output_dir", str(out),
             "--preset", "tiny", "--window_size", str(args.window), "--batch_size", str(args.batch_size),
-            "--epochs", "50", "--stop_after_steps", str(args.steps), "--report_to", "none", "--progress", "false",
+            "--epochs", "50", "--stop_after_steps", str(args.steps), "--eval_every", "1000", "--report_to", "none", "--progress", "false",
             "--mixed_precision", "no", "--probe_properties", "test_acc"]
 
 
