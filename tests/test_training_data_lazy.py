@@ -15,7 +15,7 @@ from hyperrep_hf.training import Augmentation, ZooData
 from hyperrep_hf.training import data as data_module
 from hyperrep_hf.weightspace import permute_flat
 from hyperrep_hf.windows import random_window_starts, take_windows
-from hyperrep_hf.zoo import build_model
+from hyperrep_hf.zoo import build_model, load_zoo
 from hyperrep_hf.zoo.dataset import Zoo, ZooRows, _Shards
 from hyperrep_hf.zoo.importers.writer import model_splits, write_zoo
 
@@ -108,7 +108,10 @@ def test_lazy_batches_and_statistics_equal_the_eager_path(zoos):
 
 
 def test_a_batch_reads_only_its_rows_and_tokenises_only_its_window(zoos, monkeypatch):
-    zoo = zoos[0]
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the zoo was copied into datasets' cache"))
+    zoo = load_zoo(zoos[0].path)
     monkeypatch.setattr(Zoo, "weights", lambda *a: pytest.fail("the lazy path read a whole split"))
     data = ZooData.from_zoos([zoo])
     split = data.groups[0].splits["train"]
