@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-draws", type=int, default=50, help="SUB: models drawn, the best --num-samples kept")
     p.add_argument("--epochs", nargs="+", type=int, default=[0, 1])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kde-scales", nargs="*", type=float, default=[],
+                   help="extra KDE30 rows at these bandwidth scales (e.g. one whose draws lie as far from the anchors "
+                   "as the GAN's), beside the validation-chosen one")
     p.add_argument("--retrain", action="store_true", help="train the GAN / diffusion samplers again")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -71,9 +74,12 @@ def main(argv=None) -> int:
     print(f"bandwidth scale {gen.anchors.info['bandwidth_scale']:g}: {gen.anchors.info.get('bandwidth_choice')}")
 
     groups, distance = {}, {}
-    for method in args.methods:
+    runs = [(m, m, {}) for m in args.methods] + [(f"kde30 x{k:g}", "kde30", {"bandwidth_scale": k}) for k in args.kde_scales]
+    for method, name, options in runs:
         start = time.time()
-        latents, _ = gen.draw(args.num_samples, method, args.seed, num_draws=args.num_draws if method.startswith("sub") else None)
+        if name.startswith("sub"):
+            options = {**options, "num_draws": args.num_draws}
+        latents, _ = gen.draw(args.num_samples, name, args.seed, **options)
         items = gen.items(gen.decode(latents), latents, seed=args.seed)
         timings[f"draw_{method}_s"] = time.time() - start
         groups[method] = [item["model"] for item in items]

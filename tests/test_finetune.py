@@ -158,6 +158,11 @@ def test_pipeline_and_probe_table_use_the_fine_tuned_head(head_dir, zoo_dir, san
     assert tuned["epoch"]["value"] == pytest.approx(results["test"]["epoch"]["r2"], abs=1e-4)
     assert tuned["test_acc"]["validation"] == pytest.approx(results["validation"]["test_acc"]["r2"], abs=1e-4)
     assert {r["features"] for r in table} == {"sane-finetuned", "stats"}
+    out = Path(head_dir).parent / "eval.json"
+    assert cli(["probe", "eval", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned",
+                "--finetuned", head_dir, "--json", str(out)]) == 0
+    assert {r["property"]: r["value"] for r in json.loads(out.read_text())} == pytest.approx(
+        {p: results["test"][p]["r2"] for p in ("test_acc", "epoch")}, abs=1e-4)
 
 
 def test_a_fine_tuned_checkpoint_carries_the_code_of_its_head(head_dir):

@@ -40,7 +40,7 @@ def mixture():
 
 
 @pytest.mark.parametrize("kind, settings", [("gan", {"steps": 600, "hidden": 64, "lr": 1e-3}),
-                                            ("diffusion", {"steps": 500, "batch_size": 128})])
+                                            ("diffusion", {"steps": 500, "batch_size": 128, "hidden": 128})])
 def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     torch.set_num_threads(1)
     sampler = train_sampler(mixture, kind, settings, seed=0)

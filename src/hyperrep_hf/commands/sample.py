@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--sampler-fraction", type=float, default=0.3,
                    help="--train-samplers: the best fraction of the anchors they learn from (default 0.3, as kde30)")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
-                   help="--train-samplers: training steps to choose from on validation (default 1000 4000)")
+                   help="--train-samplers: training steps to choose from on validation (default 2000 8000)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")

@@ -60,7 +60,7 @@ BANDWIDTH_CHOICE_SAMPLES = 8
 BANDWIDTH_CHOICE_FRACTION = 0.3
 # The GAN / diffusion settings chosen on validation, as the bandwidth scale: training steps x the
 # noise scale a draw starts from (1 = the learnt distribution, 0.5 = nearer its densest region).
-GENERATIVE_STEPS: tuple[int, ...] = (1000, 4000)
+GENERATIVE_STEPS: tuple[int, ...] = (2000, 8000)
 GENERATIVE_NOISE_SCALES: tuple[float, ...] = (0.5, 1.0)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -49,7 +49,9 @@ SAMPLING_DIR = "sampling"
 DEFAULTS: dict[str, dict] = {
     "gan": {"rank": None, "noise_dim": 16, "hidden": 128, "depth": 2, "steps": 2000, "batch_size": 64,
             "lr": 3e-4, "noise_scale": 1.0},
-    "diffusion": {"rank": None, "hidden": 128, "depth": 3, "steps": 2000, "batch_size": 64, "lr": 1e-3,
+    # the denoiser must resolve a few dozen anchors in ~20 components: at width 128 it learnt a blur of
+    # them (decoded draws at 0.45 validation accuracy on mnist-seed, 16,000 steps), at 512 0.72
+    "diffusion": {"rank": None, "hidden": 512, "depth": 3, "steps": 2000, "batch_size": 64, "lr": 1e-3,
                   "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "sampling_steps": 50,
                   "noise_scale": 1.0},
 }
