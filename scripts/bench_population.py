@@ -56,29 +56,31 @@ def random_images(n: int, shape=(3, 32, 32), num_classes: int = 10) -> TaskData:
     return TaskData("random-3x32x32", x, y, x[:10], y[:10], x[:10], y[:10], num_classes)
 
 
-def compare(population, loop, task: TaskData, repeats: int, device: str) -> tuple[float, float]:
-    """Best seconds per epoch of `population` and of `loop` (alternating, after a warm-up epoch)."""
+def compare(population, loop, task: TaskData, repeats: int, device: str, batch_size: int = 10) -> dict:
+    """Best seconds per epoch of `population` and of `loop` (alternating, after a warm-up epoch), as
+    wall-clock time and as this process's CPU time (on a CPU with 1 thread, the CPU time is what
+    other processes on a shared machine cannot inflate)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def timed(p, epoch):
         sync()
-        t0 = time.perf_counter()
-        p.train_epoch(task, epoch, 10)
+        t0, c0 = time.perf_counter(), time.process_time()
+        p.train_epoch(task, epoch, batch_size)
         sync()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     timed(population, 1)  # warm-up (allocations, kernels, the engine's choice)
     timed(loop, 1)
     # alternate the two and keep each one's best epoch: load from other processes comes and goes
-    t_pop, t_loop = float("inf"), float("inf")
+    best = {"pop": [float("inf")] * 2, "loop": [float("inf")] * 2}
     for epoch in range(2, 2 + repeats):
-        t_pop = min(t_pop, timed(population, epoch))
-        t_loop = min(t_loop, timed(loop, epoch))
-    return t_pop, t_loop
+        for key, p in (("pop", population), ("loop", loop)):
+            best[key] = [min(a, b) for a, b in zip(best[key], timed(p, epoch))]
+    return {"t_pop": best["pop"][0], "t_loop": best["loop"][0], "cpu_pop": best["pop"][1], "cpu_loop": best["loop"][1]}
 
 
-def result_row(arch: str, task: TaskData, num_models: int, num_single: int, t_pop: float, t_loop: float, **extra) -> dict:
-    pop_rate, single_rate = num_models / t_pop, num_single / t_loop
+def result_row(arch: str, task: TaskData, num_models: int, num_single: int, times: dict, **extra) -> dict:
+    pop_rate, single_rate = num_models / times["t_pop"], num_single / times["t_loop"]
     return {
         "architecture": arch,
         "task": task.name,
@@ -89,6 +91,7 @@ def result_row(arch: str, task: TaskData, num_models: int, num_single: int, t_po
         "one_at_a_time_model_epochs_per_s": single_rate,
         "one_at_a_time_s_per_model_epoch": 1 / single_rate,
         "speedup": pop_rate / single_rate,
+        "speedup_cpu_time": (num_models / times["cpu_pop"]) / (num_single / times["cpu_loop"]),
     }
 
 
@@ -98,20 +101,32 @@ def bench_training(arch: str, task_name: str, num_models: int, num_single: int, 
     settings = [TrainSettings(seed=i, optimizer="adam", lr=1e-3) for i in range(num_models)]
     stacked = StackedPopulation([copy.deepcopy(m) for m in models], settings)
     loop = LoopPopulation([copy.deepcopy(m) for m in models[:num_single]], settings[:num_single])
-    return result_row(arch, task, num_models, num_single, *compare(stacked, loop, task, repeats, device), population="stacked")
+    return result_row(arch, task, num_models, num_single, compare(stacked, loop, task, repeats, device), population="stacked")
 
 
-def bench_functional(task: TaskData, num_models: int, num_single: int, device: str, repeats: int, width: int = 8) -> list[dict]:
-    """ResNet-18 of `width` (BatchNorm, residual blocks): FunctionalPopulation, each engine, vs one at a time."""
+def bench_functional(task: TaskData, num_models: int, num_single: int, device: str, repeats: int, width: int = 8,
+                     variants=(("grouped", True, 10), ("vmap", True, 10))) -> list[dict]:
+    """ResNet-18 of `width` (BatchNorm, residual blocks): FunctionalPopulation vs one at a time, for
+    each variant (engine, channels_last, batch size); the one-at-a-time side uses the same batch size."""
     task = task.to(device)
     models = [m.to(device) for m in models_for("resnet18", num_models, in_channels=task.input_shape[0], width=width)]
     settings = [TrainSettings(seed=i, optimizer="adam", lr=1e-3) for i in range(num_models)]
     rows = []
-    for engine in ("grouped", "vmap"):
-        population = FunctionalPopulation([copy.deepcopy(m) for m in models], settings, engine=engine)
+    for engine, channels_last, batch_size in variants:
+        compiled = engine == "grouped+compile"
+        engine = "grouped" if compiled else engine
+        population = FunctionalPopulation([copy.deepcopy(m) for m in models], settings, engine=engine, channels_last=channels_last)
+        extra = {}
+        if compiled:  # torch.compile of the grouped network; its first epoch (the compilation) timed apart
+            population.grouped = torch.compile(population.grouped)
+            t0 = time.perf_counter()
+            population.train_epoch(task, 0, batch_size)
+            extra["compile_and_first_epoch_s"] = time.perf_counter() - t0
         loop = LoopPopulation([copy.deepcopy(m) for m in models[:num_single]], settings[:num_single])
-        rows.append(result_row(f"resnet18-w{width}", task, num_models, num_single, *compare(population, loop, task, repeats, device),
-                               population=f"functional/{engine}"))
+        label = f"functional/{engine}" + (" compiled" if compiled else "") + ("" if channels_last or engine == "vmap" else ", NCHW")
+        label += "" if batch_size == 10 else f", batch {batch_size}"
+        rows.append(result_row(f"resnet18-w{width}", task, num_models, num_single, compare(population, loop, task, repeats, device, batch_size),
+                               population=label, **extra))
     return rows
 
 
@@ -157,8 +172,9 @@ def main() -> None:
     p.add_argument("--bn-digits-images", type=int, default=300, help="digits images per ResNet-18 epoch")
     p.add_argument("--read-rows", type=int, default=20000, help="rows of the synthetic zoo read back")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
-    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "reading"), default=["stacked", "resnet", "reading"],
-                   help="parts to run (default all)")
+    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "resnet-variants", "reading"), default=["stacked", "resnet", "reading"],
+                   help="parts to run (default: stacked resnet reading); resnet-variants: the ResNet-18 3x32x32 case with "
+                        "the grouped engine on NCHW tensors, with batches of 32 and 64, and under torch.compile")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,13 +188,18 @@ def main() -> None:
     if "resnet" in args.only:
         training += bench_functional(random_images(args.bn_train_images), args.models, args.single, args.device, args.repeats)
         training += bench_functional(load_task("digits", limit=args.bn_digits_images), args.models, args.single, args.device, args.repeats)
+    if "resnet-variants" in args.only:
+        variants = (("grouped", False, 10), ("grouped", True, 32), ("grouped", True, 64), ("grouped+compile", True, 10))
+        training += bench_functional(random_images(max(args.bn_train_images, 320)), args.models, args.single, args.device, args.repeats, variants=variants)
     results = {"device": args.device, "threads": torch.get_num_threads(), "training": training}
     if "reading" in args.only:
         results["reading"] = bench_reading(args.read_rows)
     print(f"device {args.device}, {results['threads']} threads, population of {args.models}, batch 10")
-    print(f"{'model':<12} {'population':<18} {'task':<14} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8}")
+    print(f"{'model':<12} {'population':<30} {'task':<14} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8} {'(CPU time)':>10}")
     for r in results["training"]:
-        print(f"{r['architecture']:<12} {r['population']:<18} {r['task']:<14} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x")
+        if "compile_and_first_epoch_s" in r:
+            print(f"  (torch.compile: first epoch with the compilation {r['compile_and_first_epoch_s']:.1f} s)")
+        print(f"{r['architecture']:<12} {r['population']:<30} {r['task']:<14} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x {r['speedup_cpu_time']:>9.1f}x")
     rd = results.get("reading")
     if rd:
         print(f"reading a saved zoo ({rd['rows']} rows x {rd['weights_per_row']} weights): {rd['rows_per_s_whole_column_first_read']:,.0f} rows/s whole column (first read), {rd['rows_per_s_whole_column']:,.0f} (again), {rd['rows_per_s_slices_of_64']:,.0f} rows/s in slices of 64")
