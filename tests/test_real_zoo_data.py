@@ -102,10 +102,11 @@ def test_usable_rows_leave_out_non_finite_weights_and_other_epochs(zoo):
 
 
 def test_a_split_with_only_diverged_rows_is_refused_by_name():
-    class AllDiverged:  # the three things usable_rows reads of a zoo
-        dataset = {"test": [0, 1]}
+    class AllDiverged:  # what usable_rows reads of a zoo
+        splits = ["test"]
+        num_rows = staticmethod(lambda split: 2)
         metadata = staticmethod(lambda split, columns: pd.DataFrame({"epoch": [3, 3]}))
-        weights = staticmethod(lambda split: torch.full((2, 4), float("nan")))
+        rows = staticmethod(lambda split: torch.full((2, 4), float("nan")))
 
     with pytest.raises(ValueError, match=r"every row of split 'test' at epochs \[3\] has non-finite weights"):
         usable_rows(AllDiverged(), "test", epochs=[3])
