@@ -184,6 +184,8 @@ class SaneFinetuner(SaneTrainer):
     """One fine-tuning run; `train()` does everything. Reuses SaneTrainer's accelerator set-up,
     output-folder checks, checkpoints and metrics file."""
 
+    args_name = ARGS_NAME
+
     def __init__(self, args: SaneFinetuningArguments):
         super().__init__(args)
 
@@ -230,20 +232,12 @@ class SaneFinetuner(SaneTrainer):
         return torch.optim.AdamW([g for g in groups if g["params"]])
 
     def train(self) -> TrainResult:
-        from accelerate.utils import set_seed
-
         from ..tokenization_weights import WeightTokenizer
 
         args = self.args
-        checkpoint = self._check_output_dir()
-        acc = self.accelerator = self._accelerator()
-        set_seed(args.seed)
+        checkpoint = self._start_run()
+        acc = self.accelerator
         main = acc.is_main_process
-        if main:
-            (self.output_dir / COMPLETE_NAME).unlink(missing_ok=True)
-            if checkpoint is None and args.overwrite_output_dir:
-                self._clear_previous_run()
-        acc.wait_for_everyone()
         if checkpoint is not None:
             self._check_resume_compatible()
         tokenizer = WeightTokenizer.from_pretrained(args.checkpoint, revision=args.revision)
@@ -259,13 +253,8 @@ class SaneFinetuner(SaneTrainer):
         num_train = data.num_rows("train")
         if num_train < 2:
             raise ValueError(f"zoo {args.zoo} has {num_train} usable train rows; fine-tuning needs at least 2")
-        batches_per_epoch = len(epoch_batches(num_train, args.batch_size, args.seed, 0))
         world, rank = acc.num_processes, acc.process_index
-        micro_per_rank = math.ceil(batches_per_epoch / world)
-        steps_per_epoch = self.steps_per_epoch = math.ceil(micro_per_rank / args.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * args.epochs
-        if checkpoint is not None:
-            self._check_resume_steps(checkpoint, world, steps_per_epoch)
+        micro_per_rank, steps_per_epoch, total_steps = self._schedule(num_train, checkpoint)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                                         total_steps=total_steps, pct_start=args.pct_start,
                                                         anneal_strategy="cos")
@@ -273,19 +262,7 @@ class SaneFinetuner(SaneTrainer):
         acc.register_for_checkpointing(scheduler)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
-        global_step, start_epoch, start_micro = 0, 0, 0
-        if checkpoint is not None:
-            acc.load_state(str(checkpoint))
-            state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-            global_step, start_epoch, start_micro = state["global_step"], state["epoch"], state["micro_step"]
-            if main:
-                self._truncate_metrics(global_step)
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output_dir / ARGS_NAME, args.to_json_string())
-        if acc.trackers or acc.log_with:
-            acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                              for k, v in args.to_dict().items()})
+        global_step, start_epoch, start_micro = self._restore(checkpoint)
         result = TrainResult(self.output_dir, global_step, start_epoch, False, checkpoint)
         self.last_checkpoint, self.prefetcher = checkpoint, None
         evals = [m for m in self._read_metrics() if m.get("type") == "eval"] if checkpoint is not None else []

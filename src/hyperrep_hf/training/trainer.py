@@ -259,20 +259,59 @@ class SaneTrainer:
                                  "standardisation differs from the run's (a different or changed zoo?)")
 
     # ----------------------------------------------------------------------------- the run
-    def train(self) -> TrainResult:
+    args_name = ARGS_NAME  # the file in output_dir the run's arguments are saved to
+
+    def _start_run(self) -> Path | None:
+        """Check output_dir, make the accelerator, seed; returns the checkpoint to resume from (or None)."""
+        from accelerate.utils import set_seed
+
         args = self.args
         checkpoint = self._check_output_dir()
         acc = self.accelerator = self._accelerator()
-        from accelerate.utils import set_seed
-
         set_seed(args.seed)
-        main = acc.is_main_process
-        if main:
+        if acc.is_main_process:
             # the folder holds an unfinished run until this one ends
             (self.output_dir / COMPLETE_NAME).unlink(missing_ok=True)
             if checkpoint is None and args.overwrite_output_dir:
                 self._clear_previous_run()
         acc.wait_for_everyone()
+        return checkpoint
+
+    def _schedule(self, num_train: int, checkpoint: Path | None) -> tuple[int, int, int]:
+        """(micro-batches per process and epoch, optimizer steps per epoch, total steps) for `num_train`
+        rows; a resumed run must have the checkpoint's steps per epoch."""
+        args, world = self.args, self.accelerator.num_processes
+        batches_per_epoch = len(epoch_batches(num_train, args.batch_size, args.seed, 0))
+        micro_per_rank = math.ceil(batches_per_epoch / world)
+        self.steps_per_epoch = math.ceil(micro_per_rank / args.gradient_accumulation_steps)
+        if checkpoint is not None:
+            self._check_resume_steps(checkpoint, world, self.steps_per_epoch)
+        return micro_per_rank, self.steps_per_epoch, self.steps_per_epoch * args.epochs
+
+    def _restore(self, checkpoint: Path | None) -> tuple[int, int, int]:
+        """Load `checkpoint` (None: a fresh run), save the run's arguments, start the trackers; returns
+        where the run stands: (global_step, epoch, micro_step)."""
+        acc, args = self.accelerator, self.args
+        position = (0, 0, 0)
+        if checkpoint is not None:
+            acc.load_state(str(checkpoint))
+            state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+            position = state["global_step"], state["epoch"], state["micro_step"]
+            if acc.is_main_process:
+                self._truncate_metrics(position[0])
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output_dir / self.args_name, args.to_json_string())
+        if acc.trackers or acc.log_with:
+            acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                              for k, v in args.to_dict().items()})
+        return position
+
+    def train(self) -> TrainResult:
+        args = self.args
+        checkpoint = self._start_run()
+        acc = self.accelerator
+        main = acc.is_main_process
         with acc.main_process_first():
             data = ZooData.from_zoos(args.zoo, token_size=args.token_size, epochs=parse_epochs(args.zoo_epochs),
                                      standardize=args.standardize, need_permutations=args.views != "stored-both",
@@ -288,14 +327,8 @@ class SaneTrainer:
         optimizer = self._optimizer(model)
 
         num_train = data.num_rows("train")
-        batches_per_epoch = len(epoch_batches(num_train, args.batch_size, args.seed, 0))
         world, rank = acc.num_processes, acc.process_index
-        micro_per_rank = math.ceil(batches_per_epoch / world)
-        steps_per_epoch = math.ceil(micro_per_rank / args.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * args.epochs
-        self.steps_per_epoch = steps_per_epoch
-        if checkpoint is not None:
-            self._check_resume_steps(checkpoint, world, steps_per_epoch)
+        micro_per_rank, steps_per_epoch, total_steps = self._schedule(num_train, checkpoint)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.learning_rate, total_steps=total_steps,
                                                         pct_start=args.pct_start, anneal_strategy="cos")
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it
@@ -304,20 +337,9 @@ class SaneTrainer:
         acc.register_for_checkpointing(scheduler)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
-        global_step, start_epoch, start_micro = 0, 0, 0
-        if checkpoint is not None:
-            acc.load_state(str(checkpoint))
-            state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
-            global_step, start_epoch, start_micro = state["global_step"], state["epoch"], state["micro_step"]
-            if main:
-                self._truncate_metrics(global_step)
+        global_step, start_epoch, start_micro = self._restore(checkpoint)
         if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output_dir / ARGS_NAME, args.to_json_string())
             data.tokenizer.to_json_file(self.output_dir / TOKENIZER_NAME)
-        if acc.trackers or acc.log_with:
-            acc.init_trackers("runs", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                              for k, v in args.to_dict().items()})
         window = config.window_size
         aug = Augmentation(args.views, args.multiplicative_noise, args.additive_noise, args.erase_probability)
         result = TrainResult(self.output_dir, global_step, start_epoch, False, checkpoint)
