@@ -49,8 +49,36 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+class RunArguments:
+    """The file side of a run's options dataclass: a JSON record, read back with the names checked, and
+    the options a resumed run must share. Subclasses name their kind and `resumable` options."""
+
+    kind = "training"
+    resumable = RESUMABLE_FIELDS | {"config"}  # may differ between a run and its resumption
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides):
+        known = {f.name for f in fields(cls)}
+        merged = {**d, **overrides}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.kind} options {unknown}; valid options: {sorted(known)}")
+        return cls(**merged)
+
+    def differences(self, other: RunArguments) -> dict[str, tuple]:
+        """Options (outside `resumable`) whose values differ: {name: (self, other)}."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b.get(k)) for k in a if k not in self.resumable and a[k] != b.get(k)}
+
+
 @dataclass
-class SaneTrainingArguments:
+class SaneTrainingArguments(RunArguments):
     """Everything a SANE training run needs. Defaults follow the published SANE recipe (METHOD.md
     §2-§5) where that recipe fits a CPU; model sizes come from `preset`.
 
@@ -253,30 +281,12 @@ class SaneTrainingArguments:
         parse_epochs(self.zoo_epochs)
 
     # -- files ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: dict, **overrides) -> SaneTrainingArguments:
-        known = {f.name for f in fields(cls)}
-        merged = {**d, **overrides}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; valid options: {sorted(known)}")
-        return cls(**merged)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> SaneTrainingArguments:
         """Options from a .yaml/.yml or .json file, then `overrides`."""
         return cls.from_dict(read_config_file(path), **overrides)
 
-    def differences(self, other: SaneTrainingArguments) -> dict[str, tuple]:
-        """Options (outside RESUMABLE_FIELDS) whose values differ: {name: (self, other)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b.get(k)) for k in a if k not in RESUMABLE_FIELDS | {"config"} and a[k] != b.get(k)}
 
 
 def parse_epochs(spec) -> list[int] | None:

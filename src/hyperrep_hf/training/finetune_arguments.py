@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..configuration_sane import HEAD_POOLINGS
 from ..files import read_config_file
-from .arguments import _bool, parse_epochs
+from .arguments import RunArguments, _bool, parse_epochs
 
 # Options that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = frozenset({"output_dir", "resume", "overwrite_output_dir", "stop_after_steps", "logging_steps",
@@ -23,7 +23,7 @@ RESUMABLE_FIELDS = frozenset({"output_dir", "resume", "overwrite_output_dir", "s
 
 
 @dataclass
-class SaneFinetuningArguments:
+class SaneFinetuningArguments(RunArguments):
     """Everything a fine-tuning run needs.
 
     Data: checkpoint (a SANE folder or Hub id, at `revision`), zoo (a folder or Hub dataset id of
@@ -42,6 +42,8 @@ class SaneFinetuningArguments:
         result. save_total_limit checkpoints kept; stop_after_steps ends early with a checkpoint
         (as a kill would); resume ("last" or a folder); report_to ("tensorboard", ... or "none").
     """
+    kind = "fine-tuning"
+    resumable = RESUMABLE_FIELDS
 
     checkpoint: str = ""
     zoo: str = ""
@@ -122,27 +124,6 @@ class SaneFinetuningArguments:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         parse_epochs(self.zoo_epochs)
-
-    # -- files ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: dict, **overrides) -> SaneFinetuningArguments:
-        known = {f.name for f in fields(cls)}
-        merged = {**d, **overrides}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"unknown fine-tuning options {unknown}; valid options: {sorted(known)}")
-        return cls(**merged)
-
-    def differences(self, other: SaneFinetuningArguments) -> dict[str, tuple]:
-        """Options (outside RESUMABLE_FIELDS) whose values differ: {name: (self, other)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b.get(k)) for k in a if k not in RESUMABLE_FIELDS and a[k] != b.get(k)}
 
 
 # -- command line --------------------------------------------------------------------------------
