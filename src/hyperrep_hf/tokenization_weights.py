@@ -492,6 +492,17 @@ def _weight_rows(rows: torch.Tensor, b: _Block) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _flat_rows(weights, tl: TokenLayout, layout_id: int) -> torch.Tensor:
+    """Zoo rows of layout `layout_id` as [M, P] (one row [P] becomes [1, P]); another shape is refused."""
+    weights = torch.as_tensor(weights)
+    if weights.dim() == 1:
+        weights = weights.unsqueeze(0)
+    if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
+        raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
+                         f"got shape {list(weights.shape)}")
+    return weights
+
+
 class WeightTokenizer(FeatureExtractionMixin):
     """SANE weight tokenizer: models / state_dicts / .safetensors files <-> token sequences.
 
@@ -654,12 +665,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         after aligning each row to the alignment reference if the layout has one (align=False: the
         rows are aligned already, e.g. a training set aligned once)."""
         tl = self._layout(layout_id)
-        weights = torch.as_tensor(weights)
-        if weights.dim() == 1:
-            weights = weights.unsqueeze(0)
-        if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
-            raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
-                             f"got shape {list(weights.shape)}")
+        weights = _flat_rows(weights, tl, layout_id)
         if self._aligns(layout_id, align):
             weights = self.align_flat(weights, layout_id)
         M = weights.shape[0]
@@ -707,12 +713,7 @@ class WeightTokenizer(FeatureExtractionMixin):
         if tl.self_normalized:
             raise ValueError(f"tokenize_range needs per-layer statistics; layout {layout_id} is normalised by each "
                              f"model's own ({tl.normalization!r}): use tokenize_flat and cut the range")
-        weights = torch.as_tensor(weights)
-        if weights.dim() == 1:
-            weights = weights.unsqueeze(0)
-        if weights.dim() != 2 or weights.shape[1] != tl.weights.num_weights:
-            raise ValueError(f"expected flat weights [num_models, {tl.weights.num_weights}] for layout {layout_id}, "
-                             f"got shape {list(weights.shape)}")
+        weights = _flat_rows(weights, tl, layout_id)
         start, stop = int(start), int(stop)
         M, n = weights.shape[0], max(stop - start, 0)
         std = self._standardizes(tl, standardize)
