@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -528,7 +528,13 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     own = zoo_models(zoo, num_zoo or num_samples)
     if own:
         groups["zoo"] = own
-    # One population for all groups: same-architecture models fine-tune together in one stacked pass.
+    return finetuned_group_rows(groups, task, epochs, seed, **finetune_options)
+
+
+def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int, **finetune_options) -> list[dict]:
+    """Fine-tune every group of models {label: [nn.Module]} on `task` and summarise each group's
+    accuracy at `epochs` (the rows of a generation / transfer table). One population for all groups:
+    same-architecture models fine-tune together in one stacked pass."""
     everything = [m for models in groups.values() for m in models]
     accs = finetune_accuracy(everything, task, epochs, seed, **finetune_options)
     rows, start = [], 0

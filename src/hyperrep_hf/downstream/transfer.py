@@ -237,7 +237,7 @@ def transfer_table(model, tokenizer, prompts: Sequence[nn.Module], task, num_sam
     another task). Rows as `generation_table`: source, task, epoch, mean_acc, std_acc, num_models.
     finetune_options: lr, optimizer, weight_decay, batch_size (zoo.population.finetune)."""
     try:
-        from .evaluation import _summary, finetune_accuracy
+        from .evaluation import finetuned_group_rows
     except ImportError as err:  # remote code without hyperrep_hf: fine-tuning needs the package
         raise ImportError("transfer_table fine-tunes models on task data, which needs hyperrep_hf installed "
                           "(pip install hyperrep_hf)") from err
@@ -253,13 +253,7 @@ def transfer_table(model, tokenizer, prompts: Sequence[nn.Module], task, num_sam
     groups["reconstruction"] = models_from_flat(prompts, torch.arange(len(prompts)), recon, layout)
     groups["prompt"] = [copy.deepcopy(p).eval() for p in prompts]
     groups["scratch"] = scratch_like(prompts[0], num_samples, init, seed)
-    everything = [m for ms in groups.values() for m in ms]
-    accs = finetune_accuracy(everything, task, epochs, seed, **finetune_options)
-    rows, start = [], 0
-    for label, ms in groups.items():
-        rows += _summary(label, task.name, {e: a[start:start + len(ms)] for e, a in accs.items()})
-        start += len(ms)
-    return rows
+    return finetuned_group_rows(groups, task, epochs, seed, **finetune_options)
 
 
 def layer_errors(tokenizer, layout_id: int, weights: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
