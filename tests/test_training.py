@@ -558,3 +558,22 @@ def test_two_cpu_processes_on_gloo_train_one_run_and_only_rank_0_writes(zoo_dir,
     assert [m["step"] for m in train] == list(range(1, 2 * per_rank + 1))
     assert len([m for m in read_metrics(out) if m["type"] == "eval"]) == 2
     assert hyperrep_hf.SaneModel.from_pretrained(out).config.d_model == 16
+
+
+def test_evaluation_tokenises_bounded_chunks_and_gives_the_same_figures(zoo_dir, monkeypatch):
+    from hyperrep_hf import SaneConfig, SaneModel
+    from hyperrep_hf.downstream import embedding
+    from hyperrep_hf.training.evaluation import encode_split
+
+    data = ZooData.from_zoos([zoo_dir])
+    torch.manual_seed(0)
+    model = SaneModel(SaneConfig.from_preset("tiny", token_size=data.tokenizer.token_size, window_size=16))
+    whole = encode_split(model, data, "validation", window_size=16, batch_size=64)
+    seen = []
+    tokenize = data.tokenizer.tokenize_flat
+    monkeypatch.setattr(data.tokenizer, "tokenize_flat", lambda w, *a, **k: seen.append(len(w)) or tokenize(w, *a, **k))
+    monkeypatch.setattr(embedding, "EMBED_TOKEN_BYTES", 1)  # one model per chunk
+    chunked = encode_split(model, data, "validation", window_size=16, batch_size=64)
+    assert set(seen) == {1} and len(seen) == whole["rows"]
+    torch.testing.assert_close(chunked["embeddings"], whole["embeddings"])
+    assert chunked["reconstruction_loss"] == pytest.approx(whole["reconstruction_loss"], rel=1e-6)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..downstream.embedding import chunk_size
 from ..downstream.probes import ProbeSet
 from ..losses import SIGMA_FLOOR
 from ..windows import sliding_windows
@@ -39,8 +40,9 @@ def encode_split(model, data: ZooData, split: str, window_size: int, batch_size:
         for g in data.groups:
             weights = g.splits[split].weights
             windows = sliding_windows(g.num_tokens, window_size)
-            for start in range(0, len(weights), batch_size):
-                enc = data.tokenizer.tokenize_flat(weights[start:start + batch_size], g.layout_id, align=False)
+            step = chunk_size(data.tokenizer, g.layout_id, batch_size)  # bounded tokens per chunk, as embedding does
+            for start in range(0, len(weights), step):
+                enc = data.tokenizer.tokenize_flat(weights[start:start + step], g.layout_id, align=False)
                 enc = {k: enc[k].to(device) for k in ("tokens", "positions", "attention_mask", "value_mask")}
                 latent_sum = 0.0
                 for w in windows:
