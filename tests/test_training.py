@@ -252,6 +252,20 @@ def test_standardisation_is_fitted_on_the_train_split_only(zoo_dir):
     assert set(refit.metadata("train", "epoch")) == {0}
 
 
+def test_zoos_of_one_architecture_share_one_standardisation_fitted_on_all_their_train_rows(zoo_dir, tmp_path):
+    other = tmp_path / "other"
+    build_zoo("digits-seed", other, num_models=4, epochs=1, progress=False)
+    data = ZooData.from_zoos([zoo_dir, str(other)])
+    assert len(data.tokenizer.layouts) == 1 and [g.layout_id for g in data.groups] == [0, 0]
+    train = torch.cat([g.splits["train"].weights for g in data.groups])
+    tok = hyperrep_hf.WeightTokenizer(token_size=data.tokenizer.token_size)
+    tok.layout_of(load_zoo(zoo_dir).build_model(train[0]))
+    both = tok.fit_standardization(train).layouts[0]
+    layout = data.tokenizer.layouts[0]
+    torch.testing.assert_close(layout.mean, both.mean)
+    torch.testing.assert_close(layout.std, both.std)
+
+
 def test_exploded_checkpoints_are_left_out_of_training_but_still_tokenize_bounded(zoo_dir, monkeypatch):
     zoo = load_zoo(zoo_dir)
     clean = ZooData.from_zoos([zoo])

@@ -191,9 +191,12 @@ class ZooData:
             for g in groups:
                 if len(g.splits["train"]) == 0:
                     raise ValueError(f"zoo {g.name} has no training rows to fit the standardisation on")
-                moments = [tokenizer.layer_moments(chunk, g.layout_id) for chunk in _chunks(g.splits["train"].weights)]
+            # zoos of one architecture share a layout: its statistics come from all their train rows
+            for layout_id in dict.fromkeys(g.layout_id for g in groups):
+                moments = [tokenizer.layer_moments(chunk, layout_id) for g in groups if g.layout_id == layout_id
+                           for chunk in _chunks(g.splits["train"].weights)]
                 tokenizer.fit_standardization_from_moments(torch.cat([m[0] for m in moments]),
-                                                           torch.cat([m[1] for m in moments]), g.layout_id)
+                                                           torch.cat([m[1] for m in moments]), layout_id)
         return cls(groups, tokenizer, epochs)
 
     # -- sizes and lookup -----------------------------------------------------------------------
