@@ -591,3 +591,9 @@ def test_evaluation_tokenises_bounded_chunks_and_gives_the_same_figures(zoo_dir,
     assert set(seen) == {1} and len(seen) == whole["rows"]
     torch.testing.assert_close(chunked["embeddings"], whole["embeddings"])
     assert chunked["reconstruction_loss"] == pytest.approx(whole["reconstruction_loss"], rel=1e-6)
+
+
+def test_a_window_longer_than_every_model_says_so_and_trains_whole_models(zoo_dir, tmp_path, capsys):
+    result = train_sane(small_args(zoo_dir, tmp_path / "run", window_size=64, epochs=1))
+    assert "note: window 64 is longer than every model (44 tokens at most)" in capsys.readouterr().out
+    assert result.global_step > 0

@@ -351,6 +351,9 @@ class SaneTrainer:
             print(f"SANE {args.preset} ({args.recipe} recipe): {n_params:,} parameters, token size {config.token_size}, window {window}; "
                   f"{num_train} training rows ({len(data.groups)} zoo(s){left_out}), {steps_per_epoch} steps/epoch x "
                   f"{args.epochs} epochs on {world} process(es), {acc.device}, precision {acc.mixed_precision}")
+            if window > data.max_tokens:
+                print(f"note: window {window} is longer than every model ({data.max_tokens} tokens at most): each window is "
+                      f"a whole model, as with --window_size {data.max_tokens}")
         if args.eval_at_start and checkpoint is None:
             result.eval_history.append(self.evaluate(0, 0))
 
