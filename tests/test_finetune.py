@@ -203,3 +203,23 @@ def test_bad_inputs_name_the_property_the_labels_the_sizes_and_the_zoo(zoo_dir, 
     capsys.readouterr()
     assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
     assert "sane-finetuned is a fine-tuned head, not a probe" in capsys.readouterr().err
+
+
+def test_the_study_script_chooses_on_validation_scores_on_test_and_resumes(zoo_dir, sane_dir, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_finetune", Path(__file__).parents[1] / "scripts" / "study_finetune.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    argv = ["--zoo", zoo_dir, "--checkpoint", sane_dir, "--out", str(tmp_path), "--properties", "test_acc",
+            "--settings", "mean", "mean-stats", "--epochs", "2", "--threads", "1"]
+    assert study.main(argv) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    losses = {n: s["validation_loss"] for n, s in summary["settings"].items()}
+    assert summary["chosen"] == min(losses, key=losses.get) and set(losses) == {"mean", "mean-stats"}
+    assert {r["features"] for r in summary["table"]} == {"sane-finetuned", "sane", "stats", "stats-gbt"}
+    done = (tmp_path / "mean" / "training_complete.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert study.main(argv) == 0  # a rerun reads the finished settings back
+    assert (tmp_path / "mean" / "training_complete.json").stat().st_mtime_ns == done
+    assert "chosen on validation: " + summary["chosen"] in capsys.readouterr().out

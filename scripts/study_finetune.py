@@ -1,0 +1,82 @@
+"""Fine-tuned SANE heads against the baselines on one zoo (issue 19): the README's tables.
+
+    python scripts/study_finetune.py --zoo ZOO --checkpoint SANE --out OUT \
+        [--properties test_acc epoch ggap] [--settings mean layer mean-stats mean-stats-mlp64]
+
+Every setting is fine-tuned on the train split (`finetune_sane`, early stopping on the validation
+loss); the setting with the lowest validation loss (mean standardised loss over the properties) is
+the one scored on the test split, beside SANE's linear probe, s(W) and s(W)+GBT (`probe_table`, paired
+intervals over 1,000 bootstrap resamples of the test models). A rerun resumes: finished settings are
+read back, an interrupted one resumes from its last checkpoint. OUT/summary.json keeps everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SETTINGS = {
+    "mean": {},
+    "layer": {"pooling": "layer"},
+    "mean-mlp64": {"head_hidden_dim": 64},
+    "layer-mlp64": {"pooling": "layer", "head_hidden_dim": 64},
+    "frozen-layer-mlp64": {"pooling": "layer", "head_hidden_dim": 64, "freeze_encoder": True},
+    "mean-stats": {"statistics_features": True},
+    "mean-stats-mlp64": {"statistics_features": True, "head_hidden_dim": 64},
+}
+COLUMNS = ["features", "property", "metric", "value", "kendall_tau", "validation", "ci", "vs_stats", "vs_stats_ci",
+           "vs_stats-gbt", "vs_stats-gbt_ci"]
+
+
+def main(argv=None) -> int:
+    from hyperrep_hf.downstream.evaluation import format_table, probe_table
+    from hyperrep_hf.files import atomic_write_text
+    from hyperrep_hf.training.finetune import SaneFinetuningArguments, finetune_sane
+    from hyperrep_hf.zoo import load_zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--zoo", required=True)
+    parser.add_argument("--checkpoint", required=True, help="the pretrained SANE")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--properties", nargs="+", default=["test_acc", "epoch", "ggap"])
+    parser.add_argument("--settings", nargs="+", default=["mean", "layer", "mean-stats", "mean-stats-mlp64"],
+                        choices=list(SETTINGS))
+    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {}
+    for name in args.settings:
+        folder, start = out / name, time.time()
+        if not (folder / "training_complete.json").is_file():
+            resume = "last" if any((folder / "checkpoints").glob("step-*")) else None
+            finetune_sane(SaneFinetuningArguments(
+                checkpoint=args.checkpoint, zoo=args.zoo, output_dir=str(folder), properties=args.properties,
+                epochs=args.epochs, progress=False, report_to=["tensorboard"], overwrite_output_dir=resume is None,
+                resume=resume, **SETTINGS[name]))
+        results = json.loads((folder / "eval_results.json").read_text())
+        settings[name] = {"validation_loss": results["validation"]["loss"], "best_epoch": results["best_epoch"],
+                          "epochs_run": results["epochs_run"], "seconds": round(time.time() - start, 1),
+                          "validation": {p: results["validation"][p] for p in args.properties}}
+        print(name, json.dumps(settings[name]), flush=True)
+    chosen = min(settings, key=lambda n: settings[n]["validation_loss"])
+    print("chosen on validation:", chosen, flush=True)
+    rows = probe_table(load_zoo(args.zoo), checkpoint=args.checkpoint, finetuned=str(out / chosen),
+                       feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt"], properties=args.properties,
+                       bootstrap=1000)
+    command = " ".join(["python scripts/study_finetune.py", *(sys.argv[1:] if argv is None else argv)])
+    summary = {"command": command, "settings": settings, "chosen": chosen, "table": rows}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    print(format_table(rows, COLUMNS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
