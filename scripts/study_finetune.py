@@ -4,9 +4,10 @@
         [--properties test_acc epoch ggap] [--settings mean layer mean-stats mean-stats-mlp64]
 
 Every setting is fine-tuned on the train split (`finetune_sane`, early stopping on the validation
-loss); the setting with the lowest validation loss (mean standardised loss over the properties) is
-the one scored on the test split, beside SANE's linear probe, s(W) and s(W)+GBT (`probe_table`, paired
-intervals over 1,000 bootstrap resamples of the test models). A rerun resumes: finished settings are
+loss); per property, the setting with the best validation score (R^2 or accuracy; `--choose joint`:
+one setting for all, the lowest mean standardised validation loss) is the one scored on the test
+split, beside SANE's linear probe, s(W) and s(W)+GBT (`probe_table`, paired intervals over 1,000
+bootstrap resamples of the test models). A rerun resumes: finished settings are
 read back, an interrupted one resumes from its last checkpoint. OUT/summary.json keeps everything.
 """
 
@@ -33,6 +34,11 @@ COLUMNS = ["features", "property", "metric", "value", "kendall_tau", "validation
            "vs_stats-gbt", "vs_stats-gbt_ci"]
 
 
+def validation_score(scores: dict) -> float:
+    """A property's validation score in eval_results.json: R^2 (regression) or accuracy."""
+    return scores["r2"] if "r2" in scores else scores["accuracy"]
+
+
 def main(argv=None) -> int:
     from hyperrep_hf.downstream.evaluation import format_table, probe_table
     from hyperrep_hf.files import atomic_write_text
@@ -46,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--properties", nargs="+", default=["test_acc", "epoch", "ggap"])
     parser.add_argument("--settings", nargs="+", default=["mean", "layer", "mean-stats", "mean-stats-mlp64"],
                         choices=list(SETTINGS))
+    parser.add_argument("--choose", default="property", choices=["property", "joint"],
+                        help="property: each property's head is the setting best on its validation score; "
+                             "joint: one setting for all, the lowest validation loss")
     parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs per setting")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
@@ -66,11 +75,16 @@ def main(argv=None) -> int:
                           "epochs_run": results["epochs_run"], "seconds": round(time.time() - start, 1),
                           "validation": {p: results["validation"][p] for p in args.properties}}
         print(name, json.dumps(settings[name]), flush=True)
-    chosen = min(settings, key=lambda n: settings[n]["validation_loss"])
-    print("chosen on validation:", chosen, flush=True)
-    rows = probe_table(load_zoo(args.zoo), checkpoint=args.checkpoint, finetuned=str(out / chosen),
-                       feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt"], properties=args.properties,
-                       bootstrap=1000)
+    if args.choose == "joint":
+        chosen = {p: min(settings, key=lambda n: settings[n]["validation_loss"]) for p in args.properties}
+    else:
+        chosen = {p: max(settings, key=lambda n: validation_score(settings[n]["validation"][p])) for p in args.properties}
+    print("chosen on validation:", json.dumps(chosen), flush=True)
+    rows = []
+    for name in dict.fromkeys(chosen.values()):  # one table per chosen head, over the properties it won
+        rows += probe_table(load_zoo(args.zoo), checkpoint=args.checkpoint, finetuned=str(out / name),
+                            feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt"],
+                            properties=[p for p in args.properties if chosen[p] == name], bootstrap=1000)
     command = " ".join(["python scripts/study_finetune.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {"command": command, "settings": settings, "chosen": chosen, "table": rows}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
