@@ -7,8 +7,8 @@
 Writes synthetic zoos of random ResNet-18 weights (one checkpoint per model, BatchNorm variances
 positive) with the importers' writer (zoo/importers/writer.py) into a temporary folder, runs a short
 `hyperrep train` on each in a subprocess (tiny SANE, window --window tokens, --steps optimizer
-steps, --eval_every 1000: no evaluation pass, since training/evaluation.py's encode_split still
-tokenises --eval_batch_size whole models at a time, 64 ResNet-18s = 4 GB) and samples the
+steps, --eval_every 1000: no evaluation pass; --with-eval adds one before training, which
+tokenises chunks of at most downstream.embedding.EMBED_TOKEN_BYTES of tokens) and samples the
 subprocess's RssAnon (/proc/PID/status) every 10 ms; the peak is the largest sample (a spike
 shorter than 10 ms can be missed). The zoos are deleted afterwards
 (--keep keeps them). Prints peak RssAnon against the zoo's size for the full zoo and one half its
@@ -131,7 +131,7 @@ def train_command(zoo: Path, out: Path, args) -> list[str]:
     return [sys.executable, "-m", "hyperrep_hf.cli", "train", "--zoo", str(zoo), "--output_dir", str(out),
             "--preset", "tiny", "--window_size", str(args.window), "--batch_size", str(args.batch_size),
             "--epochs", "50", "--stop_after_steps", str(args.steps), "--eval_every", "1000", "--report_to", "none", "--progress", "false",
-            "--mixed_precision", "no", "--probe_properties", "test_acc"]
+            "--mixed_precision", "no", "--probe_properties", "test_acc", *(["--eval_at_start", "true"] if args.with_eval else [])]
 
 
 def main(argv=None) -> int:
@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eager-ref", help="git revision whose (eager) data pipeline to measure too, on the smallest zoo")
     parser.add_argument("--eager-limit", type=float, default=10.0, help="GB of RssAnon at which the eager run is killed")
     parser.add_argument("--speed", action="store_true", help="also time the data pipeline (lazy, in memory, eager)")
+    parser.add_argument("--with-eval", action="store_true",
+                        help="also run the evaluation pass (--eval_at_start: every split embedded, probes fitted)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
