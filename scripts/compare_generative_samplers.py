@@ -47,6 +47,8 @@ def main(argv=None) -> int:
                    help="extra KDE30 rows at these bandwidth scales (e.g. one whose draws lie as far from the anchors "
                    "as the GAN's), beside the validation-chosen one")
     p.add_argument("--retrain", action="store_true", help="train the GAN / diffusion samplers again")
+    p.add_argument("--diversity", default=None,
+                   help="training: 'kde' or a distance, the diversity floor of train_generative_sampler (default none)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -63,13 +65,15 @@ def main(argv=None) -> int:
     for kind in ("gan", "diffusion"):
         if args.retrain or kind not in gen.anchors.samplers:
             start = time.time()
-            train_generative_sampler(gen, kind, seed=args.seed)
+            diversity = args.diversity if args.diversity in (None, "kde") else float(args.diversity)
+            train_generative_sampler(gen, kind, seed=args.seed, diversity=diversity)
             timings[f"train_{kind}_s"] = time.time() - start
             gen.anchors.save(args.checkpoint)
     choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],
                       "rank": s.config["rank"]} for kind, s in gen.anchors.samplers.items()}
     for kind, c in choices.items():
-        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}" for t in c["trials"])
+        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
+                           + (f" (distance {t['distance']:.3f})" if "distance" in t else "") for t in c["trials"])
         print(f"{kind}: {c['num_anchors']} anchors, {c['rank']} components; validation accuracy of 8 draws: {trials}")
     print(f"bandwidth scale {gen.anchors.info['bandwidth_scale']:g}: {gen.anchors.info.get('bandwidth_choice')}")
 

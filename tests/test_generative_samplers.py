@@ -12,6 +12,7 @@ from hyperrep_hf import SaneConfig, SaneModel, WeightTokenizer
 from hyperrep_hf.cli import main as cli
 from hyperrep_hf.downstream.evaluation import generation_table
 from hyperrep_hf.downstream.generation import (
+    BANDWIDTH_CHOICE_SAMPLES,
     ModelGenerator,
     SamplingAnchors,
     nearest_anchor_distance,
@@ -19,7 +20,7 @@ from hyperrep_hf.downstream.generation import (
     train_generative_sampler,
 )
 from hyperrep_hf.downstream.generative import LatentBasis, load_sampler, train_sampler
-from hyperrep_hf.downstream.samplers import best_fraction, parse_method, sub_sample
+from hyperrep_hf.downstream.samplers import KDESampler, best_fraction, parse_method, sub_sample
 from hyperrep_hf.zoo import build_zoo
 
 
@@ -191,6 +192,29 @@ def test_cli_trains_samplers_and_the_pipeline_samples_them(zoo, checkpoint, tmp_
     prepare_sampling(checkpoint, zoo, progress=False, bandwidth_scale=0.25)
     with pytest.raises(ValueError, match="no trained gan sampler"):
         ModelGenerator.from_pretrained(checkpoint).draw(1, "gan")
+
+
+def test_a_diversity_floor_passes_over_samplers_that_copy_their_anchors(checkpoint, capsys):
+    gen = ModelGenerator.from_pretrained(checkpoint)
+    plain = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False)
+    assert plain.config["choice"]["diversity_floor"] is None
+    kde = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False, diversity="kde")
+    trials, floor = kde.config["choice"]["trials"], kde.config["choice"]["diversity_floor"]
+    best_anchors = best_fraction(gen.anchors.latents, gen.anchors.scores, 1.0)
+    draws = KDESampler(best_anchors, "silverman", 0.25).sample(BANDWIDTH_CHOICE_SAMPLES, _gen(0))
+    assert floor == pytest.approx(float(nearest_anchor_distance(gen, draws, 1.0).mean()), rel=1e-5)
+    diverse = [t for t in trials if t["distance"] >= floor] or trials
+    best = max(t["validation_accuracy"] for t in diverse)
+    chosen = next(t for t in reversed(diverse) if t["validation_accuracy"] == best)
+    assert (kde.settings["steps"], kde.settings["noise_scale"]) == (chosen["steps"], chosen["noise_scale"])
+    # a floor no setting reaches leaves the choice to accuracy alone
+    far = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False, diversity=1e9)
+    assert (far.settings["steps"], far.settings["noise_scale"]) == (plain.settings["steps"], plain.settings["noise_scale"])
+    with pytest.raises(ValueError, match="diversity must be None, 'kde' or a distance >= 0"):
+        train_generative_sampler(gen, "gan", fraction=1.0, steps=(5,), progress=False, diversity=-1.0)
+    capsys.readouterr()
+    assert cli(["sample", "--checkpoint", str(checkpoint), "--train-samplers", "gan", "--sampler-diversity", "lots"]) != 0
+    assert "--sampler-diversity must be 'kde' or a distance >= 0, got 'lots'" in capsys.readouterr().err
 
 
 def test_a_sampler_needs_two_anchors(checkpoint):

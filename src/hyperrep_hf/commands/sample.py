@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                    "chosen on the task's validation split, and save them into the checkpoint folder's sampling/")
     p.add_argument("--sampler-fraction", type=float, default=0.3,
                    help="--train-samplers: the best fraction of the anchors they learn from (default 0.3, as kde30)")
+    p.add_argument("--sampler-diversity", default=None, metavar="FLOOR",
+                   help="--train-samplers: pass over settings whose validation draws lie closer to their nearest "
+                        "anchor than FLOOR (a distance, or 'kde': as far as KDE draws); default: accuracy alone")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
                    help="--train-samplers: training steps to choose from on validation (default 2000 8000)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
@@ -146,12 +149,21 @@ def _train_samplers(args: argparse.Namespace) -> None:
     steps = args.sampler_steps or GENERATIVE_STEPS
     if min(steps) <= 0:
         raise ValueError(f"--sampler-steps must be positive, got {steps}")
+    diversity = args.sampler_diversity
+    if diversity not in (None, "kde"):
+        try:
+            diversity = float(diversity)
+        except ValueError:
+            raise ValueError(f"--sampler-diversity must be 'kde' or a distance >= 0, got {diversity!r}") from None
     gen = ModelGenerator.from_pretrained(args.checkpoint, task=args.task, device=resolve_device(args.device))
     for kind in dict.fromkeys(args.train_samplers):
-        sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed)
+        sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed,
+                                           diversity=diversity)
+        choice = sampler.config["choice"]
         trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
-                           for t in sampler.config["choice"]["trials"])
+                           + (f" at distance {t['distance']:.3f}" if "distance" in t else "") for t in choice["trials"])
+        floor = "" if choice["diversity_floor"] is None else f" at distance >= {choice['diversity_floor']:.3f} where any reaches it"
         print(f"{kind}: {sampler.settings['steps']} steps, noise scale {sampler.settings['noise_scale']:g} on the best "
-              f"{args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws ({trials})")
+              f"{args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws{floor} ({trials})")
     gen.anchors.save(args.checkpoint)
     print(f"samplers {sorted(gen.anchors.samplers)} stored in {args.checkpoint}/sampling/")

@@ -539,13 +539,18 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
                              steps: Sequence[int] = GENERATIVE_STEPS,
                              noise_scales: Sequence[float] = GENERATIVE_NOISE_SCALES,
                              num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
-                             **settings) -> GenerativeSampler:
+                             diversity: float | str | None = None, **settings) -> GenerativeSampler:
     """Train a "gan" or "diffusion" sampler on the best `fraction` of the generator's anchors and
     choose its settings on validation data, as `choose_bandwidth_scale` does: for each number of
     training `steps` (a sampler trained with `seed`) and each of `noise_scales`, draw `num_samples`
     latents with a fixed seed, decode and build them, and score them by accuracy on the task's
     validation split (the test split is never read). The highest mean wins; ties go to more steps,
     then the larger noise scale. `settings` fix other options (downstream.generative.DEFAULTS).
+
+    `diversity` weighs novelty: a setting whose validation draws lie, on average, closer to their
+    nearest anchor (`nearest_anchor_distance`) than this floor is passed over while another reaches
+    it (a sampler that copies its anchors scores their accuracy); "kde": the floor is the mean
+    distance of as many KDE draws at the checkpoint's bandwidth scale; None (default): accuracy alone.
 
     The chosen sampler is put into `generator.anchors.samplers[kind]` (`generator.anchors.save(folder)`
     writes it with the anchors) and returned; its config records the grid and its figures under "choice".
@@ -560,23 +565,40 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
         raise ValueError(f"the best {fraction:.0%} of the {len(generator.anchors.scores)} anchors is {len(best)} model; a "
                          f"{kind} sampler learns from at least 2: raise --sampler-fraction, or store more anchors "
                          "(`hyperrep sample --prepare --anchor-epochs ...`)")
-    trials, chosen = [], None
+    floor = _diversity_floor(generator, best, diversity, num_samples, seed, fraction)
+    trials, candidates = [], []
     for n in steps:
         sampler = train_sampler(best, kind, {**settings, "steps": n}, seed, progress,
                                 config={"fraction": float(fraction)})
         for scale in scales:
             sampler.settings["noise_scale"] = scale
             latents = sampler.sample(num_samples, torch.Generator().manual_seed(int(seed)))
-            acc = float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean())
-            trials.append({"steps": n, "noise_scale": scale, "validation_accuracy": acc})
-            if chosen is None or acc >= chosen[0]:
-                chosen = (acc, sampler, scale)
-    _, sampler, scale = chosen
-    sampler.settings["noise_scale"] = scale
+            trial = {"steps": n, "noise_scale": scale,
+                     "validation_accuracy": float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean())}
+            if floor is not None:
+                trial["distance"] = float(nearest_anchor_distance(generator, latents, fraction).mean())
+            trials.append(trial)
+            candidates.append((trial, sampler))
+    diverse = [c for c in candidates if floor is None or c[0]["distance"] >= floor] or candidates
+    # the highest accuracy; ties go to the later trial (more steps, then the larger noise scale)
+    trial, sampler = max(reversed(diverse), key=lambda c: c[0]["validation_accuracy"])
+    sampler.settings["noise_scale"] = trial["noise_scale"]
     sampler.config["choice"] = {"trials": trials, "num_samples": int(num_samples), "seed": int(seed),
-                                "split": "validation"}
+                                "split": "validation", "diversity_floor": floor}
     generator.anchors.samplers[kind] = sampler
     return sampler
+
+
+def _diversity_floor(generator: ModelGenerator, best: torch.Tensor, diversity, num_samples: int, seed: int,
+                     fraction: float) -> float | None:
+    if diversity is None:
+        return None
+    if diversity == "kde":
+        draws = KDESampler(best, "silverman", generator.bandwidth_scale()).sample(num_samples, torch.Generator().manual_seed(int(seed)))
+        return float(nearest_anchor_distance(generator, draws, fraction).mean())
+    if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not diversity >= 0:
+        raise ValueError(f"diversity must be None, 'kde' or a distance >= 0, got {diversity!r}")
+    return float(diversity)
 
 
 @torch.no_grad()
