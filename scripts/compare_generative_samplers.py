@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     for kind in ("gan", "diffusion"):
         if args.retrain or kind not in gen.anchors.samplers:
             start = time.time()
-            diversity = args.diversity if args.diversity in (None, "kde") else float(args.diversity)
-            train_generative_sampler(gen, kind, seed=args.seed, diversity=diversity)
+            train_generative_sampler(gen, kind, seed=args.seed, diversity=args.diversity)
             timings[f"train_{kind}_s"] = time.time() - start
             gen.anchors.save(args.checkpoint)
     choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],

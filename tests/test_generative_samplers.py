@@ -210,11 +210,11 @@ def test_a_diversity_floor_passes_over_samplers_that_copy_their_anchors(checkpoi
     # a floor no setting reaches leaves the choice to accuracy alone
     far = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False, diversity=1e9)
     assert (far.settings["steps"], far.settings["noise_scale"]) == (plain.settings["steps"], plain.settings["noise_scale"])
-    with pytest.raises(ValueError, match="diversity must be None, 'kde' or a distance >= 0"):
+    with pytest.raises(ValueError, match=r"diversity floor \(--sampler-diversity\) must be 'kde' or a distance >= 0, got -1.0"):
         train_generative_sampler(gen, "gan", fraction=1.0, steps=(5,), progress=False, diversity=-1.0)
     capsys.readouterr()
     assert cli(["sample", "--checkpoint", str(checkpoint), "--train-samplers", "gan", "--sampler-diversity", "lots"]) != 0
-    assert "--sampler-diversity must be 'kde' or a distance >= 0, got 'lots'" in capsys.readouterr().err
+    assert "(--sampler-diversity) must be 'kde' or a distance >= 0, got 'lots'" in capsys.readouterr().err
 
 
 def test_a_sampler_needs_two_anchors(checkpoint):

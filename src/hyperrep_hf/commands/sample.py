@@ -140,7 +140,12 @@ def _train_samplers(args: argparse.Namespace) -> None:
     """--train-samplers: GAN / diffusion samplers on the checkpoint's anchors, saved beside them."""
     from pathlib import Path
 
-    from ..downstream.generation import GENERATIVE_STEPS, ModelGenerator, train_generative_sampler
+    from ..downstream.generation import (
+        GENERATIVE_STEPS,
+        ModelGenerator,
+        check_diversity,
+        train_generative_sampler,
+    )
 
     if not Path(args.checkpoint).is_dir():
         raise ValueError(f"--train-samplers writes into the checkpoint folder; {args.checkpoint} is not a local folder")
@@ -149,12 +154,7 @@ def _train_samplers(args: argparse.Namespace) -> None:
     steps = args.sampler_steps or GENERATIVE_STEPS
     if min(steps) <= 0:
         raise ValueError(f"--sampler-steps must be positive, got {steps}")
-    diversity = args.sampler_diversity
-    if diversity not in (None, "kde"):
-        try:
-            diversity = float(diversity)
-        except ValueError:
-            raise ValueError(f"--sampler-diversity must be 'kde' or a distance >= 0, got {diversity!r}") from None
+    diversity = check_diversity(args.sampler_diversity)
     gen = ModelGenerator.from_pretrained(args.checkpoint, task=args.task, device=resolve_device(args.device))
     for kind in dict.fromkeys(args.train_samplers):
         sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed,

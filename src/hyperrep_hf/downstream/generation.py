@@ -589,16 +589,26 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     return sampler
 
 
+def check_diversity(diversity) -> float | str | None:
+    """None, "kde", or a distance >= 0 (a number or its text, as the CLI passes it)."""
+    if diversity is None or diversity == "kde":
+        return diversity
+    try:
+        floor = float(diversity) if not isinstance(diversity, bool) else -1.0
+    except (TypeError, ValueError):
+        floor = -1.0
+    if not floor >= 0:
+        raise ValueError(f"the diversity floor (--sampler-diversity) must be 'kde' or a distance >= 0, got {diversity!r}")
+    return floor
+
+
 def _diversity_floor(generator: ModelGenerator, best: torch.Tensor, diversity, num_samples: int, seed: int,
                      fraction: float) -> float | None:
-    if diversity is None:
-        return None
-    if diversity == "kde":
-        draws = KDESampler(best, "silverman", generator.bandwidth_scale()).sample(num_samples, torch.Generator().manual_seed(int(seed)))
-        return float(nearest_anchor_distance(generator, draws, fraction).mean())
-    if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not diversity >= 0:
-        raise ValueError(f"diversity must be None, 'kde' or a distance >= 0, got {diversity!r}")
-    return float(diversity)
+    diversity = check_diversity(diversity)
+    if diversity != "kde":
+        return diversity
+    draws = KDESampler(best, "silverman", generator.bandwidth_scale()).sample(num_samples, torch.Generator().manual_seed(int(seed)))
+    return float(nearest_anchor_distance(generator, draws, fraction).mean())
 
 
 @torch.no_grad()
