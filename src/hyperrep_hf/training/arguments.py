@@ -71,6 +71,11 @@ class RunArguments:
             raise ValueError(f"unknown {cls.kind} options {unknown}; valid options: {sorted(known)}")
         return cls(**merged)
 
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides):
+        """Options from a .yaml/.yml or .json file, then `overrides`."""
+        return cls.from_dict(read_config_file(path), **overrides)
+
     def differences(self, other: RunArguments) -> dict[str, tuple]:
         """Options (outside `resumable`) whose values differ: {name: (self, other)}."""
         a, b = self.to_dict(), other.to_dict()
@@ -279,14 +284,6 @@ class SaneTrainingArguments(RunArguments):
                              "random, which throws the alignment away; use --views stored-and-permuted (SANE's aligned + "
                              "permuted views) or --views stored-both, or --align false")
         parse_epochs(self.zoo_epochs)
-
-    # -- files ---------------------------------------------------------------------------------
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> SaneTrainingArguments:
-        """Options from a .yaml/.yml or .json file, then `overrides`."""
-        return cls.from_dict(read_config_file(path), **overrides)
-
 
 
 def parse_epochs(spec) -> list[int] | None:
