@@ -6,8 +6,9 @@
 Every setting is fine-tuned on the train split (`finetune_sane`, early stopping on the validation
 loss); per property, the setting with the best validation score (R^2 or accuracy; `--choose joint`:
 one setting for all, the lowest mean standardised validation loss) is the one scored on the test
-split, beside SANE's linear probe, s(W) and s(W)+GBT (`probe_table`, paired intervals over 1,000
-bootstrap resamples of the test models). A rerun resumes: finished settings are
+split, beside SANE's linear probe, s(W), s(W)+GBT and the head blended with s(W)+GBT (the head's
+weight chosen on validation; `probe_table`, paired intervals over 1,000 bootstrap resamples of the
+test models). A rerun resumes: finished settings are
 read back, an interrupted one resumes from its last checkpoint. OUT/summary.json keeps everything.
 """
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     rows = []
     for name in dict.fromkeys(chosen.values()):  # one table per chosen head, over the properties it won
         rows += probe_table(load_zoo(args.zoo), checkpoint=args.checkpoint, finetuned=str(out / name),
-                            feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt"],
+                            feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt", "sane-finetuned+stats-gbt"],
                             properties=[p for p in args.properties if chosen[p] == name], bootstrap=1000)
     command = " ".join(["python scripts/study_finetune.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {"command": command, "settings": settings, "chosen": chosen, "table": rows}

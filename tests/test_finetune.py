@@ -165,6 +165,75 @@ def test_pipeline_and_probe_table_use_the_fine_tuned_head(head_dir, zoo_dir, san
         {p: results["test"][p]["r2"] for p in ("test_acc", "epoch")}, abs=1e-4)
 
 
+def test_the_blend_picks_the_head_weight_on_validation():
+    from types import SimpleNamespace
+
+    from hyperrep_hf.downstream.blend import BlendedProbeSet
+
+    class Fixed:  # a head or trees predicting set values: the first column of x indexes them
+        def __init__(self, values, kinds):
+            self.values, self.probes = values, {n: SimpleNamespace(kind=k) for n, k in kinds.items()}
+            self.model = SimpleNamespace(output_sizes=[1])
+            self.properties = list(kinds)
+
+        def predict(self, x, names):
+            return {n: [self.values[n][int(i)] for i in x[:, 0]] for n in names}
+
+    rng = np.random.default_rng(0)
+    h, t = rng.normal(size=40), rng.normal(size=40)
+    head = Fixed({"acc": h, "act": ["relu"] * 40}, {"acc": "regression", "act": "classification"})
+    labels = ["relu"] * 10 + ["tanh"] * 30
+    trees = Fixed({"acc": t, "act": labels, "lr": t}, {"acc": "regression", "act": "classification", "lr": "regression"})
+    x = torch.arange(40.0)[:, None].repeat(1, 2)  # column 0: the head's "outputs", column 1: the trees' features
+    blend = BlendedProbeSet.fit(head, trees, x, {"acc": 0.3 * h + 0.7 * t, "act": labels})
+    assert blend.properties == ["acc", "act"]  # lr: the head does not predict it
+    assert blend.probes["acc"].hyperparameters == {"head_weight": 0.3} and blend.probes["acc"].validation["r2"] == pytest.approx(1)
+    assert blend.probes["act"].hyperparameters == {"head_weight": 0.0}  # the trees' labels are right on validation
+    predicted = blend.predict(x[:5])
+    assert predicted["acc"] == pytest.approx(0.3 * h[:5] + 0.7 * t[:5]) and predicted["act"] == labels[:5]
+    with pytest.raises(ValueError, match="no property in common"):
+        BlendedProbeSet.fit(head, Fixed({"lr": t}, {"lr": "regression"}), x, {})
+    with pytest.raises(ValueError, match=r"need the head's 1 outputs and the s\(W\) statistics side by side"):
+        blend.predict(x[:, :1])
+
+
+def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir, sane_dir):
+    from hyperrep_hf.downstream.evaluation import (
+        FinetunedHead,
+        fit_probes,
+        probe_table,
+        usable_rows,
+        zoo_features,
+        zoo_targets,
+    )
+    from hyperrep_hf.downstream.probes import property_score
+
+    zoo = load_zoo(zoo_dir)
+    table = probe_table(zoo, checkpoint=sane_dir, finetuned=head_dir, bootstrap=20,
+                        feature_sets=["sane-finetuned", "stats-gbt", "sane-finetuned+stats-gbt"])
+    rows = {(r["features"], r["property"]): r for r in table}
+    for name in ("test_acc", "epoch"):
+        blend, head, trees = (rows[f, name] for f in ("sane-finetuned+stats-gbt", "sane-finetuned", "stats-gbt"))
+        # weights 0 and 1 are among the choices: validation is at least as good as either part's
+        assert blend["validation"] >= max(head["validation"], trees["validation"]) - 1e-9
+        assert 0 <= blend["hyperparameters"]["head_weight"] <= 1 and "vs_stats-gbt_ci" in blend
+    # the test value is the chosen mix of the parts' test predictions
+    w = rows["sane-finetuned+stats-gbt", "epoch"]["hyperparameters"]["head_weight"]
+    test_rows, _ = usable_rows(zoo, "test")
+    head = FinetunedHead.load(head_dir)
+    h = head.predict(zoo_features(zoo, "test", "sane-finetuned", head.model, head.tokenizer, rows=test_rows))["epoch"]
+    t = fit_probes(zoo, "stats-gbt", properties=["test_acc", "epoch"]).predict(
+        zoo_features(zoo, "test", "stats", rows=test_rows), ["epoch"])["epoch"]
+    y = zoo_targets(zoo, "test", ["epoch"], test_rows)["epoch"]
+    expected = property_score("regression", y, w * np.array(h) + (1 - w) * np.array(t))["r2"]
+    assert rows["sane-finetuned+stats-gbt", "epoch"]["value"] == pytest.approx(expected, abs=1e-6)
+    out = Path(head_dir).parent / "blend.json"
+    assert cli(["probe", "eval", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt",
+                "--finetuned", head_dir, "--json", str(out)]) == 0
+    scored = {r["property"]: r["value"] for r in json.loads(out.read_text())}
+    assert scored == pytest.approx({n: rows["sane-finetuned+stats-gbt", n]["value"] for n in ("test_acc", "epoch")})
+
+
 def test_a_fine_tuned_checkpoint_carries_the_code_of_its_head(head_dir):
     """The fresh-process load without hyperrep_hf is tests/test_remote_code.py's; here: what it would need."""
     from hyperrep_hf.remote_code import check_remote_code
@@ -217,7 +286,8 @@ def test_the_study_script_chooses_on_validation_scores_on_test_and_resumes(zoo_d
     summary = json.loads((tmp_path / "summary.json").read_text())
     r2 = {n: s["validation"]["test_acc"]["r2"] for n, s in summary["settings"].items()}
     assert summary["chosen"] == {"test_acc": max(r2, key=r2.get)} and set(r2) == {"mean", "mean-stats"}
-    assert {r["features"] for r in summary["table"]} == {"sane-finetuned", "sane", "stats", "stats-gbt"}
+    assert {r["features"] for r in summary["table"]} == {"sane-finetuned", "sane", "stats", "stats-gbt",
+                                                         "sane-finetuned+stats-gbt"}
     finetuned = next(r for r in summary["table"] if r["features"] == "sane-finetuned")
     assert finetuned["validation"] == pytest.approx(max(r2.values()), abs=0.01)  # bf16 in training, fp32 here
     done = (tmp_path / "mean" / "training_complete.json").stat().st_mtime_ns

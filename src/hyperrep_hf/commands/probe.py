@@ -10,6 +10,7 @@ from . import add_checkpoint_arguments, add_device_argument, open_pipeline, reso
 
 FEATURES = ("sane", "stats", "stats-gbt", "weights")  # downstream.probes.FEATURE_SETS, without importing it
 FINETUNED = "sane-finetuned"  # downstream.evaluation.FINETUNED_FEATURES: a fine-tuned head (hyperrep finetune)
+BLEND = "sane-finetuned+stats-gbt"  # downstream.blend.BLEND_FEATURES: that head and the s(W) trees blended
 
 
 def register(subparsers) -> None:
@@ -64,10 +65,12 @@ def register(subparsers) -> None:
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="SANE checkpoint folder; probes are saved in / read from it")
     p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset id")
-    p.add_argument("--features", nargs="+", choices=(*FEATURES, FINETUNED), default=["sane"],
+    p.add_argument("--features", nargs="+", choices=(*FEATURES, FINETUNED, BLEND), default=["sane"],
                    help="feature sets (default: sane); stats = s(W) with a linear probe, stats-gbt = s(W) with "
                    "gradient-boosted trees (eval only: fitted in place, never saved), weights = flat W, "
-                   "sane-finetuned = the property head of a fine-tuned checkpoint (eval only: --finetuned)")
+                   "sane-finetuned = the property head of a fine-tuned checkpoint (eval only: --finetuned), "
+                   "sane-finetuned+stats-gbt = that head and stats-gbt blended, the head's weight chosen per "
+                   "property on validation (eval only)")
     p.add_argument("--properties", nargs="+", default=None,
                    help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
     add_device_argument(p, "the SANE embeddings")
@@ -85,7 +88,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
-    if FINETUNED in args.features:
+    if FINETUNED in args.features or BLEND in args.features:
         raise ValueError("sane-finetuned is a fine-tuned head, not a probe: train it with `hyperrep finetune --checkpoint "
                          f"{args.checkpoint} --zoo {args.zoo} --output_dir OUT` and score it with `hyperrep probe eval "
                          "--features sane-finetuned --finetuned OUT`")
@@ -149,7 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
     model, tokenizer = _checkpoint_parts(args, args.features)
     probe_sets = {features: ProbeSet.load(args.checkpoint, features) for features in args.features
-                  if features not in ("stats-gbt", FINETUNED)}
+                  if features not in ("stats-gbt", FINETUNED, BLEND)}
     epochs = args.epochs
     if epochs is None and probe_sets:
         fitted = {tuple(p.info["epochs"]) if p.info.get("epochs") else None for p in probe_sets.values()}
@@ -158,10 +161,14 @@ def run_eval(args: argparse.Namespace) -> int:
         properties = args.properties or (probe_sets["stats"].properties if "stats" in probe_sets else None)
         probe_sets["stats-gbt"] = fit_probes(zoo, "stats-gbt", properties=properties, epochs=epochs)
         print("stats-gbt: trees fitted on train, hyperparameters chosen on validation (not saved)")
-    if FINETUNED in args.features:
-        from ..downstream.evaluation import finetuned_head
+    if FINETUNED in args.features or BLEND in args.features:
+        from ..downstream.evaluation import blended_head, finetuned_head
 
-        probe_sets[FINETUNED] = finetuned_head(zoo, args.finetuned or args.checkpoint, args.properties, epochs)
+        head = finetuned_head(zoo, args.finetuned or args.checkpoint, args.properties, epochs)
+        probe_sets[FINETUNED] = head
+        if BLEND in args.features:
+            trees = probe_sets.get("stats-gbt") or fit_probes(zoo, "stats-gbt", properties=head.properties, epochs=epochs)
+            probe_sets[BLEND] = blended_head(zoo, head, trees, epochs)
     probe_sets = {f: probe_sets[f] for f in args.features}  # the table in the order asked for
     rows = score_split(zoo, probe_sets, args.split, model, tokenizer, args.properties, epochs, args.bootstrap)
     print(format_table(rows))

@@ -4,6 +4,7 @@ and the result tables that compare them with the baselines.
 - embedding: windowed encode / decode of flat weights (`embed_flat`, `encode_flat`, `decode_flat`)
 - probes: `ProbeSet` (ridge / linear classifier, penalty chosen on validation), `ridge_path`
 - trees: `TreeProbeSet` (gradient-boosted trees on s(W), "stats-gbt", hyperparameters chosen on validation)
+- blend: `BlendedProbeSet` (a fine-tuned head and those trees, "sane-finetuned+stats-gbt", the head's weight chosen on validation)
 - scores: `r_squared`, `kendall_tau`
 - samplers: `KDESampler`, `GaussianSampler`, `neighbour_sampler`, `sub_sample`, `boot_sample`
 - generative: `GANSampler`, `DiffusionSampler` (trained on anchor latents by `train_sampler`), `load_sampler`

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..zoo.architectures import build_model, init_weights
+from .blend import BLEND_FEATURES, BlendedProbeSet
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
@@ -131,6 +132,17 @@ def finetuned_head(zoo, checkpoint, properties: Sequence[str] | None = None, epo
     return head
 
 
+def blended_head(zoo, head: FinetunedHead, trees: TreeProbeSet, epochs: Sequence[int] | None = None,
+                 progress: bool = False) -> BlendedProbeSet:
+    """The fine-tuned `head` and the s(W) `trees` blended ("sane-finetuned+stats-gbt", downstream.blend),
+    each property's head weight chosen on the zoo's validation rows at `epochs`."""
+    rows, _ = usable_rows(zoo, "validation", epochs)
+    x = zoo_features(zoo, "validation", BLEND_FEATURES, head.model, head.tokenizer, rows=rows, progress=progress)
+    finite = torch.isfinite(x).all(1)
+    targets = zoo_targets(zoo, "validation", head.properties, rows[finite.numpy()])
+    return BlendedProbeSet.fit(head, trees, x[finite], targets)
+
+
 # ------------------------------------------------------------------------------------ features
 def zoo_properties(zoo, properties: Sequence[str] | None = None, epochs: Sequence[int] | None = None) -> list[str]:
     """The properties to probe: the given ones (checked against the zoo's columns), or test accuracy,
@@ -220,8 +232,12 @@ def zoo_features(zoo, split: str, features: str, model=None, tokenizer=None, poo
     weights gets non-finite features (NaN SANE embeddings: it is not embedded). Rows are read from
     the zoo a slice at a time (`zoo.rows`): statistics and embeddings need memory for a slice,
     not the split (only "weights" returns the split's weights whole)."""
-    if features not in (*FEATURE_SETS, FINETUNED_FEATURES):
-        raise ValueError(f"unknown feature set {features!r}; choose one of {[*FEATURE_SETS, FINETUNED_FEATURES]}")
+    if features not in (*FEATURE_SETS, FINETUNED_FEATURES, BLEND_FEATURES):
+        raise ValueError(f"unknown feature set {features!r}; choose one of "
+                         f"{[*FEATURE_SETS, FINETUNED_FEATURES, BLEND_FEATURES]}")
+    if features == BLEND_FEATURES:  # model: the SaneForPropertyPrediction; the head's outputs, then s(W)
+        return torch.cat([zoo_features(zoo, split, f, model, tokenizer, batch_size=batch_size, progress=progress,
+                                       rows=rows) for f in (FINETUNED_FEATURES, "stats")], dim=1)
     weights = zoo.rows(split)
     if rows is not None:
         weights = _pick(weights, np.asarray(rows, dtype=np.int64))
@@ -312,8 +328,9 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
     """Fit probes on train (penalty, or the trees' hyperparameters, chosen on validation) for each
     feature set, score them on `split`. Feature sets: "sane", "stats" (linear s(W)), "stats-gbt"
     (gradient-boosted trees on s(W), the baseline of Unterthiner et al. 2020; seeded by `seed`),
-    "weights", and "sane-finetuned": the property head of the fine-tuned checkpoint `finetuned`
-    (`hyperrep finetune`; default `checkpoint` when it has a head), scored on its own properties.
+    "weights", "sane-finetuned": the property head of the fine-tuned checkpoint `finetuned`
+    (`hyperrep finetune`; default `checkpoint` when it has a head), scored on its own properties, and
+    "sane-finetuned+stats-gbt": that head and the s(W) trees blended (downstream.blend).
 
     Rows: {"features", "property", "metric" ("r2" or "accuracy"), "value", "kendall_tau", "penalty",
     "validation", "num_rows", "left_out"} (+ "hyperparameters" for trees). "sane" needs `checkpoint`
@@ -328,11 +345,18 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
     model = tokenizer = None
     asked = properties
     properties = zoo_properties(zoo, properties, epochs)
-    probe_sets = {}
+    probe_sets, head = {}, None
     for features in feature_sets:
-        if features == FINETUNED_FEATURES:
-            if (finetuned or checkpoint) is not None:
-                probe_sets[features] = finetuned_head(zoo, finetuned or checkpoint, asked, epochs, progress)
+        if features in (FINETUNED_FEATURES, BLEND_FEATURES):
+            if (finetuned or checkpoint) is None:
+                continue
+            head = head or finetuned_head(zoo, finetuned or checkpoint, asked, epochs, progress)
+            if features == FINETUNED_FEATURES:
+                probe_sets[features] = head
+            else:
+                trees = probe_sets.get(GBT_FEATURES) or fit_probes(zoo, GBT_FEATURES, properties=head.properties,
+                                                                   epochs=epochs, seed=seed)
+                probe_sets[features] = blended_head(zoo, head, trees, epochs, progress)
             continue
         if features == "sane":
             if checkpoint is None:
@@ -354,11 +378,12 @@ def score_split(zoo, probe_sets: dict[str, ProbeSet], split: str = "test", model
     x = {}
     for f, p in probe_sets.items():
         same = "stats" if f == GBT_FEATURES and "stats" in x else None  # the same s(W) features: compute them once
-        own = (p.model, p.tokenizer) if f == FINETUNED_FEATURES else (model, tokenizer)
+        own = (p.model, p.tokenizer) if f in (FINETUNED_FEATURES, BLEND_FEATURES) else (model, tokenizer)
         x[f] = x[same] if same else zoo_features(zoo, split, f, *own, p.info.get("pooling") or "mean",
                                                  progress=progress, permutations=p.info.get("permutations", 0), rows=rows)
     x, rows, left_out = _leave_out_non_finite(x, rows, left_out)
-    names = {f: list(properties) if properties is not None and f != FINETUNED_FEATURES else p.properties
+    names = {f: list(properties) if properties is not None and f not in (FINETUNED_FEATURES, BLEND_FEATURES)
+             else p.properties
              for f, p in probe_sets.items()}
     targets = zoo_targets(zoo, split, list(dict.fromkeys(n for ns in names.values() for n in ns)), rows)
     table, predictions = [], {}
