@@ -22,6 +22,8 @@ transfer target of D. Every SANE is the "tiny" preset with d_model = latent_dim 
     reconstruction error per layer.
 (3) Window sizes 8 / 16 / 44 (= D's whole sequence) on D: test reconstruction error, accuracy of the
     reconstructed test models, probe R^2 of test_acc, KDE30 epoch-0 accuracy.
+(4) "resnet": part (1)'s unseen MLP again, with a SANE trained on D + C + R, R = a narrow ResNet-18
+    (width 4, BatchNorm, residual blocks) on `digits`: does a third, residual family help or hurt?
 
 Results: ROOT/study/results.json (each part saved when done: a rerun skips finished parts) and
 ROOT/study/tables.md. Test splits are only scored; every choice is made on validation.
@@ -52,10 +54,10 @@ from hyperrep_hf.zoo.tasks import load_task
 
 TOKEN_SIZE = 33  # the digits CNN's longest row (8 * 2 * 2 + 1); cnn-s and the MLP rows are chunked
 SIZES = {
-    "full": {"models": {"D": 40, "C": 30, "P": 40}, "epochs": {"D": 8, "C": 5, "P": 8}, "sane_epochs": 50, "d_model": 128,
-             "samples": 5, "prompts": 3},
-    "quick": {"models": {"D": 7, "C": 5, "P": 14}, "epochs": {"D": 2, "C": 1, "P": 2}, "sane_epochs": 2, "d_model": 32,
-              "samples": 2, "prompts": 2},
+    "full": {"models": {"D": 40, "C": 30, "P": 40, "R": 40}, "epochs": {"D": 8, "C": 5, "P": 8, "R": 8}, "sane_epochs": 50,
+             "d_model": 128, "samples": 5, "prompts": 3},
+    "quick": {"models": {"D": 7, "C": 5, "P": 14, "R": 5}, "epochs": {"D": 2, "C": 1, "P": 2, "R": 1}, "sane_epochs": 2,
+              "d_model": 32, "samples": 2, "prompts": 2},
 }
 WINDOWS = (8, 16, 44)
 PROPERTIES = ("test_acc", "epoch", "ggap")
@@ -88,12 +90,14 @@ def mnist_8x8(root: Path) -> dict:
     return {"dataset": str(folder), "name": "mnist-8x8", "image_size": 8}
 
 
+SEED_HP = {"activation": ["tanh"], "init": ["kaiming_uniform"], "optimizer": ["adam"], "lr": [1e-3]}
+
+
 def build_zoos(root: Path, size: dict) -> dict:
-    seed_hp = {"activation": ["tanh"], "init": ["kaiming_uniform"], "optimizer": ["adam"], "lr": [1e-3]}
     specs = {
-        "D": {"name": "gen-digits-cnn", "architecture": "cnn-digits", "task": "digits", "hyperparameters": seed_hp},
-        "C": {"name": "gen-mnist-cnn-s", "architecture": "cnn-s", "task": "mnist-5k", "hyperparameters": seed_hp},
-        "P": {"name": "gen-digits-mlp", "architecture": "mlp", "task": "digits", "hyperparameters": {**seed_hp, "activation": ["relu"]},
+        "D": {"name": "gen-digits-cnn", "architecture": "cnn-digits", "task": "digits", "hyperparameters": SEED_HP},
+        "C": {"name": "gen-mnist-cnn-s", "architecture": "cnn-s", "task": "mnist-5k", "hyperparameters": SEED_HP},
+        "P": {"name": "gen-digits-mlp", "architecture": "mlp", "task": "digits", "hyperparameters": {**SEED_HP, "activation": ["relu"]},
               "architecture_kwargs": {"hidden": [32]}},
     }
     zoos = {}
@@ -198,26 +202,39 @@ def part_modes(root: Path, zoos: dict, size: dict) -> dict:
     return {"rows": rows}
 
 
-def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
-    folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
+def unseen_mlp(root: Path, folder: Path, P, size: dict) -> dict:
+    """Part (1)'s evaluation of the unseen MLP zoo P with the SANE in `folder`: the normalisation
+    chosen on P's validation models, probes (SANE vs s(W)) and neighbour generation."""
     model, tok = load_checkpoint(folder)
-    P = zoos["P"]
     choice = transfer.choose_normalization(model, tok, last_epoch_models(P, "validation"))
     print("normalisation chosen on P's validation models:", choice, flush=True)
     unseen = with_unseen(root, folder, P, choice["normalization"])
     probes = probe_table(P, unseen, feature_sets=("sane", "stats"), properties=list(PROPERTIES))
     _, tok_p = load_checkpoint(unseen)
-    task = load_task(P.task)
     prompts = last_epoch_models(P, "train", size["prompts"], best=True)
-    unseen_gen = transfer.transfer_table(model, tok_p, prompts, task, num_samples=size["samples"], epochs=(0, 1, 5),
-                                         init="kaiming_uniform", lr=1e-3, optimizer="adam")
+    generation = transfer.transfer_table(model, tok_p, prompts, load_task(P.task), num_samples=size["samples"],
+                                         epochs=(0, 1, 5), init="kaiming_uniform", lr=1e-3, optimizer="adam")
+    return {"normalisation_choice": choice, "probes_P": probes, "generation_unseen_architecture": generation}
+
+
+def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
+    folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
+    model, tok = load_checkpoint(folder)
+    results = unseen_mlp(root, folder, zoos["P"], size)
     # task transfer: D's anchors prompted onto mnist-8x8 (same input shape and classes)
     prepare_sampling(folder, zoos["D"], model=model, tokenizer=tok, progress=False)
     target = load_task(mnist_8x8(root))
     task_gen = generation_table(folder, zoos["D"], methods=("kde30",), num_samples=size["samples"], epochs=(0, 1, 5),
                                 task=target)
-    return {"normalisation_choice": choice, "probes_P": probes, "generation_unseen_architecture": unseen_gen,
-            "generation_transfer_task": task_gen}
+    return {**results, "generation_transfer_task": task_gen}
+
+
+def part_resnet(root: Path, zoos: dict, size: dict) -> dict:
+    spec = {"name": "gen-digits-resnet", "architecture": "resnet18", "architecture_kwargs": {"in_channels": 1, "width": 4},
+            "task": "digits", "hyperparameters": SEED_HP, "num_models": size["models"]["R"], "epochs": size["epochs"]["R"]}
+    R = build_zoo(spec, root / spec["name"], progress=True)
+    folder = train(root, "cnn-resnet-zoos", [zoos["D"], zoos["C"], R], size)
+    return {**unseen_mlp(root, folder, zoos["P"], size), "reconstruction_R": reconstruction(folder, R)}
 
 
 def part_lwln(root: Path, zoos: dict, size: dict) -> dict:
@@ -268,6 +285,15 @@ def tables(results: dict) -> str:
                     f"{k}: {', '.join(f'{s:.3g}' for s in v)}" for k, v in results["lwln"]["weight_scales"].items()), "",
                 format_table(results["lwln"]["rows"], ["run", "zoo", "layer_error", "recon_acc", "original_acc", "kde30_acc",
                                                        "kde30_std", "bandwidth_scale"]), ""]
+    if "resnet" in results:
+        r = results["resnet"]
+        out += ["### (4) The unseen MLP with SANE trained on D + C + a narrow ResNet-18 zoo R", "",
+                f"Normalisation chosen on P's validation models: {r['normalisation_choice']['normalization']}; "
+                f"R's test reconstruction error {r['reconstruction_R']['layer_error']:.4f}, accuracy of its reconstructed test "
+                f"models {r['reconstruction_R']['recon_acc']:.3f} (originals {r['reconstruction_R']['original_acc']:.3f})", "",
+                format_table([{k: x[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
+                              for x in r["probes_P"]]), "",
+                format_table(r["generation_unseen_architecture"], GENERATION_COLUMNS), ""]
     if "windows" in results:
         out += ["### (3) Window sizes, zoo D (44 tokens per model)", "", format_table(results["windows"]["rows"], [
             "window", "layer_error", "recon_acc", "original_acc", "probe_r2_test_acc", "probe_tau_test_acc", "kde30_acc",
@@ -279,7 +305,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/work/zoos/gen", help="where zoos, checkpoints and results go")
     parser.add_argument("--quick", action="store_true", help="tiny zoos and 2 SANE epochs: a smoke run")
-    parser.add_argument("--parts", default="unseen,modes,lwln,windows", help="comma-separated: unseen, modes, lwln, windows")
+    parser.add_argument("--parts", default="unseen,modes,lwln,windows,resnet",
+                        help="comma-separated: unseen, modes, lwln, windows, resnet")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models on a shared machine: one thread is fastest (BENCHMARKS.md)
     torch.set_flush_denormal(True)
@@ -291,7 +318,7 @@ def main(argv=None) -> int:
     results["setup"] = {"sizes": size, "token_size": TOKEN_SIZE, "machine": f"{platform.machine()} {platform.processor()}",
                         "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
     zoos = build_zoos(root, size)
-    parts = {"unseen": part_unseen, "modes": part_modes, "lwln": part_lwln, "windows": part_windows}
+    parts = {"unseen": part_unseen, "modes": part_modes, "lwln": part_lwln, "windows": part_windows, "resnet": part_resnet}
     for name in args.parts.split(","):
         if name not in parts:
             parser.error(f"unknown part {name!r}; choose among {sorted(parts)}")
