@@ -271,7 +271,9 @@ def test_bad_inputs_name_the_property_the_labels_the_sizes_and_the_zoo(zoo_dir, 
                                               properties=["test_acc"], **FAST))
     capsys.readouterr()
     assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
-    assert "sane-finetuned is a fine-tuned head, not a probe" in capsys.readouterr().err
+    assert "sane-finetuned scores a fine-tuned head, not a probe" in capsys.readouterr().err
+    assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 2
+    assert "probe eval --features sane-finetuned+stats-gbt --finetuned OUT" in capsys.readouterr().err
 
 
 def test_the_study_script_chooses_on_validation_scores_on_test_and_resumes(zoo_dir, sane_dir, tmp_path, capsys):

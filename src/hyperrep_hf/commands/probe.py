@@ -88,10 +88,11 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
-    if FINETUNED in args.features or BLEND in args.features:
-        raise ValueError("sane-finetuned is a fine-tuned head, not a probe: train it with `hyperrep finetune --checkpoint "
-                         f"{args.checkpoint} --zoo {args.zoo} --output_dir OUT` and score it with `hyperrep probe eval "
-                         "--features sane-finetuned --finetuned OUT`")
+    tuned = [f for f in args.features if f in (FINETUNED, BLEND)]
+    if tuned:
+        raise ValueError(f"{tuned[0]} scores a fine-tuned head, not a probe: train the head with `hyperrep finetune "
+                         f"--checkpoint {args.checkpoint} --zoo {args.zoo} --output_dir OUT` and score it with `hyperrep "
+                         f"probe eval --features {tuned[0]} --finetuned OUT`")
     if "stats-gbt" in args.features:
         raise ValueError("stats-gbt probes are table-only (sklearn trees cannot be saved without pickle): score them "
                          f"with `hyperrep probe eval --checkpoint {args.checkpoint} --zoo {args.zoo} --features stats-gbt`, "
