@@ -40,3 +40,35 @@ def test_model_card_results_carry_kendall_tau_beside_r2():
     assert "| Kendall tau test_acc | 0.7000 |" in str(card) and card.data.metrics == ["kendall_tau", "r_squared"]
     with pytest.raises(ValueError, match="Kendall tau given for \\['ggap'\\] without an R\\^2"):
         probe_eval_results({"test_acc": 0.9}, dataset="org/zoo", kendall_tau_by_property={"ggap": 0.1})
+
+
+def test_scratch_models_and_fine_tuning_follow_the_best_model_of_a_hyperparameter_zoo(tmp_path):
+    """A hyperparameter zoo's first values (here a U(0,1) init) can train to chance: the from-scratch
+    baseline is built, initialised and fine-tuned as the zoo's best train model instead."""
+    import numpy as np
+    import torch
+
+    from hyperrep_hf.downstream.evaluation import scratch_models, zoo_recipe
+    from hyperrep_hf.zoo import build_zoo
+
+    torch.set_num_threads(1)
+    hp = {"activation": ["sigmoid", "relu"], "init": ["uniform", "kaiming_uniform"], "optimizer": ["sgd", "adam"],
+          "lr": [1e-4, 1e-3]}
+    zoo = build_zoo({"name": "hyp", "architecture": "cnn-digits", "task": "digits", "search": "grid", "hyperparameters": hp},
+                    tmp_path / "zoo", num_models=16, epochs=1, progress=False)
+    meta = zoo.metadata("train")
+    last = meta[meta["epoch"] == meta["epoch"].max()]
+    best = last.loc[last["val_acc"].idxmax()]
+    recipe = zoo_recipe(zoo)
+    assert (recipe["init"], recipe["optimizer"], recipe["lr"]) == (best["init"], best["optimizer"], best["lr"])
+    assert recipe["architecture_kwargs"]["activation"] == best["activation"]
+    assert best["init"] != "uniform"  # what the test is about: not the zoo's first init
+    model = scratch_models(zoo, 1)[0]
+    assert best["activation"] in {type(m).__name__.lower() for m in model.modules()}
+    first = next(p for n, p in model.named_parameters() if n.endswith("weight"))
+    assert (first < 0).any()  # not U(0, 1)
+    # a seed zoo's recipe is its one set of values
+    seed = build_zoo("digits-seed", tmp_path / "seed", num_models=3, epochs=1, progress=False)
+    assert {k: zoo_recipe(seed)[k] for k in ("init", "optimizer")} == {
+        k: seed.config["hyperparameters"][k][0] for k in ("init", "optimizer")}
+    assert np.isclose(zoo_recipe(seed)["lr"], seed.config["hyperparameters"]["lr"][0])

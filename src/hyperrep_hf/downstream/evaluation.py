@@ -485,14 +485,41 @@ def finetune_accuracy(models: Sequence[nn.Module], task, epochs: Sequence[int] =
     return {e: history["test_acc"][e].cpu() for e in epochs}
 
 
+def zoo_recipe(zoo) -> dict:
+    """How the zoo's best model was made: {"init", "optimizer", "lr", "architecture_kwargs"} of the
+    train row with the highest val_acc at the last epoch (not diverged), the model sampling anchors
+    are built like (`prepare_sampling`). A hyperparameter the zoo has no column for (or no best row)
+    takes its config's first value, else the default (init "default", optimizer "adam", lr 1e-3).
+    In a seed zoo this is the zoo's one recipe; in a hyperparameter zoo it keeps the from-scratch
+    baseline off settings that train to chance (mnist-hyp's first init is U(0, 1))."""
+    from ..zoo.architectures import architecture_kwargs_for_row
+
+    row = None
+    if "train" in zoo.splits and zoo.num_rows("train"):
+        meta = zoo.metadata("train")
+        keep = (meta["epoch"] == meta["epoch"].max()).to_numpy().copy()
+        if "diverged" in meta.columns:
+            keep &= ~meta["diverged"].fillna(False).astype(bool).to_numpy()
+        scores = meta["val_acc"].to_numpy(dtype=np.float64) if "val_acc" in meta.columns else np.full(len(meta), np.nan)
+        keep &= np.isfinite(scores)
+        if keep.any():
+            row = meta.iloc[int(np.flatnonzero(keep)[np.argmax(scores[keep])])].to_dict()
+    recipe = {name: row[name] if row is not None and row.get(name) is not None else _zoo_hyperparameter(zoo, name, default)
+              for name, default in (("init", "default"), ("optimizer", "adam"), ("lr", 1e-3))}
+    recipe["lr"] = float(recipe["lr"])
+    recipe["architecture_kwargs"] = architecture_kwargs_for_row(zoo.architecture, zoo.architecture_kwargs, row)
+    return recipe
+
+
 def scratch_models(zoo, num_models: int, seed: int = 0) -> list[nn.Module]:
-    """Fresh models of the zoo's architecture, initialised like the zoo's (its "init" hyperparameter)."""
-    init = _zoo_hyperparameter(zoo, "init", "default")
+    """Fresh models of the zoo's architecture, built and initialised as its best model (`zoo_recipe`)."""
+    recipe = zoo_recipe(zoo)
     out = []
     for i in range(num_models):
         g = torch.Generator().manual_seed(seed + i)
         torch.manual_seed(seed + i)  # layers without an explicit init use the global generator
-        out.append(init_weights(build_model(zoo.architecture, **zoo.architecture_kwargs), init, generator=g))
+        model = build_model(zoo.architecture, **recipe["architecture_kwargs"])
+        out.append(init_weights(model, recipe["init"], generator=g))
     return out
 
 
@@ -523,7 +550,8 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     TaskData measures transfer, e.g. a digits zoo prompting a Fashion-MNIST task).
 
     Rows: {"source" (a method, "scratch" or "zoo"), "task", "epoch", "mean_acc", "std_acc",
-    "num_models"}. Fine-tuning uses the zoo's optimizer and learning rate unless given.
+    "num_models"}. Fine-tuning uses the optimizer and learning rate of the zoo's best model
+    (`zoo_recipe`) unless given; scratch models are built and initialised as that model.
     `samples` ({label: models}) adds models sampled beforehand (e.g. by the pipeline).
     """
     from ..zoo.tasks import TaskData, load_task
@@ -537,8 +565,9 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
             f"models take {list(expected[0])} and predict {expected[1]}; transfer to a task of the same input shape "
             "and number of classes"
         )
-    finetune_options.setdefault("optimizer", _zoo_hyperparameter(zoo, "optimizer", "adam"))
-    finetune_options.setdefault("lr", _zoo_hyperparameter(zoo, "lr", 1e-3))
+    recipe = zoo_recipe(zoo)
+    finetune_options.setdefault("optimizer", recipe["optimizer"])
+    finetune_options.setdefault("lr", recipe["lr"])
     if generator is None and methods:
         from .generation import SamplingAnchors
 
