@@ -263,17 +263,21 @@ def part_windows(root: Path, zoos: dict, size: dict) -> dict:
     return {"rows": rows}
 
 
+def unseen_tables(u: dict) -> list[str]:
+    """The normalisation choice, probes and generation of the unseen MLP (`unseen_mlp`'s results)."""
+    return [f"Normalisation chosen on P's validation models: {u['normalisation_choice']['normalization']} "
+            f"(mean per-layer relative reconstruction error {u['normalisation_choice']['validation_error']})", "",
+            format_table([{k: r[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
+                          for r in u["probes_P"]]), "",
+            "Generation for the unseen MLP on digits (test accuracy after fine-tuning epochs):", "",
+            format_table(u["generation_unseen_architecture"], GENERATION_COLUMNS), ""]
+
+
 def tables(results: dict) -> str:
     out = []
     if "unseen" in results:
         u = results["unseen"]
-        out += ["### (1) Unseen architecture (MLP) with SANE trained on CNN zoos", "",
-                f"Normalisation chosen on P's validation models: {u['normalisation_choice']['normalization']} "
-                f"(mean per-layer relative reconstruction error {u['normalisation_choice']['validation_error']})", "",
-                format_table([{k: r[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
-                              for r in u["probes_P"]]), "",
-                "Generation for the unseen MLP on digits (test accuracy after fine-tuning epochs):", "",
-                format_table(u["generation_unseen_architecture"], GENERATION_COLUMNS), "",
+        out += ["### (1) Unseen architecture (MLP) with SANE trained on CNN zoos", "", *unseen_tables(u),
                 "Task transfer: KDE30 samples of the digits CNN zoo D, fine-tuned on mnist-8x8:", "",
                 format_table(u["generation_transfer_task"], GENERATION_COLUMNS), ""]
     if "modes" in results:
@@ -288,12 +292,9 @@ def tables(results: dict) -> str:
     if "resnet" in results:
         r = results["resnet"]
         out += ["### (4) The unseen MLP with SANE trained on D + C + a narrow ResNet-18 zoo R", "",
-                f"Normalisation chosen on P's validation models: {r['normalisation_choice']['normalization']}; "
                 f"R's test reconstruction error {r['reconstruction_R']['layer_error']:.4f}, accuracy of its reconstructed test "
                 f"models {r['reconstruction_R']['recon_acc']:.3f} (originals {r['reconstruction_R']['original_acc']:.3f})", "",
-                format_table([{k: x[k] for k in ("features", "property", "value", "kendall_tau", "penalty", "num_rows")}
-                              for x in r["probes_P"]]), "",
-                format_table(r["generation_unseen_architecture"], GENERATION_COLUMNS), ""]
+                *unseen_tables(r)]
     if "windows" in results:
         out += ["### (3) Window sizes, zoo D (44 tokens per model)", "", format_table(results["windows"]["rows"], [
             "window", "layer_error", "recon_acc", "original_acc", "probe_r2_test_acc", "probe_tau_test_acc", "kde30_acc",
