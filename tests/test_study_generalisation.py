@@ -1,0 +1,35 @@
+"""scripts/study_generalisation.py end to end on its --quick sizes: part (4) builds the narrow ResNet
+zoo, trains SANE on three zoo families, evaluates the unseen MLP, saves and resumes (a subprocess:
+the script sets torch's thread count and denormal flushing for its whole process)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "study_generalisation.py"
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_resnet_part_runs_saves_and_is_kept_on_a_rerun(tmp_path):
+    done = run("--root", str(tmp_path), "--quick", "--parts", "resnet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    part = results["resnet"]
+    assert part["normalisation_choice"]["normalization"] in ("model", "token")
+    assert {(r["features"], r["property"]) for r in part["probes_P"]} == {
+        (f, p) for f in ("sane", "stats") for p in ("test_acc", "epoch", "ggap")}
+    sources = {r["source"] for r in part["generation_unseen_architecture"]}
+    assert {"neighbours", "prompt", "scratch"} <= sources
+    assert 0 <= part["reconstruction_R"]["original_acc"] <= 1
+    zoo = json.loads((tmp_path / "gen-digits-resnet" / "zoo_config.json").read_text())
+    assert zoo["architecture"] == "resnet18" and zoo["architecture_kwargs"]["width"] == 4
+    assert "(4) The unseen MLP with SANE trained on D + C + a narrow ResNet-18 zoo R" in (
+        tmp_path / "study" / "tables.md").read_text()
+    again = run("--root", str(tmp_path), "--quick", "--parts", "resnet")
+    assert again.returncode == 0 and "part resnet: done before, kept" in again.stdout
+    wrong = run("--root", str(tmp_path), "--quick", "--parts", "resnets")
+    assert wrong.returncode == 2 and "unknown part 'resnets'" in wrong.stderr
