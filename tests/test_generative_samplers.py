@@ -19,7 +19,12 @@ from hyperrep_hf.downstream.generation import (
     prepare_sampling,
     train_generative_sampler,
 )
-from hyperrep_hf.downstream.generative import LatentBasis, load_sampler, train_sampler
+from hyperrep_hf.downstream.generative import (
+    LatentBasis,
+    load_sampler,
+    train_gan_steps,
+    train_sampler,
+)
 from hyperrep_hf.downstream.samplers import KDESampler, best_fraction, parse_method, sub_sample
 from hyperrep_hf.zoo import build_zoo
 
@@ -62,6 +67,21 @@ def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     sampler.settings["noise_scale"] = 0.3
     narrow = sampler.basis.encode(sampler.sample(2000, _gen(1)))
     assert narrow.std(0).mean() < 0.7 * sampler.basis.encode(draws).std(0).mean()
+
+
+def test_gan_snapshots_of_one_run_are_the_gans_trained_that_long(mixture):
+    settings = {"hidden": 16, "lr": 1e-3}
+    snapshots = train_gan_steps(mixture[:64], [40, 15, 25], settings, seed=3, config={"fraction": 0.5})
+    assert sorted(snapshots) == [15, 25, 40]
+    for n, sampler in snapshots.items():
+        alone = train_sampler(mixture[:64], "gan", {**settings, "steps": n}, seed=3, config={"fraction": 0.5})
+        assert sampler.config == alone.config and sampler.settings["steps"] == n
+        assert torch.equal(sampler.sample(6, _gen(0)), alone.sample(6, _gen(0)))
+    assert not torch.equal(snapshots[15].sample(6, _gen(0)), snapshots[40].sample(6, _gen(0)))
+    snapshots[15].settings["noise_scale"] = 0.5  # each snapshot's settings are its own
+    assert snapshots[25].settings["noise_scale"] == 1.0
+    with pytest.raises(ValueError, match="steps must be positive integers"):
+        train_gan_steps(mixture[:64], [0, 10])
 
 
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="--train-samplers: pass over settings whose validation draws lie closer to their nearest "
                         "anchor than FLOOR (a distance, or 'kde': as far as KDE draws); default: accuracy alone")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
-                   help="--train-samplers: training steps to choose from on validation (default 2000 8000)")
+                   help="--train-samplers: training steps to choose from on validation (default: GAN 1000, 1500, ..., 8000, "
+                   "snapshots of one run; diffusion 2000 8000)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
@@ -141,7 +142,6 @@ def _train_samplers(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ..downstream.generation import (
-        GENERATIVE_STEPS,
         ModelGenerator,
         check_diversity,
         train_generative_sampler,
@@ -151,8 +151,8 @@ def _train_samplers(args: argparse.Namespace) -> None:
         raise ValueError(f"--train-samplers writes into the checkpoint folder; {args.checkpoint} is not a local folder")
     if not 0 < args.sampler_fraction <= 1:
         raise ValueError(f"--sampler-fraction must be in (0, 1], got {args.sampler_fraction}")
-    steps = args.sampler_steps or GENERATIVE_STEPS
-    if min(steps) <= 0:
+    steps = args.sampler_steps
+    if steps is not None and min(steps) <= 0:
         raise ValueError(f"--sampler-steps must be positive, got {steps}")
     diversity = check_diversity(args.sampler_diversity)
     gen = ModelGenerator.from_pretrained(args.checkpoint, task=args.task, device=resolve_device(args.device))

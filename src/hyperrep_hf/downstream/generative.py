@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -276,22 +277,44 @@ def train_sampler(anchors: torch.Tensor, kind: str, settings: dict | None = None
     (see DEFAULTS; rank None = every component of the anchors). Seeded: the same anchors, settings
     and seed give the same sampler. `config` adds entries to the sampler's config (e.g. fraction)."""
     settings = check_settings(kind, settings)
+    return _train(anchors, kind, settings, seed, progress, config, [settings["steps"]])[settings["steps"]]
+
+
+def train_gan_steps(anchors: torch.Tensor, steps: Sequence[int], settings: dict | None = None, seed: int = 0,
+                    progress: bool = False, config: dict | None = None) -> dict[int, GANSampler]:
+    """The GAN after each of `steps` of one training run on anchor latents [A, ...]: {n: sampler}.
+    A GAN's training has no schedule tied to its length, so the sampler after n steps of a longer
+    run is exactly `train_sampler(anchors, "gan", {**settings, "steps": n}, seed)`, at the cost of
+    one run to max(steps)."""
+    steps = sorted({int(n) for n in steps})
+    if not steps or steps[0] <= 0:
+        raise ValueError(f"steps must be positive integers, got {steps}")
+    settings = check_settings("gan", {**(settings or {}), "steps": steps[-1]})
+    return _train(anchors, "gan", settings, seed, progress, config, steps)
+
+
+def _train(anchors, kind: str, settings: dict, seed: int, progress: bool, config: dict | None,
+           keep: Sequence[int]) -> dict[int, GenerativeSampler]:
+    """{n: the sampler after n training steps} for n in `keep` (a diffusion run keeps its last step only:
+    its learning-rate schedule depends on the run's length)."""
     anchors = torch.as_tensor(anchors).float()
     basis = LatentBasis.fit(anchors, settings["rank"])
     data = basis.encode(anchors)
-    info = {**(config or {}), "kind": kind, "settings": settings, "seed": int(seed), "num_anchors": int(len(anchors)),
-            "rank": basis.rank, "shape": list(basis.shape)}
     accelerator = _accelerator()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         generator = torch.Generator().manual_seed(int(seed))
         if kind == "gan":
-            net = _train_gan(accelerator, basis, data, settings, generator, progress)
-            sampler = GANSampler(basis, net, info)
+            nets = _train_gan(accelerator, basis, data, settings, generator, progress, keep)
         else:
-            net = _train_diffusion(accelerator, basis, data, settings, generator, progress)
-            sampler = DiffusionSampler(basis, net, info, 1.2 * float(data.abs().max()))
-    return sampler.cpu().eval()
+            nets = {settings["steps"]: _train_diffusion(accelerator, basis, data, settings, generator, progress)}
+    samplers = {}
+    for n, net in nets.items():
+        info = {**(config or {}), "kind": kind, "settings": {**settings, "steps": n}, "seed": int(seed),
+                "num_anchors": int(len(anchors)), "rank": basis.rank, "shape": list(basis.shape)}
+        sampler = GANSampler(basis, net, info) if kind == "gan" else DiffusionSampler(basis, net, info, 1.2 * float(data.abs().max()))
+        samplers[n] = sampler.cpu().eval()
+    return samplers
 
 
 def _batches(data: torch.Tensor, settings: dict, generator: torch.Generator, progress: bool, desc: str):
@@ -300,9 +323,10 @@ def _batches(data: torch.Tensor, settings: dict, generator: torch.Generator, pro
         yield data[torch.randint(0, len(data), (size,), generator=generator)]
 
 
-def _train_gan(accelerator, basis, data, settings, generator, progress) -> nn.Module:
+def _train_gan(accelerator, basis, data, settings, generator, progress, keep: Sequence[int]) -> dict[int, nn.Module]:
     """Non-saturating GAN loss with an R1 penalty on real data (gamma 1); Adam (0.5, 0.9); the
-    generator returned is the exponential moving average (0.99) of the trained one's weights."""
+    generators returned, {step: network} after each step in `keep`, are the exponential moving
+    average (0.99) of the trained one's weights."""
     import copy
 
     import torch.nn.functional as F
@@ -314,7 +338,8 @@ def _train_gan(accelerator, basis, data, settings, generator, progress) -> nn.Mo
     opt_d = torch.optim.Adam(disc.parameters(), lr=settings["lr"], betas=(0.5, 0.9))
     gen, disc, opt_g, opt_d = accelerator.prepare(gen, disc, opt_g, opt_d)
     average = average.to(accelerator.device)
-    for real in _batches(data, settings, generator, progress, "GAN"):
+    kept = {}
+    for step, real in enumerate(_batches(data, settings, generator, progress, "GAN"), start=1):
         real = real.to(accelerator.device).requires_grad_(True)
         z = torch.randn((len(real), settings["noise_dim"]), generator=generator).to(accelerator.device)
         fake = gen(z)
@@ -332,7 +357,9 @@ def _train_gan(accelerator, basis, data, settings, generator, progress) -> nn.Mo
         with torch.no_grad():
             for avg, p in zip(average.parameters(), accelerator.unwrap_model(gen).parameters()):
                 avg.lerp_(p, 1 - GAN_EMA)
-    return average.cpu()
+        if step in keep:
+            kept[step] = copy.deepcopy(average).cpu()
+    return kept
 
 
 def _train_diffusion(accelerator, basis, data, settings, generator, progress) -> nn.Module:
