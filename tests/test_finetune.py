@@ -197,7 +197,7 @@ def test_the_blend_picks_the_head_weight_on_validation():
         blend.predict(x[:, :1])
 
 
-def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir, sane_dir):
+def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir, sane_dir, capsys):
     from hyperrep_hf.downstream.evaluation import (
         FinetunedHead,
         fit_probes,
@@ -230,6 +230,9 @@ def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir
     out = Path(head_dir).parent / "blend.json"
     assert cli(["probe", "eval", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt",
                 "--finetuned", head_dir, "--json", str(out)]) == 0
+    weights = {n: rows["sane-finetuned+stats-gbt", n]["hyperparameters"]["head_weight"] for n in ("test_acc", "epoch")}
+    assert (f"the head's weight per property, chosen on validation: test_acc {weights['test_acc']:g}, epoch "
+            f"{weights['epoch']:g}") in capsys.readouterr().out
     scored = {r["property"]: r["value"] for r in json.loads(out.read_text())}
     assert scored == pytest.approx({n: rows["sane-finetuned+stats-gbt", n]["value"] for n in ("test_acc", "epoch")})
 

@@ -170,6 +170,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if BLEND in args.features:
             trees = probe_sets.get("stats-gbt") or fit_probes(zoo, "stats-gbt", properties=head.properties, epochs=epochs)
             probe_sets[BLEND] = blended_head(zoo, head, trees, epochs)
+            weights = ", ".join(f"{n} {b.hyperparameters['head_weight']:g}" for n, b in probe_sets[BLEND].probes.items())
+            print(f"{BLEND}: the head's weight per property, chosen on validation: {weights}")
     probe_sets = {f: probe_sets[f] for f in args.features}  # the table in the order asked for
     rows = score_split(zoo, probe_sets, args.split, model, tokenizer, args.properties, epochs, args.bootstrap)
     print(format_table(rows))
