@@ -24,7 +24,8 @@ distribution; it needs no retraining.
 
 Both are trained by `train_sampler` with Accelerate (an `Accelerator` on the GPU when there is one),
 seeded (same anchors, settings and seed -> the same sampler), and draw with a `torch.Generator`
-(same generator state -> the same latents). `sampler.save(folder)` writes
+(same generator state -> the same latents); `train_gan_steps` keeps the GAN after each of several
+step counts of one run. `sampler.save(folder)` writes
 `sampling/{kind}.safetensors` (basis and network) + `sampling/{kind}.json` (settings); `load_sampler`
 reads them back, from a folder or a Hub repo. Sampling needs torch only (remote code); training also
 needs accelerate.
