@@ -485,6 +485,14 @@ def finetune_accuracy(models: Sequence[nn.Module], task, epochs: Sequence[int] =
     return {e: history["test_acc"][e].cpu() for e in epochs}
 
 
+def _final_rows(meta) -> np.ndarray:
+    """bool [rows] of a split's metadata: at its last epoch and not diverged."""
+    keep = (meta["epoch"] == meta["epoch"].max()).to_numpy().copy()
+    if "diverged" in meta.columns:
+        keep &= ~meta["diverged"].fillna(False).astype(bool).to_numpy()
+    return keep
+
+
 def zoo_recipe(zoo) -> dict:
     """How the zoo's best model was made: {"init", "optimizer", "lr", "architecture_kwargs"} of the
     train row with the highest val_acc at the last epoch (not diverged), the model sampling anchors
@@ -497,9 +505,7 @@ def zoo_recipe(zoo) -> dict:
     row = None
     if "train" in zoo.splits and zoo.num_rows("train"):
         meta = zoo.metadata("train")
-        keep = (meta["epoch"] == meta["epoch"].max()).to_numpy().copy()
-        if "diverged" in meta.columns:
-            keep &= ~meta["diverged"].fillna(False).astype(bool).to_numpy()
+        keep = _final_rows(meta)
         scores = meta["val_acc"].to_numpy(dtype=np.float64) if "val_acc" in meta.columns else np.full(len(meta), np.nan)
         keep &= np.isfinite(scores)
         if keep.any():
@@ -526,7 +532,7 @@ def scratch_models(zoo, num_models: int, seed: int = 0) -> list[nn.Module]:
 def zoo_models(zoo, num_models: int, split: str = "test") -> list[nn.Module]:
     """The zoo's own models of `split` at its last epoch (not diverged), the first `num_models`."""
     meta = zoo.metadata(split)
-    rows = np.flatnonzero((meta["epoch"] == meta["epoch"].max()).to_numpy() & ~meta["diverged"].astype(bool).to_numpy())
+    rows = np.flatnonzero(_final_rows(meta))
     weights = zoo.weights(split)
     # a row, not a bare vector: each model is rebuilt with its own activation / dropout
     return [zoo.build_model({**meta.iloc[int(r)].to_dict(), "weights": weights[int(r)]}) for r in rows[:num_models]]
