@@ -5,10 +5,12 @@
 For cnn-s on mnist-5k (28x28) and the digits CNN, times one training epoch (batch 10) of M models
 trained as a stacked population and of a subset trained one model at a time (plain nn.Module +
 torch.optim), and prints model-epochs/s and the ratio. For a narrow ResNet-18 (BatchNorm, residual
-blocks; width 8) the same with FunctionalPopulation, each engine ("grouped", "vmap"): on CIFAR-like
-random 3x32x32 images (--bn-train-images of them; no dataset download) and on the built-in 8x8
-digits. Also times reading a saved zoo's weights
-(rows/s through Zoo.weights, and in slices of 64 rows through datasets' torch format). Timings on a shared machine are noisy: compare ratios.
+blocks; width 8) the same with FunctionalPopulation's "grouped" engine (what engine="auto" picks for
+it; `--only resnet-vmap` times the "vmap" engine too): on CIFAR-like random 3x32x32 images
+(--bn-train-images of them; no dataset download) and on the built-in 8x8 digits. Also times reading
+a saved zoo's weights (rows/s through Zoo.weights, and in slices of 64 rows through datasets' torch
+format). Timings on a shared machine are noisy: compare ratios. The defaults keep the whole
+`run_benchmarks.py` within 5 minutes on a 2-core CPU without AVX-512 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def bench_training(arch: str, task_name: str, num_models: int, num_single: int, 
 
 
 def bench_functional(task: TaskData, num_models: int, num_single: int, device: str, repeats: int, width: int = 8,
-                     variants=(("grouped", True, 10), ("vmap", True, 10))) -> list[dict]:
+                     variants=(("grouped", True, 10),)) -> list[dict]:
     """ResNet-18 of `width` (BatchNorm, residual blocks): FunctionalPopulation vs one at a time, for
     each variant (engine, channels_last, batch size); the one-at-a-time side uses the same batch size."""
     task = task.to(device)
@@ -165,16 +167,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=32, help="models in the population")
     p.add_argument("--single", type=int, default=3, help="models timed one at a time")
-    p.add_argument("--train-images", type=int, default=1000, help="mnist-5k training images per epoch (4000 = all)")
+    p.add_argument("--train-images", type=int, default=500, help="mnist-5k training images per epoch (4000 = all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=3, help="timed epochs per side, alternating; the best counts")
-    p.add_argument("--bn-train-images", type=int, default=100, help="random 3x32x32 images per ResNet-18 epoch")
-    p.add_argument("--bn-digits-images", type=int, default=300, help="digits images per ResNet-18 epoch")
-    p.add_argument("--read-rows", type=int, default=20000, help="rows of the synthetic zoo read back")
+    p.add_argument("--repeats", type=int, default=2, help="timed epochs per side, alternating; the best counts")
+    p.add_argument("--bn-train-images", type=int, default=60, help="random 3x32x32 images per ResNet-18 epoch")
+    p.add_argument("--bn-digits-images", type=int, default=150, help="digits images per ResNet-18 epoch")
+    p.add_argument("--read-rows", type=int, default=10000, help="rows of the synthetic zoo read back")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
-    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "resnet-variants", "reading"), default=["stacked", "resnet", "reading"],
-                   help="parts to run (default: stacked resnet reading); resnet-variants: the ResNet-18 3x32x32 case with "
-                        "the grouped engine on NCHW tensors, with batches of 32 and 64, and under torch.compile")
+    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "resnet-vmap", "resnet-variants", "reading"),
+                   default=["stacked", "resnet", "reading"],
+                   help="parts to run (default: stacked resnet reading); resnet-vmap: the ResNet-18 cases with the vmap "
+                        "engine as well; resnet-variants: the ResNet-18 3x32x32 case with the grouped engine on NCHW "
+                        "tensors, with batches of 32 and 64, and under torch.compile")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -185,9 +189,10 @@ def main() -> None:
             bench_training("cnn-s", "mnist-5k", args.models, args.single, args.train_images, args.device, args.repeats),
             bench_training("cnn-digits", "digits", args.models, args.single, None, args.device, args.repeats),
         ]
-    if "resnet" in args.only:
-        training += bench_functional(random_images(args.bn_train_images), args.models, args.single, args.device, args.repeats)
-        training += bench_functional(load_task("digits", limit=args.bn_digits_images), args.models, args.single, args.device, args.repeats)
+    if "resnet" in args.only or "resnet-vmap" in args.only:
+        engines = (("grouped", True, 10),) + ((("vmap", True, 10),) if "resnet-vmap" in args.only else ())
+        for task in (random_images(args.bn_train_images), load_task("digits", limit=args.bn_digits_images)):
+            training += bench_functional(task, args.models, args.single, args.device, args.repeats, variants=engines)
     if "resnet-variants" in args.only:
         variants = (("grouped", False, 10), ("grouped", True, 32), ("grouped", True, 64), ("grouped+compile", True, 10))
         training += bench_functional(random_images(max(args.bn_train_images, 320)), args.models, args.single, args.device, args.repeats, variants=variants)

@@ -7,8 +7,8 @@ encoder-decoder of the same size, measured in the same run.
     python scripts/bench_sane.py --variants sane,sane-bf16,sane-compile --threads 1 --json out.json
 
 Throughput: all variants are built in one process and take turns every round (median over rounds),
-so load from other processes on a shared machine hits them alike. Peak RSS (ru_maxrss): a fresh
-process per variant. Throughput counts window tokens: batch x window per step (the two contrastive
+so load from other processes on a shared machine hits them alike. Peak RSS (VmHWM): a fresh
+process per variant, all started together after the timing. Throughput counts window tokens: batch x window per step (the two contrastive
 views of a step count once, as in RESULTS.md). Variants:
 
     baseline        plain nanoGPT-style encoder/decoder (fused QKV + SDPA), fp32, eager
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {VARIANTS}")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (median taken)")
-    parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
+    parser.add_argument("--steps", type=int, default=1, help="training steps per variant per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU, 'peak RSS' is peak GPU memory allocated)")
@@ -271,17 +271,22 @@ def main(argv=None) -> int:
             print(f"skipped {', '.join(skipped)}: {DEVICE} has no native bf16 (a CPU needs AVX512-BF16 or AMX); "
                   "training runs in fp32 here (mixed_precision='auto')")
         variants = [v for v in variants if v not in skipped]
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or 3
     results = time_variants(variants, s, rounds, args.steps, args.threads)
-    for variant in tqdm(variants, desc="peak RSS (one process each)"):
+    # one fresh process per variant, all at once after the timing: a process's own peak does not
+    # depend on what else runs, and the interpreter starts (seconds each) overlap
+    children = {}
+    for variant in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", variant, "--device", DEVICE]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{variant} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        children[variant] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for variant, child in children.items():
+        stdout, stderr = child.communicate()
+        if child.returncode:
+            print(f"{variant} failed:\n{stderr[-3000:]}", file=sys.stderr)
             return 1
-        results[variant].update(json.loads(out.stdout.strip().splitlines()[-1]))
+        results[variant].update(json.loads(stdout.strip().splitlines()[-1]))
 
     base = results["baseline"]
     print(
