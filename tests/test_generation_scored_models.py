@@ -44,7 +44,8 @@ def test_sub_and_boot_return_the_models_they_scored(generator, method):
     for item in samples:
         # the score is the validation accuracy of exactly the model returned
         assert evaluate_accuracy([item["model"]], task, "validation").item() == pytest.approx(item["score"])
-    # a model's BatchNorm statistics do not depend on which other draws it was built with
+    # a model's BatchNorm statistics do not depend on which other draws it was built with (up to float
+    # rounding: decoding one latent or a batch takes different kernels on some CPUs, e.g. AVX2)
     alone = generator.build(generator.decode(samples[1]["latents"][None]), generator=torch.Generator().manual_seed(5))[0]
     for key in ("1.running_mean", "1.running_var"):
-        assert torch.equal(alone.state_dict()[key], samples[1]["model"].state_dict()[key])
+        torch.testing.assert_close(alone.state_dict()[key], samples[1]["model"].state_dict()[key], rtol=1e-5, atol=1e-6)

@@ -47,9 +47,11 @@ REMOTE_LOAD = textwrap.dedent(
     assert not any(name.startswith("hyperrep_hf") for name in sys.modules)
     io = torch.load(io_path)
     out = model(io["tokens"], io["positions"], io["mask"], targets=io["tokens"], num_views=2)
-    assert torch.equal(out.latents, io["latents"])
+    # the same weights and code: equal up to float rounding (a process with another thread count or
+    # state may take other CPU kernels, e.g. on AVX2)
+    torch.testing.assert_close(out.latents, io["latents"], rtol=1e-5, atol=1e-6)
     assert torch.equal(model.layer_sigma, io["layer_sigma"])
-    assert abs(out.loss.item() - io["loss"]) < 1e-6, (out.loss.item(), io["loss"])
+    assert abs(out.loss.item() - io["loss"]) < 1e-5 * max(1.0, abs(io["loss"])), (out.loss.item(), io["loss"])
     print("remote ok", type(model).__module__)
     """
 )
