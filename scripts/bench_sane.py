@@ -8,8 +8,9 @@ encoder-decoder of the same size, measured in the same run.
 
 Throughput: all variants are built in one process and take turns every round (median over rounds),
 so load from other processes on a shared machine hits them alike. Peak RSS (VmHWM): a fresh
-process per variant, all started together after the timing. Throughput counts window tokens: batch x window per step (the two contrastive
-views of a step count once, as in RESULTS.md). Variants:
+process per variant, all started together after the timing. Throughput counts window tokens:
+batch x window per step (the two contrastive views of a step count once, as in RESULTS.md).
+Variants:
 
     baseline        plain nanoGPT-style encoder/decoder (fused QKV + SDPA), fp32, eager
     baseline-bf16   the same baseline under torch.autocast(bfloat16)

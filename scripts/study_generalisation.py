@@ -110,9 +110,8 @@ def mnist_8x8(root: Path, framed: bool = False) -> dict:
         datasets.DatasetDict({"train": part(order[:4000]), "test": part(order[4000:])}).save_to_disk(str(tmp))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-    if framed:
-        return {"dataset": str(folder), "name": "mnist-8x8-framed", "image_size": 8, "mean": [0.5], "std": [0.5]}
-    return {"dataset": str(folder), "name": "mnist-8x8", "image_size": 8}
+    task = {"dataset": str(folder), "name": "mnist-8x8-framed" if framed else "mnist-8x8", "image_size": 8}
+    return {**task, "mean": [0.5], "std": [0.5]} if framed else task
 
 
 SEED_HP = {"activation": ["tanh"], "init": ["kaiming_uniform"], "optimizer": ["adam"], "lr": [1e-3]}
