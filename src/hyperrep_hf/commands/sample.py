@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="--train-samplers: pass over settings whose validation draws lie closer to their nearest "
                         "anchor than FLOOR (a distance, or 'kde': as far as KDE draws); default: accuracy alone")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
-                   help="--train-samplers: training steps to choose from on validation (default: GAN 1000, 1500, ..., 8000, "
+                   help="--train-samplers: training steps to choose from on validation (default: GAN 1000, 1100, ..., 8000, "
                    "snapshots of one run; diffusion 2000 8000)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
