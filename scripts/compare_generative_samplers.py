@@ -48,7 +48,8 @@ def main(argv=None) -> int:
                    "as the GAN's), beside the validation-chosen one")
     p.add_argument("--retrain", action="store_true", help="train the GAN / diffusion samplers again")
     p.add_argument("--diversity", default=None,
-                   help="training: 'kde' or a distance, the diversity floor of train_generative_sampler (default none)")
+                   help="training: 'kde', '1.5kde' or a distance, the diversity floor of train_generative_sampler "
+                   "(default none)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
             timings[f"train_{kind}_s"] = time.time() - start
             gen.anchors.save(args.checkpoint)
     choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],
-                      "rank": s.config["rank"]} for kind, s in gen.anchors.samplers.items()}
+                      "rank": s.config["rank"], "diversity_floor": s.config["choice"]["diversity_floor"]}
+               for kind, s in gen.anchors.samplers.items()}
     for kind, c in choices.items():
         trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
                            + (f" (distance {t['distance']:.3f})" if "distance" in t else "") for t in c["trials"])

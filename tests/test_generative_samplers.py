@@ -3,6 +3,7 @@ are seeded and reproducible, are saved / loaded / pushed with a checkpoint, and 
 pipeline, SUB, the CLI and generation_table on a tiny random SANE (mechanics, not quality)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -227,14 +228,19 @@ def test_a_diversity_floor_passes_over_samplers_that_copy_their_anchors(checkpoi
     best = max(t["validation_accuracy"] for t in diverse)
     chosen = next(t for t in reversed(diverse) if t["validation_accuracy"] == best)
     assert (kde.settings["steps"], kde.settings["noise_scale"]) == (chosen["steps"], chosen["noise_scale"])
+    # "2kde": twice KDE's distance, the same rule
+    twice = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False, diversity="2kde")
+    assert twice.config["choice"]["diversity_floor"] == pytest.approx(2 * floor, rel=1e-5)
     # a floor no setting reaches leaves the choice to accuracy alone
     far = train_generative_sampler(gen, "gan", fraction=1.0, steps=(5, 20), progress=False, diversity=1e9)
     assert (far.settings["steps"], far.settings["noise_scale"]) == (plain.settings["steps"], plain.settings["noise_scale"])
-    with pytest.raises(ValueError, match=r"diversity floor \(--sampler-diversity\) must be 'kde' or a distance >= 0, got -1.0"):
-        train_generative_sampler(gen, "gan", fraction=1.0, steps=(5,), progress=False, diversity=-1.0)
+    for bad in (-1.0, "-2kde", "0kde", True):
+        with pytest.raises(ValueError, match=r"diversity floor \(--sampler-diversity\) must be 'kde', a multiple of it "
+                                             r"such as '1.5kde', or a distance >= 0, got " + re.escape(repr(bad))):
+            train_generative_sampler(gen, "gan", fraction=1.0, steps=(5,), progress=False, diversity=bad)
     capsys.readouterr()
     assert cli(["sample", "--checkpoint", str(checkpoint), "--train-samplers", "gan", "--sampler-diversity", "lots"]) != 0
-    assert "(--sampler-diversity) must be 'kde' or a distance >= 0, got 'lots'" in capsys.readouterr().err
+    assert "or a distance >= 0, got 'lots'" in capsys.readouterr().err
 
 
 def test_a_sampler_needs_two_anchors(checkpoint):

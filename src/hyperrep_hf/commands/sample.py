@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                    help="--train-samplers: the best fraction of the anchors they learn from (default 0.3, as kde30)")
     p.add_argument("--sampler-diversity", default=None, metavar="FLOOR",
                    help="--train-samplers: pass over settings whose validation draws lie closer to their nearest "
-                        "anchor than FLOOR (a distance, or 'kde': as far as KDE draws); default: accuracy alone")
+                        "anchor than FLOOR (a distance, 'kde': as far as KDE draws, '1.5kde': 1.5 times as far); "
+                        "default: accuracy alone")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
                    help="--train-samplers: training steps to choose from on validation (default: GAN 1000, 1100, ..., 8000, "
                    "snapshots of one run; diffusion 2000 8000)")

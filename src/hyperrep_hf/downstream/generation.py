@@ -556,7 +556,8 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     `diversity` weighs novelty: a setting whose validation draws lie, on average, closer to their
     nearest anchor (`nearest_anchor_distance`) than this floor is passed over while another reaches
     it (a sampler that copies its anchors scores their accuracy); "kde": the floor is the mean
-    distance of as many KDE draws at the checkpoint's bandwidth scale; None (default): accuracy alone.
+    distance of as many KDE draws at the checkpoint's bandwidth scale, "1.5kde": 1.5 times that (more
+    diverse than KDE, not just as diverse); None (default): accuracy alone.
 
     The chosen sampler is put into `generator.anchors.samplers[kind]` (`generator.anchors.save(folder)`
     writes it with the anchors) and returned; its config records the grid and its figures under "choice".
@@ -600,25 +601,31 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
 
 
 def check_diversity(diversity) -> float | str | None:
-    """None, "kde", or a distance >= 0 (a number or its text, as the CLI passes it)."""
-    if diversity is None or diversity == "kde":
-        return diversity
+    """None, a distance >= 0 (a number or its text, as the CLI passes it), "kde" or "Fkde" (F > 0 times
+    as far as KDE draws, e.g. "1.5kde")."""
+    if diversity is None:
+        return None
+    text = str(diversity).strip().lower() if isinstance(diversity, str) else None
     try:
-        floor = float(diversity) if not isinstance(diversity, bool) else -1.0
+        if text is not None and text.endswith("kde"):
+            factor = float(text[:-3] or 1)
+            if factor > 0:
+                return text
+        elif not isinstance(diversity, bool) and float(diversity) >= 0:
+            return float(diversity)
     except (TypeError, ValueError):
-        floor = -1.0
-    if not floor >= 0:
-        raise ValueError(f"the diversity floor (--sampler-diversity) must be 'kde' or a distance >= 0, got {diversity!r}")
-    return floor
+        pass
+    raise ValueError(f"the diversity floor (--sampler-diversity) must be 'kde', a multiple of it such as '1.5kde', "
+                     f"or a distance >= 0, got {diversity!r}")
 
 
 def _diversity_floor(generator: ModelGenerator, best: torch.Tensor, diversity, num_samples: int, seed: int,
                      fraction: float) -> float | None:
     diversity = check_diversity(diversity)
-    if diversity != "kde":
+    if not isinstance(diversity, str):
         return diversity
     draws = KDESampler(best, "silverman", generator.bandwidth_scale()).sample(num_samples, torch.Generator().manual_seed(int(seed)))
-    return float(nearest_anchor_distance(generator, draws, fraction).mean())
+    return float(diversity[:-3] or 1) * float(nearest_anchor_distance(generator, draws, fraction).mean())
 
 
 @torch.no_grad()
