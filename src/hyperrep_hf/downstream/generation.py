@@ -605,7 +605,7 @@ def check_diversity(diversity) -> float | str | None:
     as far as KDE draws, e.g. "1.5kde")."""
     if diversity is None:
         return None
-    text = str(diversity).strip().lower() if isinstance(diversity, str) else None
+    text = diversity.strip().lower() if isinstance(diversity, str) else None
     try:
         if text is not None and text.endswith("kde"):
             factor = float(text[:-3] or 1)
