@@ -605,12 +605,10 @@ def check_diversity(diversity) -> float | str | None:
     as far as KDE draws, e.g. "1.5kde")."""
     if diversity is None:
         return None
-    text = diversity.strip().lower() if isinstance(diversity, str) else None
     try:
-        if text is not None and text.endswith("kde"):
-            factor = float(text[:-3] or 1)
-            if factor > 0:
-                return text
+        if isinstance(diversity, str) and diversity.strip().lower().endswith("kde"):
+            if _kde_multiple(diversity) > 0:
+                return diversity
         elif not isinstance(diversity, bool) and float(diversity) >= 0:
             return float(diversity)
     except (TypeError, ValueError):
@@ -619,13 +617,18 @@ def check_diversity(diversity) -> float | str | None:
                      f"or a distance >= 0, got {diversity!r}")
 
 
+def _kde_multiple(diversity: str) -> float:
+    """F of "Fkde" (1 for "kde")."""
+    return float(diversity.strip().lower()[:-3] or 1)
+
+
 def _diversity_floor(generator: ModelGenerator, best: torch.Tensor, diversity, num_samples: int, seed: int,
                      fraction: float) -> float | None:
     diversity = check_diversity(diversity)
     if not isinstance(diversity, str):
         return diversity
     draws = KDESampler(best, "silverman", generator.bandwidth_scale()).sample(num_samples, torch.Generator().manual_seed(int(seed)))
-    return float(diversity[:-3] or 1) * float(nearest_anchor_distance(generator, draws, fraction).mean())
+    return _kde_multiple(diversity) * float(nearest_anchor_distance(generator, draws, fraction).mean())
 
 
 @torch.no_grad()
