@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--kde-scales", nargs="*", type=float, default=[],
                    help="extra KDE30 rows at these bandwidth scales (e.g. one whose draws lie as far from the anchors "
                    "as the GAN's), beside the validation-chosen one")
-    p.add_argument("--retrain", action="store_true", help="train the GAN / diffusion samplers again")
+    p.add_argument("--retrain", nargs="*", choices=("gan", "diffusion"), default=None, metavar="KIND",
+                   help="train the samplers again: all (no KIND) or those named (gan, diffusion)")
     p.add_argument("--diversity", default=None,
                    help="training: 'kde', '1.5kde' or a distance, the diversity floor of train_generative_sampler "
                    "(default none)")
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         timings["prepare_s"] = time.time() - start
     gen = ModelGenerator.from_pretrained(args.checkpoint)
     for kind in ("gan", "diffusion"):
-        if args.retrain or kind not in gen.anchors.samplers:
+        if (args.retrain is not None and kind in (args.retrain or ("gan", "diffusion"))) or kind not in gen.anchors.samplers:
             start = time.time()
             train_generative_sampler(gen, kind, seed=args.seed, diversity=args.diversity)
             timings[f"train_{kind}_s"] = time.time() - start
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
                       "rank": s.config["rank"], "diversity_floor": s.config["choice"]["diversity_floor"]}
                for kind, s in gen.anchors.samplers.items()}
     for kind, c in choices.items():
-        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
+        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}" + (f" x eta {t['eta']:g}" if "eta" in t else "")
+                           + f": {t['validation_accuracy']:.3f}"
                            + (f" (distance {t['distance']:.3f})" if "distance" in t else "") for t in c["trials"])
         print(f"{kind}: {c['num_anchors']} anchors, {c['rank']} components; validation accuracy of 8 draws: {trials}")
     print(f"bandwidth scale {gen.anchors.info['bandwidth_scale']:g}: {gen.anchors.info.get('bandwidth_choice')}")

@@ -64,6 +64,16 @@ def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     # same generator state, same draws; another seed, other draws
     torch.testing.assert_close(sampler.sample(5, _gen(3)), sampler.sample(5, _gen(3)), rtol=0, atol=0)
     assert not torch.equal(sampler.sample(5, _gen(3)), sampler.sample(5, _gen(4)))
+    if kind == "diffusion":  # with the ancestral sampler's noise (eta 1) it learns the mixture as well
+        sampler.settings["eta"] = 1.0
+        noisy = sampler.sample(2000, _gen(1)).flatten(1)
+        assert ((noisy.mean(0) - data.mean(0)).abs() / std).max() < 0.2
+        assert (torch.cov(noisy.T) - true).norm() / true.norm() < 0.25
+        assert abs((noisy[:, 0] > 0).float().mean() - true_share) < 0.1
+        # its draws depend on more than their initial noise, and stay reproducible
+        assert not torch.equal(noisy[:5], flat[:5])
+        torch.testing.assert_close(sampler.sample(5, _gen(3)), sampler.sample(5, _gen(3)), rtol=0, atol=0)
+        sampler.settings["eta"] = 0.0
     # the noise scale shrinks the draws towards the densest region
     sampler.settings["noise_scale"] = 0.3
     narrow = sampler.basis.encode(sampler.sample(2000, _gen(1)))
@@ -120,6 +130,9 @@ def test_basis_and_settings_errors(mixture):
         train_sampler(mixture, "vae")
     with pytest.raises(ValueError, match="positive integer"):
         train_sampler(mixture, "diffusion", {"steps": 0})
+    for bad in (-0.5, 2, True):
+        with pytest.raises(ValueError, match=r"diffusion setting eta must be a number in \[0, 1\]"):
+            train_sampler(mixture, "diffusion", {"eta": bad})
     with pytest.raises(ValueError, match="unknown sampling method 'ganz'"):
         parse_method("ganz")
     assert parse_method("sub-diffusion") == ("sub-diffusion", 0.3)
@@ -169,10 +182,14 @@ def test_cli_trains_samplers_and_the_pipeline_samples_them(zoo, checkpoint, tmp_
     for kind, sampler in anchors.samplers.items():
         assert sampler.kind == kind
         trials = sampler.config["choice"]["trials"]
-        assert [(t["steps"], t["noise_scale"]) for t in trials] == [(20, 0.5), (20, 1.0), (60, 0.5), (60, 1.0)]
+        grid = [(20, 0.5), (20, 1.0), (60, 0.5), (60, 1.0)]
+        if kind == "diffusion":  # and each with deterministic draws and with ancestral noise
+            grid = [(n, scale, eta) for n, scale in grid for eta in (0.0, 1.0)]
+        keys = ("steps", "noise_scale", "eta")[: len(grid[0])]
+        assert [tuple(t[k] for k in keys) for t in trials] == grid
         best = max(t["validation_accuracy"] for t in trials)
         chosen = next(t for t in reversed(trials) if t["validation_accuracy"] == best)
-        assert (sampler.settings["steps"], sampler.settings["noise_scale"]) == (chosen["steps"], chosen["noise_scale"])
+        assert tuple(sampler.settings[k] for k in keys) == tuple(chosen[k] for k in keys)
         assert sampler.config["fraction"] == 1.0 and sampler.config["num_anchors"] == len(anchors.scores)
 
     # 2. the pipeline samples with them, reproducibly; SUB over them keeps the best by validation accuracy

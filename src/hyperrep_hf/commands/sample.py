@@ -161,10 +161,11 @@ def _train_samplers(args: argparse.Namespace) -> None:
         sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed,
                                            diversity=diversity)
         choice = sampler.config["choice"]
-        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}: {t['validation_accuracy']:.3f}"
-                           + (f" at distance {t['distance']:.3f}" if "distance" in t else "") for t in choice["trials"])
+        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}" + (f" x eta {t['eta']:g}" if "eta" in t else "")
+                           + f": {t['validation_accuracy']:.3f}" + (f" at distance {t['distance']:.3f}" if "distance" in t else "") for t in choice["trials"])
         floor = "" if choice["diversity_floor"] is None else f" at distance >= {choice['diversity_floor']:.3f} where any reaches it"
-        print(f"{kind}: {sampler.settings['steps']} steps, noise scale {sampler.settings['noise_scale']:g} on the best "
+        eta = f", eta {sampler.settings['eta']:g}" if kind == "diffusion" else ""
+        print(f"{kind}: {sampler.settings['steps']} steps, noise scale {sampler.settings['noise_scale']:g}{eta} on the best "
               f"{args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws{floor} ({trials})")
     gen.anchors.save(args.checkpoint)
     print(f"samplers {sorted(gen.anchors.samplers)} stored in {args.checkpoint}/sampling/")

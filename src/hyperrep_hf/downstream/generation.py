@@ -19,6 +19,7 @@ Two steps:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -67,6 +68,7 @@ BANDWIDTH_CHOICE_FRACTION = 0.3
 # issue 20). Each diffusion setting is a run of its own.
 GENERATIVE_STEPS: dict[str, tuple[int, ...]] = {"gan": tuple(range(1000, 8001, 100)), "diffusion": (2000, 8000)}
 GENERATIVE_NOISE_SCALES: tuple[float, ...] = (0.5, 1.0)
+GENERATIVE_ETAS: tuple[float, ...] = (0.0, 1.0)  # diffusion draws: deterministic DDIM, or with ancestral noise
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -543,14 +545,15 @@ def choose_bandwidth_scale(generator: ModelGenerator, scales: Sequence[float] = 
 def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: float = BANDWIDTH_CHOICE_FRACTION,
                              steps: Sequence[int] | None = None,
                              noise_scales: Sequence[float] = GENERATIVE_NOISE_SCALES,
-                             num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
+                             etas: Sequence[float] = GENERATIVE_ETAS, num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
                              diversity: float | str | None = None, **settings) -> GenerativeSampler:
     """Train a "gan" or "diffusion" sampler on the best `fraction` of the generator's anchors and
     choose its settings on validation data, as `choose_bandwidth_scale` does: for each number of
-    training `steps` (a sampler trained with `seed`) and each of `noise_scales`, draw `num_samples`
-    latents with a fixed seed, decode and build them, and score them by accuracy on the task's
-    validation split (the test split is never read). The highest mean wins; ties go to more steps,
-    then the larger noise scale. `steps` None: GENERATIVE_STEPS[kind] (a GAN's steps are snapshots of
+    training `steps` (a sampler trained with `seed`), each of `noise_scales` and, for diffusion, each
+    of `etas` (its draws' noise, downstream.generative), draw `num_samples` latents with a fixed seed,
+    decode and build them, and score them by accuracy on the task's validation split (the test
+    split is never read). The highest mean wins; ties go to more steps, then the larger noise scale,
+    then the larger eta. `steps` None: GENERATIVE_STEPS[kind] (a GAN's steps are snapshots of
     one training run). `settings` fix other options (downstream.generative.DEFAULTS).
 
     `diversity` weighs novelty: a setting whose validation draws lie, on average, closer to their
@@ -566,8 +569,9 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
         raise ValueError(f"unknown generative sampler {kind!r}; use one of {list(GENERATIVE_KINDS)}")
     steps = GENERATIVE_STEPS[kind] if steps is None else steps
     steps, scales = sorted(int(s) for s in steps), sorted(float(s) for s in noise_scales)
-    if not steps or not scales:
-        raise ValueError("train_generative_sampler needs at least one value of steps and of noise_scales")
+    etas = sorted(float(e) for e in etas) if kind == "diffusion" else [None]
+    if not steps or not scales or not etas:
+        raise ValueError("train_generative_sampler needs at least one value of steps, of noise_scales and of etas")
     best = best_fraction(generator.anchors.latents, generator.anchors.scores, fraction)
     if len(best) < 2:
         raise ValueError(f"the best {fraction:.0%} of the {len(generator.anchors.scores)} anchors is {len(best)} model; a "
@@ -581,19 +585,20 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     else:
         trained = {n: train_sampler(best, kind, {**settings, "steps": n}, seed, progress, config) for n in steps}
     for n, sampler in sorted(trained.items()):
-        for scale in scales:
-            sampler.settings["noise_scale"] = scale
+        for scale, eta in itertools.product(scales, etas):
+            draw = {"noise_scale": scale} | ({} if eta is None else {"eta": eta})
+            sampler.settings.update(draw)
             latents = sampler.sample(num_samples, torch.Generator().manual_seed(int(seed)))
-            trial = {"steps": n, "noise_scale": scale,
+            trial = {"steps": n, **draw,
                      "validation_accuracy": float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean())}
             if floor is not None:
                 trial["distance"] = float(nearest_anchor_distance(generator, latents, fraction).mean())
             trials.append(trial)
             candidates.append((trial, sampler))
     diverse = [c for c in candidates if floor is None or c[0]["distance"] >= floor] or candidates
-    # the highest accuracy; ties go to the later trial (more steps, then the larger noise scale)
+    # the highest accuracy; ties go to the later trial (more steps, then the larger noise scale and eta)
     trial, sampler = max(reversed(diverse), key=lambda c: c[0]["validation_accuracy"])
-    sampler.settings["noise_scale"] = trial["noise_scale"]
+    sampler.settings.update({k: trial[k] for k in ("noise_scale", "eta") if k in trial})
     sampler.config["choice"] = {"trials": trials, "num_samples": int(num_samples), "seed": int(seed),
                                 "split": "validation", "diversity_floor": floor}
     generator.anchors.samplers[kind] = sampler
