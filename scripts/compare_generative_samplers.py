@@ -10,7 +10,9 @@ checkpoint. Then draws --num-samples models per method with the same seed (SUB: 
 --num-draws by validation accuracy), and prints one Markdown table: test accuracy (mean +- std)
 after each of --epochs of fine-tuning, and the mean weight-space distance of the decoded samples to
 their nearest decoded anchor, in units of the median distance between neighbouring anchors
-(`nearest_anchor_distance`; 0 = a copy of an anchor). The test split is read for the table only.
+(`nearest_anchor_distance`; 0 = a copy of an anchor), and at the first of --epochs each method's
+difference to KDE30 with its 95% interval over --bootstrap resamples of the models (level: the
+interval includes 0). The test split is read for the table only.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def main(argv=None) -> int:
                    "as the GAN's), beside the validation-chosen one")
     p.add_argument("--retrain", nargs="*", choices=("gan", "diffusion"), default=None, metavar="KIND",
                    help="train the samplers again: all (no KIND) or those named (gan, diffusion)")
+    p.add_argument("--steps", nargs="+", type=int, default=None,
+                   help="training steps tried for the samplers trained here (default GENERATIVE_STEPS of each kind)")
     p.add_argument("--diversity", default=None,
                    help="training: 'kde', '1.5kde' or a distance, the diversity floor of train_generative_sampler "
                    "(default none)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals of the difference to kde30")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
     for kind in ("gan", "diffusion"):
         if (args.retrain is not None and kind in (args.retrain or ("gan", "diffusion"))) or kind not in gen.anchors.samplers:
             start = time.time()
-            train_generative_sampler(gen, kind, seed=args.seed, diversity=args.diversity)
+            train_generative_sampler(gen, kind, steps=args.steps, seed=args.seed, diversity=args.diversity)
             timings[f"train_{kind}_s"] = time.time() - start
             gen.anchors.save(args.checkpoint)
     choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],
@@ -92,15 +97,20 @@ def main(argv=None) -> int:
         groups[method] = [item["model"] for item in items]
         distance[method] = nearest_anchor_distance(gen, latents).tolist()
     rows = generation_table(args.checkpoint, zoo, methods=(), samples=groups, num_samples=args.num_samples,
-                            epochs=args.epochs, seed=args.seed, generator=gen)
+                            epochs=args.epochs, seed=args.seed, generator=gen, bootstrap=args.bootstrap)
     table = {}
     for r in rows:
         entry = table.setdefault(r["source"], {"source": r["source"]})
         entry[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
+        if r["epoch"] == min(args.epochs) and "vs_kde30" in r:  # level with KDE30: the interval includes 0
+            low, high = r["vs_kde30_ci"]
+            entry[f"vs kde30, epoch {r['epoch']}"] = f"{r['vs_kde30']:+.3f} [{low:+.3f}, {high:+.3f}]"
         if r["source"] in distance:
             d = torch.tensor(distance[r["source"]])
             entry["distance to nearest anchor"] = f"{d.mean():.2f} [{d.min():.2f}, {d.max():.2f}]"
-    print(format_table(list(table.values())))
+    first = min(args.epochs)
+    columns = ["source", *(f"epoch {e}" for e in sorted(args.epochs)), f"vs kde30, epoch {first}", "distance to nearest anchor"]
+    print(format_table(list(table.values()), columns))
     print({k: round(v, 1) for k, v in timings.items()})
     if args.json:
         atomic_write_json(args.json, {"rows": rows, "distance": distance, "choices": choices, "timings": timings,

@@ -72,3 +72,33 @@ def test_scratch_models_and_fine_tuning_follow_the_best_model_of_a_hyperparamete
     assert {k: zoo_recipe(seed)[k] for k in ("init", "optimizer")} == {
         k: seed.config["hyperparameters"][k][0] for k in ("init", "optimizer")}
     assert np.isclose(zoo_recipe(seed)["lr"], seed.config["hyperparameters"]["lr"][0])
+
+
+def test_generation_rows_carry_bootstrap_intervals_of_the_difference_to_the_baseline():
+    """`finetuned_group_rows(bootstrap=B)`: each group's mean accuracy gets an interval over resamples
+    of its models, and the other groups the difference to the baseline's with its interval, which
+    includes 0 for the same models and excludes it for models far apart."""
+    import numpy as np
+    import torch
+
+    from hyperrep_hf.downstream.evaluation import finetuned_group_rows
+    from hyperrep_hf.downstream.scores import bootstrap_means
+    from hyperrep_hf.zoo.architectures import build_model
+    from hyperrep_hf.zoo.population import finetune
+    from hyperrep_hf.zoo.tasks import load_task
+
+    torch.manual_seed(0)
+    task = load_task("digits")
+    trained = [build_model("cnn-digits") for _ in range(4)]
+    finetune(trained, task, 1)  # in place: one epoch from scratch
+    untrained = [build_model("cnn-digits") for _ in range(4)]
+    groups = {"kde30": trained, "again": trained, "chance": untrained}
+    rows = {r["source"]: r for r in finetuned_group_rows(groups, task, (0,), seed=0, bootstrap=500, baseline="kde30")}
+    assert "vs_kde30" not in rows["kde30"] and all(r["ci"][0] <= r["mean_acc"] <= r["ci"][1] for r in rows.values())
+    assert rows["again"]["vs_kde30"] == 0.0 and rows["again"]["vs_kde30_ci"][0] < 0 < rows["again"]["vs_kde30_ci"][1]
+    low, high = rows["chance"]["vs_kde30_ci"]
+    assert rows["chance"]["vs_kde30"] == pytest.approx(rows["chance"]["mean_acc"] - rows["kde30"]["mean_acc"])
+    assert low <= rows["chance"]["vs_kde30"] <= high < -0.3  # chance against trained models: far behind
+    assert "ci" not in finetuned_group_rows({"a": trained}, task, (0,), seed=0)[0]  # no bootstrap: rows as before
+    means = bootstrap_means([0.0, 1.0], 2000, np.random.default_rng(1))
+    assert set(np.unique(means)) == {0.0, 0.5, 1.0} and abs(means.mean() - 0.5) < 0.05

@@ -27,7 +27,7 @@ from .blend import BLEND_FEATURES, BlendedProbeSet
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
-from .scores import model_bootstrap, num_nonfinite, percentile_interval
+from .scores import bootstrap_means, model_bootstrap, num_nonfinite, percentile_interval
 from .trees import GBT_FEATURES, TreeProbeSet
 
 DEFAULT_PROPERTIES = ("test_acc", "epoch", "ggap")
@@ -550,7 +550,8 @@ def _summary(source: str, task_name: str, accs: dict[int, torch.Tensor]) -> list
 def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_samples: int = 5,
                      epochs: Sequence[int] = (0, 1, 5), task=None, num_scratch: int | None = None,
                      num_zoo: int | None = None, seed: int = 0, generator: ModelGenerator | None = None,
-                     samples: dict[str, Sequence[nn.Module]] | None = None, **finetune_options) -> list[dict]:
+                     samples: dict[str, Sequence[nn.Module]] | None = None, bootstrap: int = 0,
+                     baseline: str = "kde30", **finetune_options) -> list[dict]:
     """Accuracy of sampled models vs the same architecture from scratch vs the zoo's own models,
     after fine-tuning for each of `epochs` on `task` (default: the zoo's task; another task name or
     TaskData measures transfer, e.g. a digits zoo prompting a Fashion-MNIST task).
@@ -559,6 +560,8 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     "num_models"}. Fine-tuning uses the optimizer and learning rate of the zoo's best model
     (`zoo_recipe`) unless given; scratch models are built and initialised as that model.
     `samples` ({label: models}) adds models sampled beforehand (e.g. by the pipeline).
+    `bootstrap=B` > 0 adds the 95% intervals of `finetuned_group_rows` ("ci", and "vs_<baseline>",
+    "vs_<baseline>_ci" against the `baseline` group, e.g. "vs_kde30").
     """
     from ..zoo.tasks import TaskData, load_task
 
@@ -588,19 +591,37 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     own = zoo_models(zoo, num_zoo or num_samples)
     if own:
         groups["zoo"] = own
-    return finetuned_group_rows(groups, task, epochs, seed, **finetune_options)
+    return finetuned_group_rows(groups, task, epochs, seed, bootstrap=bootstrap, baseline=baseline, **finetune_options)
 
 
-def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int, **finetune_options) -> list[dict]:
+def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int, bootstrap: int = 0,
+                         baseline: str | None = None, **finetune_options) -> list[dict]:
     """Fine-tune every group of models {label: [nn.Module]} on `task` and summarise each group's
     accuracy at `epochs` (the rows of a generation / transfer table). One population for all groups:
-    same-architecture models fine-tune together in one stacked pass."""
+    same-architecture models fine-tune together in one stacked pass.
+
+    `bootstrap=B` > 0: every row also gets "ci", the 95% interval of its mean accuracy over B
+    resamples of its group's models, and rows of the other groups, when `baseline` is one of them,
+    "vs_<baseline>" (mean accuracy minus the baseline's at the same epoch) and "vs_<baseline>_ci", the
+    interval of that difference with both groups resampled independently (the models of two groups
+    are not paired): an interval that includes 0 says the two are level on these models."""
     everything = [m for models in groups.values() for m in models]
     accs = finetune_accuracy(everything, task, epochs, seed, **finetune_options)
-    rows, start = [], 0
+    rows, start, means = [], 0, {}
+    rng = np.random.default_rng(seed)
     for label, models in groups.items():
-        rows += _summary(label, task.name, {e: a[start : start + len(models)] for e, a in accs.items()})
+        group = {e: a[start : start + len(models)] for e, a in accs.items()}
+        rows += _summary(label, task.name, group)
+        if bootstrap:
+            means.update({(label, e): bootstrap_means(a.double().numpy(), bootstrap, rng) for e, a in group.items()})
         start += len(models)
+    for row in rows if bootstrap else ():
+        own = means[row["source"], row["epoch"]]
+        row["ci"] = percentile_interval(own)
+        if baseline in groups and row["source"] != baseline:
+            base = next(r for r in rows if r["source"] == baseline and r["epoch"] == row["epoch"])
+            row[f"vs_{baseline}"] = row["mean_acc"] - base["mean_acc"]
+            row[f"vs_{baseline}_ci"] = percentile_interval(own - means[baseline, row["epoch"]])
     return rows
 
 

@@ -1,5 +1,5 @@
 """Scores for property prediction: R^2 and Kendall's tau as plain functions, and model-level
-bootstrap intervals for them.
+bootstrap intervals for them (and for mean accuracies of groups of models).
 
 The local `evaluate` modules in hyperrep_hf/metrics/ call these, so both routes give the same number.
 """
@@ -61,6 +61,14 @@ def model_bootstrap(groups, resamples: int = 1000, seed: int = 0) -> list[np.nda
     members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
     return [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]) for _ in range(resamples)]
+
+
+def bootstrap_means(values, resamples: int = 1000, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Means [resamples] of `resamples` resamples, with replacement, of independent values [n] (e.g. the
+    accuracies of n sampled models); two groups' arrays subtract to the bootstrap of their difference."""
+    values = _as_1d(values, "values")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    return values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
 
 
 def percentile_interval(values, level: float = 0.95) -> list[float]:
