@@ -132,6 +132,44 @@ def bench_functional(task: TaskData, num_models: int, num_single: int, device: s
     return rows
 
 
+def _conv_step(inputs, weights, groups: int) -> None:
+    for x, w in zip(inputs, weights):
+        torch.nn.functional.conv2d(x, w, None, 1, 1, 1, groups).sum().backward()
+
+
+def bench_conv_layers(num_models: int, batch_size: int = 10, width: int = 8, repeats: int = 5) -> list[dict]:
+    """Why a ResNet-18 population gains little on 32x32 inputs: one 3x3 convolution of each stage of a
+    width-`width` ResNet-18 on 3x32x32 inputs (C channels at H x H), forward + backward, as one grouped
+    convolution over `num_models` models (what the grouped engine runs) against `num_models` separate
+    convolutions (one at a time), best of `repeats`; GFLOP/s beside a 1024^3 matmul, one core's
+    practical peak."""
+
+    def best_ms(fn, *args):
+        fn(*args)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * min(times)
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    peak = 2 * 1024**3 / (best_ms(lambda: a @ b) / 1e3) / 1e9
+    rows, M = [], num_models
+    for k, (C, H) in enumerate([(width, 32), (2 * width, 16), (4 * width, 8), (8 * width, 4)]):
+        x = torch.randn(batch_size, M * C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.randn(M * C, C, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+        xs = [torch.randn(batch_size, C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_() for _ in range(M)]
+        ws = [torch.randn(C, C, 3, 3, requires_grad=True) for _ in range(M)]
+        grouped = best_ms(_conv_step, [x], [w], M)
+        separate = best_ms(_conv_step, xs, ws, 1)
+        flop = 3 * 2 * batch_size * M * C * C * 9 * H * H  # forward + the two gradients
+        rows.append({"stage": k + 1, "channels": C, "size": H, "grouped_ms": grouped, "one_at_a_time_ms": separate,
+                     "speedup": separate / grouped, "grouped_gflops": flop / grouped / 1e6,
+                     "one_at_a_time_gflops": flop / separate / 1e6, "matmul_gflops": peak})
+    return rows
+
+
 def bench_reading(rows: int, architecture: str = "cnn-s") -> dict:
     """Rows/s reading the weights of a saved zoo of `rows` synthetic rows (layout of `architecture`)."""
     model = build_model(architecture)
@@ -174,11 +212,12 @@ def main() -> None:
     p.add_argument("--bn-digits-images", type=int, default=150, help="digits images per ResNet-18 epoch")
     p.add_argument("--read-rows", type=int, default=10000, help="rows of the synthetic zoo read back")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a shared CPU)")
-    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "resnet-vmap", "resnet-variants", "reading"),
+    p.add_argument("--only", nargs="+", choices=("stacked", "resnet", "resnet-vmap", "resnet-variants", "conv-layers", "reading"),
                    default=["stacked", "resnet", "reading"],
                    help="parts to run (default: stacked resnet reading); resnet-vmap: the ResNet-18 cases with the vmap "
                         "engine as well; resnet-variants: the ResNet-18 3x32x32 case with the grouped engine on NCHW "
-                        "tensors, with batches of 32 and 64, and under torch.compile")
+                        "tensors, with batches of 32 and 64, and under torch.compile; conv-layers: one convolution of "
+                        "each ResNet-18 stage, grouped over the population vs one at a time, in GFLOP/s")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -197,6 +236,8 @@ def main() -> None:
         variants = (("grouped", False, 10), ("grouped", True, 32), ("grouped", True, 64), ("grouped+compile", True, 10))
         training += bench_functional(random_images(max(args.bn_train_images, 320)), args.models, args.single, args.device, args.repeats, variants=variants)
     results = {"device": args.device, "threads": torch.get_num_threads(), "training": training}
+    if "conv-layers" in args.only:
+        results["conv_layers"] = bench_conv_layers(args.models)
     if "reading" in args.only:
         results["reading"] = bench_reading(args.read_rows)
     print(f"device {args.device}, {results['threads']} threads, population of {args.models}, batch 10")
@@ -205,6 +246,10 @@ def main() -> None:
         if "compile_and_first_epoch_s" in r:
             print(f"  (torch.compile: first epoch with the compilation {r['compile_and_first_epoch_s']:.1f} s)")
         print(f"{r['architecture']:<12} {r['population']:<30} {r['task']:<14} {r['train_images']:>6} {r['one_at_a_time_s_per_model_epoch']:>28.3f} {r['population_model_epochs_per_s']:>26.2f} {r['one_at_a_time_model_epochs_per_s']:>29.2f} {r['speedup']:>7.1f}x {r['speedup_cpu_time']:>9.1f}x")
+    for r in results.get("conv_layers", []):
+        print(f"ResNet-18 w8 stage {r['stage']} conv 3x3 ({r['channels']} ch, {r['size']}x{r['size']}), fwd+bwd x {args.models} models: "
+              f"grouped {r['grouped_ms']:.1f} ms ({r['grouped_gflops']:.1f} GFLOP/s), one at a time {r['one_at_a_time_ms']:.1f} ms "
+              f"({r['one_at_a_time_gflops']:.1f} GFLOP/s): {r['speedup']:.2f}x; a matmul runs at {r['matmul_gflops']:.0f} GFLOP/s")
     rd = results.get("reading")
     if rd:
         print(f"reading a saved zoo ({rd['rows']} rows x {rd['weights_per_row']} weights): {rd['rows_per_s_whole_column_first_read']:,.0f} rows/s whole column (first read), {rd['rows_per_s_whole_column']:,.0f} (again), {rd['rows_per_s_slices_of_64']:,.0f} rows/s in slices of 64")
