@@ -160,7 +160,7 @@ def bench_conv_layers(num_models: int, batch_size: int = 10, width: int = 8, rep
         x = torch.randn(batch_size, M * C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
         w = torch.randn(M * C, C, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
         xs = [torch.randn(batch_size, C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_() for _ in range(M)]
-        ws = [torch.randn(C, C, 3, 3, requires_grad=True) for _ in range(M)]
+        ws = [torch.randn(C, C, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_() for _ in range(M)]
         grouped = best_ms(_conv_step, [x], [w], M)
         separate = best_ms(_conv_step, xs, ws, 1)
         flop = 3 * 2 * batch_size * M * C * C * 9 * H * H  # forward + the two gradients
@@ -241,7 +241,8 @@ def main() -> None:
     if "reading" in args.only:
         results["reading"] = bench_reading(args.read_rows)
     print(f"device {args.device}, {results['threads']} threads, population of {args.models}, batch 10")
-    print(f"{'model':<12} {'population':<30} {'task':<14} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8} {'(CPU time)':>10}")
+    if training:
+        print(f"{'model':<12} {'population':<30} {'task':<14} {'images':>6} {'one-at-a-time s/model-epoch':>28} {'population model-epochs/s':>26} {'one-at-a-time model-epochs/s':>29} {'speedup':>8} {'(CPU time)':>10}")
     for r in results["training"]:
         if "compile_and_first_epoch_s" in r:
             print(f"  (torch.compile: first epoch with the compilation {r['compile_and_first_epoch_s']:.1f} s)")
