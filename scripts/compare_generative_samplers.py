@@ -26,6 +26,7 @@ METHODS = ("kde30", "gan", "diffusion", "sub", "sub-gan", "sub-diffusion")
 
 
 def main(argv=None) -> int:
+    from hyperrep_hf.demo import generation_difference_column, pivot_generation_table
     from hyperrep_hf.downstream.evaluation import format_table, generation_table
     from hyperrep_hf.downstream.generation import (
         ModelGenerator,
@@ -98,19 +99,14 @@ def main(argv=None) -> int:
         distance[method] = nearest_anchor_distance(gen, latents).tolist()
     rows = generation_table(args.checkpoint, zoo, methods=(), samples=groups, num_samples=args.num_samples,
                             epochs=args.epochs, seed=args.seed, generator=gen, bootstrap=args.bootstrap)
-    table = {}
-    for r in rows:
-        entry = table.setdefault(r["source"], {"source": r["source"]})
-        entry[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
-        if r["epoch"] == min(args.epochs) and "vs_kde30" in r:  # level with KDE30: the interval includes 0
-            low, high = r["vs_kde30_ci"]
-            entry[f"vs kde30, epoch {r['epoch']}"] = f"{r['vs_kde30']:+.3f} [{low:+.3f}, {high:+.3f}]"
-        if r["source"] in distance:
-            d = torch.tensor(distance[r["source"]])
+    table = pivot_generation_table(rows)  # level with KDE30: the interval of the difference includes 0
+    for entry in table:
+        if entry["source"] in distance:
+            d = torch.tensor(distance[entry["source"]])
             entry["distance to nearest anchor"] = f"{d.mean():.2f} [{d.min():.2f}, {d.max():.2f}]"
-    first = min(args.epochs)
-    columns = ["source", *(f"epoch {e}" for e in sorted(args.epochs)), f"vs kde30, epoch {first}", "distance to nearest anchor"]
-    print(format_table(list(table.values()), columns))
+    columns = ["source", *(f"epoch {e}" for e in sorted(args.epochs)), generation_difference_column(min(args.epochs)),
+               "distance to nearest anchor"]
+    print(format_table(table, columns))
     print({k: round(v, 1) for k, v in timings.items()})
     if args.json:
         atomic_write_json(args.json, {"rows": rows, "distance": distance, "choices": choices, "timings": timings,

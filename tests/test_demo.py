@@ -34,6 +34,11 @@ def test_quick_demo_writes_tables_plots_and_results_and_reuses_stages(tmp_path):
     assert sane["ci"][0] <= sane["ci"][1] and sane["vs_stats_ci"][0] <= sane["vs_stats_ci"][1]
     gen_md = (out / "generation_table.md").read_text()
     assert re.search(r"\| scratch \| \d\.\d+ ± \d\.\d+ \| \d\.\d+ ± \d\.\d+ \|", gen_md)
+    # each source's difference to KDE30 at epoch 0, with its bootstrap interval (none for KDE30 itself)
+    assert "| epoch 0 - kde30 [95% CI] |" in gen_md
+    assert re.search(r"\| sub \|.* [+-]\d\.\d+ \[[+-]\d\.\d+, [+-]\d\.\d+\] \|", gen_md)
+    sub = next(r for r in results["generation_table"] if r["source"] == "sub" and r["epoch"] == 0)
+    assert sub["vs_kde30_ci"][0] <= sub["vs_kde30"] <= sub["vs_kde30_ci"][1]
 
     assert len(results["plots"]) >= 3
     for rel in results["plots"]:

@@ -11,7 +11,8 @@ reuses finished stages (the zoo build and the training also resume from their ow
     OUT/results.json         settings and every figure below
     OUT/probe_table.md       property prediction R^2 and Kendall tau (test split) of SANE vs s(W) (linear
                              and gradient-boosted trees) vs W, with paired bootstrap intervals
-    OUT/generation_table.md  accuracy of generated vs from-scratch vs zoo models at fine-tuning epochs
+    OUT/generation_table.md  accuracy of generated vs from-scratch vs zoo models at fine-tuning epochs,
+                             and each one's difference to KDE30 at the first, with its bootstrap interval
     OUT/plots/*.png          embedding space, predicted vs true, fine-tuning and training curves
 """
 
@@ -148,11 +149,22 @@ def probe_table_columns(pivot: list[dict], feature_sets) -> list[str]:
     return columns + [c for c in (SANE_VS_STATS, SANE_VS_GBT) if pivot and c in pivot[0]]
 
 
-def pivot_generation_table(rows: list[dict]) -> list[dict]:
-    """Generation rows (source, epoch, mean_acc, std_acc) -> one row per source, a column per epoch."""
+def generation_difference_column(epoch: int, baseline: str = "kde30") -> str:
+    return f"epoch {epoch} - {baseline} [95% CI]"
+
+
+def pivot_generation_table(rows: list[dict], baseline: str = "kde30") -> list[dict]:
+    """Generation rows (source, epoch, mean_acc, std_acc) -> one row per source, a column per epoch,
+    and, where the rows carry `generation_table(bootstrap=...)`'s intervals, the difference to
+    `baseline` at the first epoch (`generation_difference_column`)."""
     table: dict[str, dict] = {}
+    first = min((r["epoch"] for r in rows), default=0)
     for r in rows:
-        table.setdefault(r["source"], {"source": r["source"]})[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
+        entry = table.setdefault(r["source"], {"source": r["source"]})
+        entry[f"epoch {r['epoch']}"] = f"{r['mean_acc']:.3f} ± {r['std_acc']:.3f}"
+        if r["epoch"] == first and f"vs_{baseline}" in r:
+            low, high = r[f"vs_{baseline}_ci"]
+            entry[generation_difference_column(first, baseline)] = f"{r[f'vs_{baseline}']:+.3f} [{low:+.3f}, {high:+.3f}]"
     return list(table.values())
 
 
@@ -249,14 +261,17 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, progress:
         anchors = prepare_sampling(ckpt, zoo, progress=progress, bandwidth_scale="auto")
         results["bandwidth_scale"] = anchors.info["bandwidth_scale"]
         results["bandwidth_choice"] = anchors.info["bandwidth_choice"]
-        results["generation_table"] = generation_table(ckpt, zoo, settings.methods, settings.num_samples, settings.finetune_epochs)
+        results["generation_table"] = generation_table(ckpt, zoo, settings.methods, settings.num_samples, settings.finetune_epochs,
+                                                       bootstrap=1000)
         timings["generation"] = round(time.perf_counter() - t0, 1)
         save()
     gen_rows = pivot_generation_table(results["generation_table"])
     scale = results.get("bandwidth_scale")
     chosen = f"; KDE bandwidth scale {scale:g}, chosen on validation" if scale is not None else ""
+    difference = generation_difference_column(min(settings.finetune_epochs))
     gen_md = _table_md(f"Accuracy of generated vs from-scratch models (test split of the task{chosen})", gen_rows,
-                       ["source"] + [f"epoch {e}" for e in settings.finetune_epochs])
+                       ["source"] + [f"epoch {e}" for e in settings.finetune_epochs]
+                       + ([difference] if any(difference in r for r in gen_rows) else []))
     atomic_write_bytes(out / "generation_table.md", gen_md.encode())
     print(gen_md)
 
