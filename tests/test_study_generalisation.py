@@ -35,14 +35,19 @@ def test_the_resnet_part_runs_saves_and_is_kept_on_a_rerun(tmp_path):
     assert wrong.returncode == 2 and "unknown part 'resnets'" in wrong.stderr
 
 
-def test_digit_frame_cuts_the_ink_to_a_centred_square():
+def load_study():
     import importlib.util
-
-    import numpy as np
 
     spec = importlib.util.spec_from_file_location("study_generalisation", SCRIPT)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def test_digit_frame_cuts_the_ink_to_a_centred_square():
+    import numpy as np
+
+    study = load_study()
     image = np.zeros((28, 28), np.uint8)
     image[5:10, 12:14] = 200  # ink 5 rows x 2 columns
     image[7, 12] = 90
@@ -52,3 +57,21 @@ def test_digit_frame_cuts_the_ink_to_a_centred_square():
     assert framed[:, [0, 3, 4]].max() == 0
     blank = np.zeros((28, 28), np.uint8)
     assert study.digit_frame(blank) is blank
+
+
+def test_the_scarce_transfer_target_keeps_the_test_images_and_a_prefix_of_the_train_images(tmp_path):
+    import pytest
+    import torch
+
+    from hyperrep_hf.zoo.tasks import load_task
+
+    study = load_study()
+    full, scarce = study.mnist_8x8(tmp_path, framed=True), study.mnist_8x8(tmp_path, framed=True, train_size=400)
+    assert scarce["name"] == "mnist-8x8-framed-400" and full["name"] == "mnist-8x8-framed"
+    assert (scarce["mean"], scarce["std"]) == ([0.5], [0.5])
+    a, b = load_task(full), load_task(scarce)
+    assert b.input_shape == a.input_shape == (1, 8, 8)
+    assert len(b.train_y) + len(b.val_y) == 400 and len(a.train_y) + len(a.val_y) == 4000
+    assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    with pytest.raises(ValueError, match="train_size must be in 1 ... 4000"):
+        study.mnist_8x8(tmp_path, train_size=5000)
