@@ -60,6 +60,8 @@ def test_digit_frame_cuts_the_ink_to_a_centred_square():
 
 
 def test_the_scarce_transfer_target_keeps_the_test_images_and_a_prefix_of_the_train_images(tmp_path):
+    import datasets
+    import numpy as np
     import pytest
     import torch
 
@@ -73,5 +75,9 @@ def test_the_scarce_transfer_target_keeps_the_test_images_and_a_prefix_of_the_tr
     assert b.input_shape == a.input_shape == (1, 8, 8)
     assert len(b.train_y) + len(b.val_y) == 400 and len(a.train_y) + len(a.val_y) == 4000
     assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    full_train = datasets.load_from_disk(full["dataset"])["train"].select(range(400))
+    scarce_train = datasets.load_from_disk(scarce["dataset"])["train"]
+    assert full_train["label"] == scarce_train["label"]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(full_train["image"], scarce_train["image"]))
     with pytest.raises(ValueError, match="train_size must be in 1 ... 4000"):
         study.mnist_8x8(tmp_path, train_size=5000)
