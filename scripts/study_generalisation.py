@@ -65,7 +65,10 @@ SIZES = {
 }
 WINDOWS = (8, 16, 44)
 PROPERTIES = ("test_acc", "epoch", "ggap")
-GENERATION_COLUMNS = ["source", "task", "epoch", "mean_acc", "std_acc", "num_models"]
+# The goal's relation with an interval: each row minus scratch after five epochs, 1,000 resamples.
+VERSUS_SCRATCH = {"bootstrap": 1000, "baseline": "scratch", "baseline_epoch": 5}
+GENERATION_COLUMNS = ["source", "task", "epoch", "mean_acc", "std_acc", "num_models", "vs_scratch_at_5",
+                      "vs_scratch_at_5_ci"]
 
 
 def digit_frame(image: np.ndarray) -> np.ndarray:
@@ -247,7 +250,8 @@ def unseen_mlp(root: Path, folder: Path, P, size: dict) -> dict:
     _, tok_p = load_checkpoint(unseen)
     prompts = last_epoch_models(P, "train", size["prompts"], best=True)
     generation = transfer.transfer_table(model, tok_p, prompts, load_task(P.task), num_samples=size["samples"],
-                                         epochs=(0, 1, 5), init="kaiming_uniform", lr=1e-3, optimizer="adam")
+                                         epochs=(0, 1, 5), init="kaiming_uniform", lr=1e-3, optimizer="adam",
+                                         **VERSUS_SCRATCH)
     return {"normalisation_choice": choice, "probes_P": probes, "generation_unseen_architecture": generation}
 
 
@@ -259,7 +263,8 @@ def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
     prepare_sampling(folder, zoos["D"], model=model, tokenizer=tok, progress=False)
     for key, framed, train_size in TRANSFER_TARGETS:
         results[key] = generation_table(folder, zoos["D"], methods=("kde30", "sub"), num_samples=size["samples"],
-                                        epochs=(0, 1, 5), task=load_task(mnist_8x8(root, framed, train_size)))
+                                        epochs=(0, 1, 5), task=load_task(mnist_8x8(root, framed, train_size)),
+                                        **VERSUS_SCRATCH)
     return results
 
 

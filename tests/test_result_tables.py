@@ -102,3 +102,30 @@ def test_generation_rows_carry_bootstrap_intervals_of_the_difference_to_the_base
     assert "ci" not in finetuned_group_rows({"a": trained}, task, (0,), seed=0)[0]  # no bootstrap: rows as before
     means = bootstrap_means([0.0, 1.0], 2000, np.random.default_rng(1))
     assert set(np.unique(means)) == {0.0, 0.5, 1.0} and abs(means.mean() - 0.5) < 0.05
+
+
+def test_generation_rows_compare_with_the_baseline_at_another_epoch():
+    """`baseline_epoch=E`: every row's difference is to the baseline after E epochs (the transfer
+    relation "after one epoch vs scratch after five"); an epoch not fine-tuned to is refused."""
+    import torch
+
+    from hyperrep_hf.downstream.evaluation import finetuned_group_rows
+    from hyperrep_hf.zoo.architectures import build_model
+    from hyperrep_hf.zoo.tasks import load_task
+
+    torch.manual_seed(0)
+    task = load_task("digits")
+    groups = {"sampled": [build_model("cnn-digits") for _ in range(3)],
+              "scratch": [build_model("cnn-digits") for _ in range(3)]}
+    rows = finetuned_group_rows(groups, task, (0, 1), seed=0, bootstrap=300, baseline="scratch", baseline_epoch=1)
+    at = {(r["source"], r["epoch"]): r for r in rows}
+    scratch_after_one = at["scratch", 1]["mean_acc"]
+    assert scratch_after_one > at["scratch", 0]["mean_acc"] + 0.3  # one epoch of digits trains a CNN far off chance
+    for epoch in (0, 1):
+        row = at["sampled", epoch]
+        assert "vs_scratch" not in row
+        assert row["vs_scratch_at_1"] == pytest.approx(row["mean_acc"] - scratch_after_one)
+        assert row["vs_scratch_at_1_ci"][0] <= row["vs_scratch_at_1"] <= row["vs_scratch_at_1_ci"][1]
+    assert at["sampled", 0]["vs_scratch_at_1_ci"][1] < 0  # untrained models: behind scratch after one epoch
+    with pytest.raises(ValueError, match="baseline_epoch 5 is not one of the epochs"):
+        finetuned_group_rows(groups, task, (0, 1), seed=0, bootstrap=10, baseline="scratch", baseline_epoch=5)

@@ -24,6 +24,12 @@ def test_the_resnet_part_runs_saves_and_is_kept_on_a_rerun(tmp_path):
         (f, p) for f in ("sane", "stats") for p in ("test_acc", "epoch", "ggap")}
     sources = {r["source"] for r in part["generation_unseen_architecture"]}
     assert {"neighbours", "prompt", "scratch"} <= sources
+    scratch_after_five = next(r["mean_acc"] for r in part["generation_unseen_architecture"]
+                              if r["source"] == "scratch" and r["epoch"] == 5)
+    for row in part["generation_unseen_architecture"]:  # the goal's relation, with its interval
+        if row["source"] != "scratch":
+            assert abs(row["vs_scratch_at_5"] - (row["mean_acc"] - scratch_after_five)) < 1e-9
+            assert row["vs_scratch_at_5_ci"][0] <= row["vs_scratch_at_5"] <= row["vs_scratch_at_5_ci"][1]
     assert 0 <= part["reconstruction_R"]["original_acc"] <= 1
     zoo = json.loads((tmp_path / "gen-digits-resnet" / "zoo_config.json").read_text())
     assert zoo["architecture"] == "resnet18" and zoo["architecture_kwargs"]["width"] == 4

@@ -551,7 +551,7 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
                      epochs: Sequence[int] = (0, 1, 5), task=None, num_scratch: int | None = None,
                      num_zoo: int | None = None, seed: int = 0, generator: ModelGenerator | None = None,
                      samples: dict[str, Sequence[nn.Module]] | None = None, bootstrap: int = 0,
-                     baseline: str = "kde30", **finetune_options) -> list[dict]:
+                     baseline: str = "kde30", baseline_epoch: int | None = None, **finetune_options) -> list[dict]:
     """Accuracy of sampled models vs the same architecture from scratch vs the zoo's own models,
     after fine-tuning for each of `epochs` on `task` (default: the zoo's task; another task name or
     TaskData measures transfer, e.g. a digits zoo prompting a Fashion-MNIST task).
@@ -561,7 +561,8 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     (`zoo_recipe`) unless given; scratch models are built and initialised as that model.
     `samples` ({label: models}) adds models sampled beforehand (e.g. by the pipeline).
     `bootstrap=B` > 0 adds the 95% intervals of `finetuned_group_rows` ("ci", and "vs_<baseline>",
-    "vs_<baseline>_ci" against the `baseline` group, e.g. "vs_kde30").
+    "vs_<baseline>_ci" against the `baseline` group, e.g. "vs_kde30"; with `baseline_epoch` against
+    that group after so many epochs, e.g. baseline="scratch", baseline_epoch=5).
     """
     from ..zoo.tasks import TaskData, load_task
 
@@ -591,11 +592,13 @@ def generation_table(checkpoint, zoo, methods: Sequence[str] = ("kde30",), num_s
     own = zoo_models(zoo, num_zoo or num_samples)
     if own:
         groups["zoo"] = own
-    return finetuned_group_rows(groups, task, epochs, seed, bootstrap=bootstrap, baseline=baseline, **finetune_options)
+    return finetuned_group_rows(groups, task, epochs, seed, bootstrap=bootstrap, baseline=baseline,
+                                baseline_epoch=baseline_epoch, **finetune_options)
 
 
 def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int, bootstrap: int = 0,
-                         baseline: str | None = None, **finetune_options) -> list[dict]:
+                         baseline: str | None = None, baseline_epoch: int | None = None,
+                         **finetune_options) -> list[dict]:
     """Fine-tune every group of models {label: [nn.Module]} on `task` and summarise each group's
     accuracy at `epochs` (the rows of a generation / transfer table). One population for all groups:
     same-architecture models fine-tune together in one stacked pass.
@@ -604,7 +607,12 @@ def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int
     resamples of its group's models, and rows of the other groups, when `baseline` is one of them,
     "vs_<baseline>" (mean accuracy minus the baseline's at the same epoch) and "vs_<baseline>_ci", the
     interval of that difference with both groups resampled independently (the models of two groups
-    are not paired): an interval that includes 0 says the two are level on these models."""
+    are not paired): an interval that includes 0 says the two are level on these models.
+    `baseline_epoch=E` compares every row with the baseline after E epochs instead ("vs_<baseline>_at_E",
+    "vs_<baseline>_at_E_ci"): the transfer relation "sampled after one epoch beats scratch after five"
+    is the row at epoch 1 with baseline "scratch" and baseline_epoch 5."""
+    if baseline_epoch is not None and int(baseline_epoch) not in {int(e) for e in epochs}:
+        raise ValueError(f"baseline_epoch {baseline_epoch} is not one of the epochs {sorted(epochs)}; add it to epochs")
     everything = [m for models in groups.values() for m in models]
     accs = finetune_accuracy(everything, task, epochs, seed, **finetune_options)
     rows, start, means = [], 0, {}
@@ -619,9 +627,11 @@ def finetuned_group_rows(groups: Mapping[str, Sequence], task, epochs, seed: int
         own = means[row["source"], row["epoch"]]
         row["ci"] = percentile_interval(own)
         if baseline in groups and row["source"] != baseline:
-            base = next(r for r in rows if r["source"] == baseline and r["epoch"] == row["epoch"])
-            row[f"vs_{baseline}"] = row["mean_acc"] - base["mean_acc"]
-            row[f"vs_{baseline}_ci"] = percentile_interval(own - means[baseline, row["epoch"]])
+            at = row["epoch"] if baseline_epoch is None else int(baseline_epoch)
+            key = f"vs_{baseline}" if baseline_epoch is None else f"vs_{baseline}_at_{at}"
+            base = next(r for r in rows if r["source"] == baseline and r["epoch"] == at)
+            row[key] = row["mean_acc"] - base["mean_acc"]
+            row[f"{key}_ci"] = percentile_interval(own - means[baseline, at])
     return rows
 
 
