@@ -28,6 +28,8 @@ normalised as digits is (as optdigits, the source of digits, prepares its images
     reconstructed test models, probe R^2 of test_acc, KDE30 epoch-0 accuracy.
 (4) "resnet": part (1)'s unseen MLP again, with a SANE trained on D + C + R, R = a narrow ResNet-18
     (width 4, BatchNorm, residual blocks) on `digits`: does a third, residual family help or hurt?
+(5) "sizes": part (1)'s task transfer to mnist-8x8-framed at 200 ... 4,000 train images: where
+    does one epoch of transfer beat five of scratch? (ROOT/study/transfer_sizes.png)
 
 Results: ROOT/study/results.json (each part saved when done: a rerun skips finished parts) and
 ROOT/study/tables.md. Test splits are only scored; every choice is made on validation.
@@ -127,6 +129,8 @@ def mnist_8x8(root: Path, framed: bool = False, train_size: int = 4000) -> dict:
 # short of data, as in the published SVHN -> MNIST relation, whose scratch baseline was unconverged.
 TRANSFER_TARGETS = (("generation_transfer_task", False, 4000), ("generation_transfer_task_framed", True, 4000),
                     ("generation_transfer_task_framed_scarce", True, 400))
+# Part "sizes": the framed target at these numbers of train images (fixed before the first run).
+TRANSFER_SIZES = (200, 400, 1000, 2000, 4000)
 SEED_HP = {"activation": ["tanh"], "init": ["kaiming_uniform"], "optimizer": ["adam"], "lr": [1e-3]}
 
 
@@ -268,6 +272,35 @@ def part_unseen(root: Path, zoos: dict, size: dict) -> dict:
     return results
 
 
+def part_sizes(root: Path, zoos: dict, size: dict) -> dict:
+    """Where task transfer pays: D's KDE30 / SUB samples and own models on mnist-8x8-framed at each of
+    TRANSFER_SIZES train images, after one epoch, against scratch after five (with intervals), and a
+    plot of both against the number of images."""
+    from hyperrep_hf.plots import plot_finetuning_curves
+
+    folder = train(root, "cnn-zoos", [zoos["D"], zoos["C"]], size)
+    model, tok = load_checkpoint(folder)
+    prepare_sampling(folder, zoos["D"], model=model, tokenizer=tok, progress=False)
+    rows = []
+    for train_size in TRANSFER_SIZES:
+        table = generation_table(folder, zoos["D"], methods=("kde30", "sub"), num_samples=size["samples"],
+                                 epochs=(0, 1, 5), task=load_task(mnist_8x8(root, True, train_size)), **VERSUS_SCRATCH)
+        scratch = next(r for r in table if r["source"] == "scratch" and r["epoch"] == 5)
+        rows += [{"train_images": train_size, "source": r["source"], "mean_acc_epoch_1": r["mean_acc"],
+                  "std_acc_epoch_1": r["std_acc"], "scratch_epoch_5": scratch["mean_acc"],
+                  "scratch_std_epoch_5": scratch["std_acc"], "vs_scratch_at_5": r["vs_scratch_at_5"],
+                  "vs_scratch_at_5_ci": r["vs_scratch_at_5_ci"]} for r in table if r["source"] != "scratch" and r["epoch"] == 1]
+
+    def curve(source: str, mean: str, std: str) -> list:
+        return [[r[mean] for r in rows if r["source"] == source], [r[std] for r in rows if r["source"] == source]]
+
+    curves = {f"{source}, epoch 1": curve(source, "mean_acc_epoch_1", "std_acc_epoch_1") for source in ("kde30", "sub", "zoo")}
+    curves["scratch, epoch 5"] = curve("kde30", "scratch_epoch_5", "scratch_std_epoch_5")
+    plot_finetuning_curves(list(TRANSFER_SIZES), curves, root / "study" / "transfer_sizes.png",
+                           title="digits CNNs on mnist-8x8-framed", xlabel="target train images")
+    return {"rows": rows}
+
+
 def part_resnet(root: Path, zoos: dict, size: dict) -> dict:
     spec = {"name": "gen-digits-resnet", "architecture": "resnet18", "architecture_kwargs": {"in_channels": 1, "width": 4},
             "task": "digits", "hyperparameters": SEED_HP, "num_models": size["models"]["R"], "epochs": size["epochs"]["R"]}
@@ -324,6 +357,10 @@ def tables(results: dict) -> str:
         if "generation_transfer_task_framed_scarce" in u:  # results of runs before the scarce target lack it
             out += ["The same with a tenth of the train images (400; mnist-8x8-framed-400):", "",
                     format_table(u["generation_transfer_task_framed_scarce"], GENERATION_COLUMNS), ""]
+    if "sizes" in results:
+        out += ["### Task transfer against the target's size (mnist-8x8-framed; after one epoch vs scratch after five)", "",
+                format_table(results["sizes"]["rows"], ["train_images", "source", "mean_acc_epoch_1", "scratch_epoch_5",
+                                                        "vs_scratch_at_5", "vs_scratch_at_5_ci"]), ""]
     if "modes" in results:
         out += ["Both normalisations of the unseen MLP, P's validation split (SANE mean embeddings):", "",
                 format_table(results["modes"]["rows"], ["normalization", "property", "validation_r2", "validation_tau"]), ""]
@@ -351,7 +388,7 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default="/work/zoos/gen", help="where zoos, checkpoints and results go")
     parser.add_argument("--quick", action="store_true", help="tiny zoos and 2 SANE epochs: a smoke run")
     parser.add_argument("--parts", default="unseen,modes,lwln,windows,resnet",
-                        help="comma-separated: unseen, modes, lwln, windows, resnet")
+                        help="comma-separated: unseen, modes, lwln, windows, resnet, sizes")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models on a shared machine: one thread is fastest (BENCHMARKS.md)
     torch.set_flush_denormal(True)
@@ -363,7 +400,8 @@ def main(argv=None) -> int:
     results["setup"] = {"sizes": size, "token_size": TOKEN_SIZE, "machine": f"{platform.machine()} {platform.processor()}",
                         "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
     zoos = build_zoos(root, size)
-    parts = {"unseen": part_unseen, "modes": part_modes, "lwln": part_lwln, "windows": part_windows, "resnet": part_resnet}
+    parts = {"unseen": part_unseen, "modes": part_modes, "lwln": part_lwln, "windows": part_windows, "resnet": part_resnet,
+             "sizes": part_sizes}
     for name in args.parts.split(","):
         if name not in parts:
             parser.error(f"unknown part {name!r}; choose among {sorted(parts)}")

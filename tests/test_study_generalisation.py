@@ -87,3 +87,17 @@ def test_the_scarce_transfer_target_keeps_the_test_images_and_a_prefix_of_the_tr
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(full_train["image"], scarce_train["image"]))
     with pytest.raises(ValueError, match="train_size must be in 1 ... 4000"):
         study.mnist_8x8(tmp_path, train_size=5000)
+
+
+def test_the_sizes_part_compares_one_epoch_of_transfer_with_five_of_scratch_at_each_size(tmp_path):
+    done = run("--root", str(tmp_path), "--quick", "--parts", "sizes")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "study" / "results.json").read_text())["sizes"]["rows"]
+    study = load_study()
+    assert [(r["train_images"], r["source"]) for r in rows] == [
+        (n, s) for n in study.TRANSFER_SIZES for s in ("kde30", "sub", "zoo")]
+    for r in rows:
+        assert abs(r["vs_scratch_at_5"] - (r["mean_acc_epoch_1"] - r["scratch_epoch_5"])) < 1e-9
+        assert r["vs_scratch_at_5_ci"][0] <= r["vs_scratch_at_5"] <= r["vs_scratch_at_5_ci"][1]
+    assert (tmp_path / "study" / "transfer_sizes.png").stat().st_size > 0
+    assert "Task transfer against the target's size" in (tmp_path / "study" / "tables.md").read_text()

@@ -62,14 +62,16 @@ def plot_predicted_vs_true(true: Sequence[float], predictions: Mapping[str, Sequ
     return _save(fig, path)
 
 
-def plot_finetuning_curves(epochs: Sequence[int], curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path, title: str = "Fine-tuning") -> Path:
-    """Accuracy over fine-tuning epochs; curves maps a label to (mean, std) per epoch."""
+def plot_finetuning_curves(epochs: Sequence[int], curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path, title: str = "Fine-tuning",
+                           xlabel: str = "fine-tuning epoch") -> Path:
+    """Accuracy over fine-tuning epochs (or another x, named by `xlabel`); curves maps a label to
+    (mean, std) per x."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for label, (mean, std) in curves.items():
         mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
         ax.plot(epochs, mean, marker="o", label=label)
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-    ax.set(title=title, xlabel="fine-tuning epoch", ylabel="test accuracy")
+    ax.set(title=title, xlabel=xlabel, ylabel="test accuracy")
     ax.legend()
     return _save(fig, path)
 
