@@ -7,7 +7,11 @@ One small digits zoo (20 CNNs, 3 epochs) and one SANE pretrained on it for a few
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +241,88 @@ def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir
     assert scored == pytest.approx({n: rows["sane-finetuned+stats-gbt", n]["value"] for n in ("test_acc", "epoch")})
 
 
+def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_dir, tmp_path, capsys):
+    from transformers import pipeline
+
+    from hyperrep_hf.downstream.blend import BlendedProbeSet, has_blend
+    from hyperrep_hf.downstream.evaluation import (
+        blended_head,
+        finetuned_head,
+        fit_probes,
+        usable_rows,
+        zoo_features,
+    )
+
+    own = tmp_path / "head"
+    shutil.copytree(head_dir, own)
+    assert not has_blend(own)
+    assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
+    assert "--features sane-finetuned+stats-gbt" in capsys.readouterr().err
+    assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 0
+    assert has_blend(own) and {p.name for p in (own / "probes").iterdir()} == {
+        "sane-finetuned+stats-gbt.json", "sane-finetuned+stats-gbt-trees.json", "sane-finetuned+stats-gbt-trees.safetensors"}
+    # the saved blend is the one probe tables build in memory: same weights, same predictions
+    zoo = load_zoo(zoo_dir)
+    head = finetuned_head(zoo, own)
+    fresh = blended_head(zoo, head, fit_probes(zoo, "stats-gbt", properties=head.properties))
+    saved = BlendedProbeSet.load(own)
+    assert {n: b.hyperparameters for n, b in saved.probes.items()} == {n: b.hyperparameters for n, b in fresh.probes.items()}
+    rows, _ = usable_rows(zoo, "test")
+    x = zoo_features(zoo, "test", "sane-finetuned+stats-gbt", head.model, head.tokenizer, rows=rows)
+    expected = fresh.predict(x)
+    assert saved.predict(x) == expected
+    # ... and the pipeline of the checkpoint predicts with it, on a zoo split and on one model
+    pipe = pipeline("weight-property-prediction", model=str(own))
+    assert pipe.blend is not None
+    predicted = [r for r in pipe(zoo.dataset["test"]) if r["epoch"] is not None]
+    assert [r["epoch"] for r in predicted] == pytest.approx(expected["epoch"], abs=1e-5)
+    one = pipe(zoo.build_model({**zoo.metadata("test").iloc[rows[0]].to_dict(), "weights": zoo.weights("test")[rows[0]]}))
+    assert one["test_acc"] == pytest.approx(expected["test_acc"][0], abs=1e-5)
+    # where the blend leans on the trees, it differs from the head alone
+    head_only = pipeline("weight-property-prediction", model=head_dir)(zoo.dataset["test"])
+    weights = [b.hyperparameters["head_weight"] for b in saved.probes.values()]
+    if min(weights) < 1:
+        assert [r for r in head_only if r["epoch"] is not None] != predicted
+    # the checkpoint's own code predicts the same without hyperrep_hf and without scikit-learn
+    torch.save({"x": zoo.weights("test")[rows[0]], "expected": {n: v[0] for n, v in expected.items()}}, tmp_path / "io.pt")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", BLEND_WITHOUT_PACKAGE, str(own), str(tmp_path / "io.pt")],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "blend without package ok" in result.stdout
+
+
+# A fresh interpreter where hyperrep_hf cannot be imported: the copied code only, which must not need
+# scikit-learn either (torch probes for it with find_spec, so it is checked afterwards, not hidden).
+BLEND_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Hide(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hyperrep_hf":
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+            return None
+
+    sys.meta_path.insert(0, Hide())
+    sys.path = [p for p in sys.path if not p.rstrip("/").endswith("/src")]
+    import torch
+    from transformers import pipeline
+
+    folder, io_path = sys.argv[1:3]
+    io = torch.load(io_path)
+    pipe = pipeline("weight-property-prediction", model=folder, trust_remote_code=True)
+    assert type(pipe).__module__.startswith("transformers_modules."), type(pipe)
+    assert pipe.blend is not None
+    got = pipe(io["x"])
+    assert got.keys() == io["expected"].keys(), got
+    assert all(abs(got[k] - io["expected"][k]) < 1e-5 for k in got), (got, io["expected"])
+    assert not [m for m in sys.modules if m.startswith(("hyperrep_hf", "sklearn"))]
+    print("blend without package ok")
+    """
+)
+
+
 def test_a_fine_tuned_checkpoint_carries_the_code_of_its_head(head_dir):
     """The fresh-process load without hyperrep_hf is tests/test_remote_code.py's; here: what it would need."""
     from hyperrep_hf.remote_code import check_remote_code
@@ -276,7 +362,7 @@ def test_bad_inputs_name_the_property_the_labels_the_sizes_and_the_zoo(zoo_dir, 
     assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
     assert "sane-finetuned scores a fine-tuned head, not a probe" in capsys.readouterr().err
     assert cli(["probe", "fit", "--checkpoint", sane_dir, "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 2
-    assert "probe eval --features sane-finetuned+stats-gbt --finetuned OUT" in capsys.readouterr().err
+    assert "has no property head" in capsys.readouterr().err  # a blend is fitted onto a fine-tuned checkpoint
 
 
 def test_the_study_script_chooses_on_validation_scores_on_test_and_resumes(zoo_dir, sane_dir, tmp_path, capsys):

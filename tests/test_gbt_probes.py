@@ -1,12 +1,12 @@
 """stats-gbt: gradient-boosted trees on s(W) (Unterthiner et al. 2020), hyperparameters chosen on
-validation, seeded, table-only (never pickled)."""
+validation, seeded, kept as arrays that predict as sklearn does and are saved without pickle."""
 
 import numpy as np
 import pytest
 import torch
 
 from hyperrep_hf.downstream.probes import ProbeSet, property_score
-from hyperrep_hf.downstream.trees import GBT_GRID, GBT_MAX_ITER, TreeProbeSet
+from hyperrep_hf.downstream.trees import GBT_GRID, GBT_MAX_ITER, TreeEnsemble, TreeProbeSet
 
 
 def _nonlinear(n, seed):
@@ -44,20 +44,51 @@ def test_trees_fit_what_a_linear_probe_cannot_and_choose_on_validation():
     assert TreeProbeSet.fit("stats-gbt", xt, yt, xv, yv, seed=0).predict(xs) == tree_pred
 
 
-def test_tree_probes_leave_out_missing_targets_and_refuse_to_be_saved(tmp_path):
+def test_tree_probes_leave_out_missing_targets_and_are_saved_without_pickle(tmp_path):
     (xt, yt), (xv, yv) = _nonlinear(60, 3), _nonlinear(20, 4)
-    yt = {"acc": [float("nan")] + yt["acc"][1:], "init": [None, None] + yt["init"][2:]}
+    yt = {"acc": [float("nan")] + yt["acc"][1:], "init": [None, None] + yt["init"][2:],
+          "act": ["relu"] * 60}  # one class in train: a constant probe
+    yv = {**yv, "act": ["relu"] * 20}
     trees = TreeProbeSet.fit("stats-gbt", xt, yt, xv, yv)
     assert trees.info["left_out"] == {"train": {"acc": 1, "init": 2}}
-    assert np.isfinite(trees.predict(xv)["acc"]).all()
-    with pytest.raises(ValueError, match="table-only.*hyperrep probe eval --features stats-gbt"):
-        trees.save(tmp_path)
-    with pytest.raises(ValueError, match="table-only and never saved"):
+    assert np.isfinite(trees.predict(xv)["acc"]).all() and trees.probes["act"].trees is None
+    path = trees.save(tmp_path)
+    assert path == tmp_path / "probes" / "stats-gbt.json" and (tmp_path / "probes" / "stats-gbt.safetensors").is_file()
+    loaded = TreeProbeSet.load(tmp_path)
+    assert loaded.predict(xv) == trees.predict(xv) and loaded.info == trees.info
+    assert {n: p.hyperparameters for n, p in loaded.probes.items()} == {n: p.hyperparameters for n, p in trees.probes.items()}
+    with pytest.raises(FileNotFoundError, match="hyperrep probe fit --checkpoint .* --features stats-gbt"):
+        TreeProbeSet.load(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="TreeProbeSet.load"):
         ProbeSet.load(tmp_path, "stats-gbt")
     with pytest.raises(ValueError, match="no probe for property 'epoch'"):
         trees.predict(xv, ["epoch"])
     with pytest.raises(ValueError, match="NaN"):
         TreeProbeSet.fit("stats-gbt", xt * float("nan"), yt, xv, yv)
+
+
+@pytest.mark.parametrize("classes", [0, 2, 3])  # 0: a regression
+def test_the_arrays_predict_what_sklearn_predicts_missing_values_included(classes):
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(300, 6))
+    x[rng.random(x.shape) < 0.1] = np.nan  # sklearn learns where a NaN goes at each split
+    signal = np.nan_to_num(x[:, 0]) + np.sin(np.nan_to_num(x[:, 1], nan=2.0))
+    if classes:
+        y = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1]))
+        model = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(x, y)
+        expected = model.decision_function(x).reshape(len(x), -1)
+    else:
+        model = HistGradientBoostingRegressor(max_iter=40, max_leaf_nodes=15, random_state=0).fit(x, signal)
+        expected = model.predict(x)[:, None]
+    trees = TreeEnsemble.from_sklearn(model)
+    assert trees.roots.shape == (model.n_iter_, 1 if classes <= 2 else classes)
+    np.testing.assert_allclose(trees.raw(x), expected, rtol=0, atol=1e-12)
+    again = TreeEnsemble.from_tensors(trees.tensors("p"), "p")
+    np.testing.assert_array_equal(again.raw(x), trees.raw(x))
+    with pytest.raises(ValueError, match="pass the s\\(W\\) statistics they were fitted on"):
+        trees.raw(x[:, :1])
 
 
 def test_the_command_offers_every_feature_set():

@@ -231,7 +231,7 @@ def test_epochs_86_scores_exactly_nfns_test_set_of_the_small_cnn_zoo(tmp_path):
         assert r["metric"] == "r2" and r["kendall_tau"] is not None
 
 
-def test_stats_gbt_is_scored_beside_linear_stats_and_is_table_only(zoo, checkpoint, tmp_path, capsys):
+def test_stats_gbt_is_scored_beside_linear_stats_and_saved_by_fit(zoo, checkpoint, tmp_path, capsys):
     rows = probe_table(zoo, None, feature_sets=("stats", "stats-gbt"), properties=["test_acc", "epoch"], bootstrap=10)
     by = {(r["features"], r["property"]): r for r in rows}
     for prop in ("test_acc", "epoch"):
@@ -243,10 +243,17 @@ def test_stats_gbt_is_scored_beside_linear_stats_and_is_table_only(zoo, checkpoi
         assert gbt["vs_stats"] == pytest.approx(gbt["value"] - by["stats", prop]["value"])
         assert by["stats", prop]["vs_stats-gbt"] == pytest.approx(-gbt["vs_stats"])
         assert gbt["nonfinite"] >= 0 and "vs_stats_nonfinite" in gbt
-    # the command: fit refuses (nothing to save), eval fits and scores the trees in place
-    assert cli(["probe", "fit", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats-gbt"]) == 2
-    assert "table-only" in capsys.readouterr().err
-    assert not (checkpoint / "probes" / "stats-gbt.json").exists()
+    # the command: fit saves the trees (arrays, no pickle), eval fits and scores them in place
+    saved = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, saved)
+    assert cli(["probe", "fit", "--checkpoint", str(saved), "--zoo", str(zoo.path), "--features", "stats-gbt",
+                "--properties", "test_acc", "epoch"]) == 0
+    from hyperrep_hf.downstream.trees import TreeProbeSet
+
+    x = zoo_features(zoo, "test", "stats")
+    x = x[torch.isfinite(x).all(1)]
+    fresh = fit_probes(zoo, "stats-gbt", properties=["test_acc", "epoch"])
+    assert TreeProbeSet.load(saved).predict(x) == fresh.predict(x)
     out = tmp_path / "rows.json"
     assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--features", "stats-gbt",
                 "--properties", "test_acc", "epoch", "--json", str(out)]) == 0

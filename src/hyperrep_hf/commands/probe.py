@@ -20,8 +20,9 @@ def register(subparsers) -> None:
         description="Linear probes (closed-form ridge, penalty chosen on validation; a linear classifier for "
         "categorical hyperparameters) on SANE embeddings, s(W) statistics or flat weights W, and "
         "gradient-boosted trees on s(W) (stats-gbt, hyperparameters chosen on validation). `fit` saves "
-        "linear probes into the checkpoint folder (probes/<features>.json), where the "
-        "weight-property-prediction pipeline finds them; stats-gbt is table-only: `eval` fits and scores it.",
+        "probes into the checkpoint folder (probes/<features>.json, trees as arrays, never pickle), where "
+        "the weight-property-prediction pipeline finds them: the linear SANE probes of a checkpoint, or a "
+        "fine-tuned head's blend with the trees (sane-finetuned+stats-gbt); `eval` fits stats-gbt in place.",
     )
     sub = p.add_subparsers(dest="probe_command", required=True, metavar="{fit,predict,eval}")
 
@@ -67,10 +68,10 @@ def _common(p) -> None:
     p.add_argument("--zoo", required=True, help="zoo folder or Hub dataset id")
     p.add_argument("--features", nargs="+", choices=(*FEATURES, FINETUNED, BLEND), default=["sane"],
                    help="feature sets (default: sane); stats = s(W) with a linear probe, stats-gbt = s(W) with "
-                   "gradient-boosted trees (eval only: fitted in place, never saved), weights = flat W, "
+                   "gradient-boosted trees (eval fits them in place), weights = flat W, "
                    "sane-finetuned = the property head of a fine-tuned checkpoint (eval only: --finetuned), "
                    "sane-finetuned+stats-gbt = that head and stats-gbt blended, the head's weight chosen per "
-                   "property on validation (eval only)")
+                   "property on validation (fit: --checkpoint is the fine-tuned head; the pipeline then uses it)")
     p.add_argument("--properties", nargs="+", default=None,
                    help="zoo columns to probe (default: test_acc, epoch, ggap and the varied hyperparameters)")
     add_device_argument(p, "the SANE embeddings")
@@ -88,24 +89,27 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..downstream.evaluation import describe_left_out, fit_probes
     from ..zoo import load_zoo
 
-    tuned = [f for f in args.features if f in (FINETUNED, BLEND)]
-    if tuned:
-        raise ValueError(f"{tuned[0]} scores a fine-tuned head, not a probe: train the head with `hyperrep finetune "
+    if FINETUNED in args.features:
+        raise ValueError(f"{FINETUNED} scores a fine-tuned head, not a probe: train the head with `hyperrep finetune "
                          f"--checkpoint {args.checkpoint} --zoo {args.zoo} --output_dir OUT` and score it with `hyperrep "
-                         f"probe eval --features {tuned[0]} --finetuned OUT`")
-    if "stats-gbt" in args.features:
-        raise ValueError("stats-gbt probes are table-only (sklearn trees cannot be saved without pickle): score them "
-                         f"with `hyperrep probe eval --checkpoint {args.checkpoint} --zoo {args.zoo} --features stats-gbt`, "
-                         "which fits them on train (hyperparameters chosen on validation) and scores them in place")
+                         f"probe eval --features {FINETUNED} --finetuned OUT` (or blend it with the s(W) trees: "
+                         f"`hyperrep probe fit --checkpoint OUT --features {BLEND}`)")
     zoo = load_zoo(args.zoo)
     model, tokenizer = _checkpoint_parts(args, args.features)
     for features in args.features:
-        probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
-                            progress=True, permutations=args.permutations, epochs=args.epochs)
+        if features == BLEND:  # the checkpoint is the fine-tuned head; the trees are fitted on its properties
+            from ..downstream.evaluation import blended_head, finetuned_head
+
+            head = finetuned_head(zoo, args.checkpoint, args.properties, args.epochs)
+            trees = fit_probes(zoo, "stats-gbt", properties=head.properties, epochs=args.epochs)
+            probes = blended_head(zoo, head, trees, args.epochs)
+        else:
+            probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
+                                progress=True, permutations=args.permutations, epochs=args.epochs)
         path = probes.save(args.checkpoint)
         scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
         print(f"{features}: validation {scores}; saved to {path}")
-        for split, counts in probes.info["left_out"].items():
+        for split, counts in probes.info.get("left_out", {}).items():
             if counts:
                 print(f"{features}: {describe_left_out(counts, split)}")
     return 0

@@ -8,20 +8,29 @@ train (early stopping on validation), the trees fitted on train (hyperparameters
 validation), so the weight is one more setting chosen on validation.
 
 Features are the head's outputs and the s(W) statistics side by side, [rows, num_outputs + d].
-Like the trees it contains, a blend lives in memory: probe_table and `hyperrep probe eval` build it.
+probe_table and `hyperrep probe eval` build a blend in place; `save(folder)` writes it next to its
+head (`hyperrep probe fit --features sane-finetuned+stats-gbt --checkpoint HEAD`), as
+probes/sane-finetuned+stats-gbt.json (the weights) and the trees' probes/sane-finetuned+stats-gbt-trees.*,
+and the property pipeline of that checkpoint then predicts with the blend (`BlendedProbeSet.load`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .probes import missing_targets, property_score
+from ..files import atomic_write_json, resolve_file
+from .probes import PROBE_FORMAT_VERSION, missing_targets, property_score
+from .trees import TreeProbeSet
 
 BLEND_FEATURES = "sane-finetuned+stats-gbt"
+BLEND_TREES = f"{BLEND_FEATURES}-trees"  # the file stem of a saved blend's trees
 # The head's share of a regression prediction, fixed before any zoo was scored with it.
 BLEND_WEIGHTS = tuple(i / 10 for i in range(11))
 
@@ -40,7 +49,7 @@ class BlendProbe:
 @dataclass
 class BlendedProbeSet:
     """`head` (a FinetunedHead) and `trees` (a TreeProbeSet on s(W)) blended per property. The same
-    `predict` / `properties` / `info` as a ProbeSet; it cannot be saved (the trees cannot)."""
+    `predict` / `properties` / `info` / `save` as a ProbeSet."""
 
     head: object
     trees: object
@@ -91,6 +100,36 @@ class BlendedProbeSet:
             blend.probes[name] = BlendProbe(kind, {"head_weight": best[1]}, {metric: best[0]})
         return blend
 
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the blend into its head's checkpoint `folder`: the trees, then (last: the index)
+        probes/sane-finetuned+stats-gbt.json with each property's head weight."""
+        self.trees.save(folder, BLEND_TREES)
+        meta = {n: {"kind": b.kind, "head_weight": b.hyperparameters["head_weight"], "validation": b.validation}
+                for n, b in self.probes.items()}
+        path = Path(folder) / "probes" / f"{BLEND_FEATURES}.json"
+        atomic_write_json(path, {"format_version": PROBE_FORMAT_VERSION, "features": BLEND_FEATURES, "info": self.info,
+                                 "probes": meta})
+        return path
+
+    @classmethod
+    def load(cls, folder_or_repo: str | os.PathLike, head=None, revision: str | None = None) -> BlendedProbeSet:
+        """The blend saved in a fine-tuned checkpoint folder or Hub repo; `head`: its FinetunedHead
+        (None: loaded from the same checkpoint)."""
+        hint = (f"fit it first: `hyperrep probe fit --checkpoint {folder_or_repo} --zoo ZOO --features "
+                f"{BLEND_FEATURES}`")
+        meta = json.loads(Path(resolve_file(folder_or_repo, f"probes/{BLEND_FEATURES}.json", hint, revision)).read_text())
+        if head is None:
+            from .head import FinetunedHead
+
+            head = FinetunedHead.load(folder_or_repo, revision=revision)
+        unknown = [n for n in meta["probes"] if n not in head.properties]
+        if unknown:
+            raise ValueError(f"the blend in {folder_or_repo} predicts {unknown}, which its head does not "
+                             f"({head.properties}); refit it with `hyperrep probe fit --features {BLEND_FEATURES}`")
+        probes = {n: BlendProbe(m["kind"], {"head_weight": m["head_weight"]}, m["validation"])
+                  for n, m in meta["probes"].items()}
+        return cls(head, TreeProbeSet.load(folder_or_repo, BLEND_TREES, revision), probes, meta.get("info", {}))
+
     def _parts(self, x: torch.Tensor, names: Sequence[str]) -> tuple[dict, dict]:
         k = self.num_head_outputs
         if x.shape[1] <= k:
@@ -108,6 +147,15 @@ class BlendedProbeSet:
         return {n: _mix(self.probes[n].kind, self.probes[n].hyperparameters["head_weight"],
                         np.asarray(head_p[n], dtype=object), np.asarray(tree_p[n], dtype=object)).tolist()
                 for n in names}
+
+
+def has_blend(folder_or_repo: str | os.PathLike, revision: str | None = None) -> bool:
+    """Does the checkpoint folder or Hub repo hold a saved blend (probes/sane-finetuned+stats-gbt.json)?"""
+    try:
+        resolve_file(folder_or_repo, f"probes/{BLEND_FEATURES}.json", "", revision)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _mix(kind: str, w: float, head: np.ndarray, trees: np.ndarray) -> np.ndarray:

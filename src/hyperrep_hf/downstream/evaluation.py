@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from ..zoo.architectures import build_model, init_weights
 from .blend import BLEND_FEATURES, BlendedProbeSet
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
+from .head import FINETUNED_FEATURES, FinetunedHead, HeadProperty  # noqa: F401 (re-exported)
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
 from .scores import bootstrap_means, model_bootstrap, num_nonfinite, percentile_interval
 from .trees import GBT_FEATURES, TreeProbeSet
@@ -44,75 +44,6 @@ PROBE_PERMUTATIONS = 8
 # Pooling of a probe's SANE embedding, fixed a priori: "mean" over tokens is the published model
 # embedding for probing (METHOD.md §2); "layer" and "full" are there for studies, set explicitly.
 PROBE_POOLING = "mean"
-# The property head of a fine-tuned checkpoint (`hyperrep finetune`), scored beside the probes: its
-# "features" are the head's outputs, which it decodes into predictions itself.
-FINETUNED_FEATURES = "sane-finetuned"
-
-
-@dataclass
-class HeadProperty:
-    """One property of a fine-tuned head, as a probe-table row reads it (kind, validation score)."""
-
-    kind: str
-    validation: dict
-    penalty: float | None = None
-
-
-class FinetunedHead:
-    """A fine-tuned SaneForPropertyPrediction in the place of a probe set ("sane-finetuned"): features
-    are the head's outputs [rows, num_outputs] (`outputs`), `predict` turns them into properties."""
-
-    features = FINETUNED_FEATURES
-
-    def __init__(self, model, tokenizer, checkpoint=None):
-        self.model, self.tokenizer = model, tokenizer
-        self.probes = {p["name"]: HeadProperty(p["kind"], {}) for p in model.config.properties}
-        self.info = {"pooling": None, "permutations": 0, "checkpoint": None if checkpoint is None else str(checkpoint)}
-
-    @classmethod
-    def load(cls, folder_or_repo, device: str | torch.device = "cpu", revision: str | None = None) -> FinetunedHead:
-        from ..modeling_sane import SaneForPropertyPrediction, SaneModel
-        from ..tokenization_weights import WeightTokenizer
-
-        config = SaneModel.config_class.from_pretrained(str(folder_or_repo), revision=revision)
-        if not config.properties:
-            raise ValueError(f"{folder_or_repo} has no property head (its config names no properties): fine-tune one "
-                             f"with `hyperrep finetune --checkpoint {folder_or_repo} --zoo ZOO --output_dir OUT` and "
-                             "score OUT as sane-finetuned")
-        model = SaneForPropertyPrediction.from_pretrained(str(folder_or_repo), revision=revision).eval().to(device)
-        return cls(model, WeightTokenizer.from_pretrained(str(folder_or_repo), revision=revision), folder_or_repo)
-
-    @property
-    def properties(self) -> list[str]:
-        return list(self.probes)
-
-    @torch.no_grad()
-    def outputs(self, weights: torch.Tensor, layout_id: int, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Flat weights [M, P] of one tokenizer layout -> head outputs [M, num_outputs] (on the CPU)."""
-        from transformers.utils.logging import tqdm
-
-        from ..weightspace.statistics import weight_statistics
-
-        model, parts = self.model, []
-        for start in tqdm(range(0, len(weights), batch_size), desc="head", disable=not progress, unit="batch"):
-            chunk = weights[start:start + batch_size]
-            enc = self.tokenizer.tokenize_flat(chunk, layout_id=layout_id)
-            inputs = [torch.as_tensor(enc[k]).to(model.device) for k in ("tokens", "positions", "attention_mask")]
-            stats = (weight_statistics(chunk, self.tokenizer.layouts[layout_id].weights)[0]
-                     if model.config.head_statistics else None)
-            parts.append(model(inputs[0].to(model.dtype), inputs[1], inputs[2], statistics=stats).logits.float().cpu())
-        return torch.cat(parts) if parts else torch.zeros(0, sum(model.output_sizes))
-
-    def predict(self, x: torch.Tensor, properties: Sequence[str] | None = None) -> dict[str, list]:
-        names = self.properties if properties is None else list(properties)
-        unknown = [n for n in names if n not in self.probes]
-        if unknown:
-            raise ValueError(f"the fine-tuned head predicts {self.properties}, not {unknown}; fine-tune a head with "
-                             f"--properties {' '.join(self.properties + unknown)}")
-        predicted = self.model.predictions(torch.as_tensor(x))
-        return {n: predicted[n] for n in names}
-
-
 def finetuned_head(zoo, checkpoint, properties: Sequence[str] | None = None, epochs: Sequence[int] | None = None,
                    progress: bool = False) -> FinetunedHead:
     """The fine-tuned head of `checkpoint` ready for a probe table: its validation scores on the zoo
@@ -291,7 +222,7 @@ def fit_probes(zoo, features: str = "sane", checkpoint=None, model=None, tokeniz
                seed: int = 0) -> ProbeSet | TreeProbeSet:
     """Fit a ProbeSet of one feature set on the zoo's train split (penalties chosen on validation);
     for "stats-gbt" a TreeProbeSet (gradient-boosted trees on s(W), hyperparameters chosen on
-    validation, seeded by `seed`; it cannot be saved).
+    validation, seeded by `seed`; `save` keeps its trees as arrays).
     SANE features average over `permutations` (None: see `probe_permutations`); the number is
     saved with the probes, and the property-prediction pipeline embeds the same way.
 

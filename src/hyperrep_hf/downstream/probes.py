@@ -229,8 +229,8 @@ class ProbeSet:
     def load(cls, folder_or_repo: str | os.PathLike, features: str = "sane", revision: str | None = None) -> ProbeSet:
         """Load the probe set saved with `save` from a checkpoint folder or a Hub repo id (at `revision`)."""
         if features == "stats-gbt":
-            raise ValueError("stats-gbt probes are table-only and never saved (sklearn trees would need pickle): fit "
-                             "and score them in place with `hyperrep probe eval --features stats-gbt` or probe_table")
+            raise ValueError("stats-gbt probes are trees, not a linear ProbeSet: load them with "
+                             "downstream.trees.TreeProbeSet.load(folder_or_repo)")
         hint = f"fit the probes first: `hyperrep probe fit --checkpoint {folder_or_repo} --zoo ZOO --features {features}`"
         meta_path = resolve_file(folder_or_repo, f"probes/{features}.json", hint, revision)
         tensor_path = resolve_file(folder_or_repo, f"probes/{features}.safetensors", hint, revision)

@@ -9,21 +9,28 @@ the number of boosting iterations (1 ... GBT_MAX_ITER) by the validation score o
 for regressions, accuracy for classifications; ties keep the earlier combination and the fewer
 iterations. Fits are seeded and deterministic (no early stopping, no subsampling).
 
-Trees are not saved: storing sklearn estimators would need pickle, which this library never reads.
-`TreeProbeSet` therefore lives in memory; `probe_table` and `hyperrep probe eval --features
-stats-gbt` fit and score it in place.
+The fitted trees are kept as plain arrays (`TreeEnsemble`: per node its feature, threshold, children
+and leaf value), which predict with numpy alone and are saved with safetensors, never pickle:
+`TreeProbeSet.save(folder)` writes probes/stats-gbt.safetensors + probes/stats-gbt.json (the layout of
+a linear ProbeSet), `TreeProbeSet.load` reads them from a folder or a Hub repo. Fitting needs
+scikit-learn (the installed package); predicting a saved set needs numpy only (remote code).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 
-from .probes import _check_features, _is_categorical, missing_targets
+from ..files import atomic_write_bytes, atomic_write_json, resolve_file
+from .probes import PROBE_FORMAT_VERSION, _check_features, _is_categorical, missing_targets
 from .scores import r_squared
 
 GBT_FEATURES = "stats-gbt"
@@ -33,33 +40,105 @@ GBT_GRID: dict[str, tuple] = {"learning_rate": (0.05, 0.2), "max_leaf_nodes": (7
 GBT_MAX_ITER = 200
 
 
+# the arrays of a TreeEnsemble, in the order they are saved
+_ARRAYS = ("feature", "threshold", "left", "right", "value", "is_leaf", "missing_left", "roots", "baseline")
+
+
+@dataclass
+class TreeEnsemble:
+    """Fitted gradient-boosted trees as arrays. Nodes of all trees side by side, [nodes] each:
+    `feature` (int), `threshold` (go left if x[feature] <= threshold), `left` / `right` (node indices),
+    `value` (a leaf's contribution), `is_leaf`, `missing_left` (where a NaN feature goes); `roots`
+    [iterations, K] (each tree's root node) and `baseline` [K] (the starting raw score). K is 1 for a
+    regression or a two-class classification, the number of classes otherwise."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    is_leaf: np.ndarray
+    missing_left: np.ndarray
+    roots: np.ndarray
+    baseline: np.ndarray
+
+    @classmethod
+    def from_sklearn(cls, model) -> TreeEnsemble:
+        """The trees of a fitted sklearn HistGradientBoostingRegressor / -Classifier (numeric features)."""
+        parts, offsets, roots = [], [], []
+        for iteration in model._predictors:
+            roots.append([])
+            for tree in iteration:
+                if tree.nodes["is_categorical"].any():
+                    raise ValueError("categorical splits are not supported: s(W) features are numeric")
+                start = sum(len(p) for p in parts)
+                roots[-1].append(start)
+                parts.append(tree.nodes)
+                offsets.append(np.full(len(tree.nodes), start))
+        nodes, base = np.concatenate(parts), np.concatenate(offsets)  # a tree's child indices are its own
+        return cls(feature=nodes["feature_idx"].astype(np.int64), threshold=nodes["num_threshold"].astype(np.float64),
+                   left=nodes["left"].astype(np.int64) + base, right=nodes["right"].astype(np.int64) + base,
+                   value=nodes["value"].astype(np.float64), is_leaf=nodes["is_leaf"].astype(bool),
+                   missing_left=nodes["missing_go_to_left"].astype(bool), roots=np.asarray(roots, dtype=np.int64),
+                   baseline=np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1))
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """features [n, d] -> raw scores [n, K]: the baseline plus every tree's leaf value."""
+        x = np.asarray(x, dtype=np.float64)
+        split = self.feature[~self.is_leaf]
+        if x.ndim != 2 or (len(split) and x.shape[1] <= split.max()):
+            raise ValueError(f"these trees split on feature {int(split.max()) if len(split) else 0} of each row; got "
+                             f"features of shape {list(x.shape)}: pass the s(W) statistics they were fitted on")
+        out = np.tile(self.baseline, (len(x), 1))
+        rows = np.arange(len(x))
+        for iteration in self.roots:
+            for k, root in enumerate(iteration):
+                node = np.full(len(x), root)
+                inner = ~self.is_leaf[node]
+                while inner.any():
+                    at, r = node[inner], rows[inner]
+                    v = x[r, self.feature[at]]
+                    go_left = np.where(np.isnan(v), self.missing_left[at], v <= self.threshold[at])
+                    node[inner] = np.where(go_left, self.left[at], self.right[at])
+                    inner = ~self.is_leaf[node]
+                out[:, k] += self.value[node]
+        return out
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in _ARRAYS}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], prefix: str) -> TreeEnsemble:
+        return cls(**{name: tensors[f"{prefix}.{name}"].numpy() for name in _ARRAYS})
+
+
 @dataclass
 class TreeProbe:
-    """A fitted gradient-boosted-trees probe for one property: `model` (a fitted sklearn estimator),
-    the chosen `hyperparameters` (max_iter included), `classes` for a classification (the model
-    predicts class indices) and its `validation` score."""
+    """A fitted gradient-boosted-trees probe for one property: `trees` (a TreeEnsemble; None for a
+    constant classification, whose train split had one class), the chosen `hyperparameters`
+    (max_iter included), `classes` for a classification and its `validation` score."""
 
     kind: str
-    model: object
+    trees: TreeEnsemble | None
     hyperparameters: dict
     classes: list | None = None
     validation: dict = field(default_factory=dict)
     penalty = None  # a linear probe's field; trees have none
 
     def predict(self, x: np.ndarray) -> list:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="openmp"):  # see _fit_property
-            predicted = self.model.predict(x)
+        if self.trees is None:
+            return [self.classes[0]] * len(x)
+        raw = self.trees.raw(x)
         if self.kind == "regression":
-            return [float(v) for v in predicted]
-        return [self.classes[int(i)] for i in predicted]
+            return [float(v) for v in raw[:, 0]]
+        index = (raw[:, 0] > 0).astype(int) if raw.shape[1] == 1 else raw.argmax(1)
+        return [self.classes[int(i)] for i in index]
 
 
 @dataclass
 class TreeProbeSet:
     """Gradient-boosted-trees probes of one feature set (s(W)): one `TreeProbe` per property. The
-    same `predict` / `properties` / `info` as a ProbeSet; it cannot be saved (see the module)."""
+    same `predict` / `properties` / `info` / `save` as a ProbeSet (see the module)."""
 
     features: str
     probes: dict[str, TreeProbe]
@@ -123,24 +202,54 @@ class TreeProbeSet:
         z = _check_features(x, "features").double().numpy()
         return {n: p.predict(z) for n, p in zip(names, probes)}
 
-    def save(self, folder) -> None:
-        raise ValueError("stats-gbt probes are table-only: sklearn trees cannot be saved without pickle, which this "
-                         "library never reads. Score them with `hyperrep probe eval --features stats-gbt` or "
-                         "probe_table(..., feature_sets=('stats-gbt', ...)), which fit them in place")
+    def save(self, folder: str | os.PathLike, stem: str | None = None) -> Path:
+        """Write probes/STEM.safetensors (the trees' arrays) and probes/STEM.json inside `folder`
+        (atomically; the JSON, the index, last). STEM: the feature set (default)."""
+        base, stem = Path(folder) / "probes", stem or self.features
+        tensors, meta = {}, {}
+        for name, p in self.probes.items():
+            if p.trees is not None:
+                tensors.update(p.trees.tensors(name))
+            meta[name] = {"kind": p.kind, "hyperparameters": p.hyperparameters, "classes": p.classes,
+                          "validation": p.validation, "constant": p.trees is None}
+        atomic_write_bytes(base / f"{stem}.safetensors", save(tensors))
+        atomic_write_json(base / f"{stem}.json", {"format_version": PROBE_FORMAT_VERSION, "features": self.features,
+                                                  "info": self.info, "probes": meta})
+        return base / f"{stem}.json"
+
+    @classmethod
+    def load(cls, folder_or_repo: str | os.PathLike, features: str = GBT_FEATURES,
+             revision: str | None = None) -> TreeProbeSet:
+        """Load a set saved with `save` (as `features`: its file stem) from a checkpoint folder or a Hub repo
+        id (at `revision`)."""
+        hint = (f"fit the trees first: `hyperrep probe fit --checkpoint {folder_or_repo} --zoo ZOO --features "
+                f"{features.removesuffix('-trees')}`")
+        meta = json.loads(Path(resolve_file(folder_or_repo, f"probes/{features}.json", hint, revision)).read_text())
+        tensors = load_file(resolve_file(folder_or_repo, f"probes/{features}.safetensors", hint, revision))
+        probes = {name: TreeProbe(m["kind"], None if m["constant"] else TreeEnsemble.from_tensors(tensors, name),
+                                  m["hyperparameters"], m["classes"], m["validation"])
+                  for name, m in meta["probes"].items()}
+        return cls(meta["features"], probes, meta.get("info", {}))
 
 
 def _fit_property(x_train, train_values, x_val, val_values, categorical: bool, seed: int, grid, max_iter: int) -> TreeProbe:
     # One OpenMP thread: a zoo's table is small (hundreds of rows, tens of features), where sklearn's
     # threads cost more in synchronisation than they gain; on a busy 2-core machine a 300-row fit
     # took 30 s with them and 0.2 s without.
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as err:  # remote code without the package: a saved set predicts, fitting needs sklearn
+        raise ImportError("fitting s(W)+GBT needs scikit-learn: pip install hyperrep_hf") from err
 
     with threadpool_limits(limits=1, user_api="openmp"):
         return _fit_grid(x_train, train_values, x_val, val_values, categorical, seed, grid, max_iter)
 
 
 def _fit_grid(x_train, train_values, x_val, val_values, categorical: bool, seed: int, grid, max_iter: int) -> TreeProbe:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    except ImportError as err:
+        raise ImportError("fitting s(W)+GBT needs scikit-learn: pip install hyperrep_hf") from err
 
     if categorical:
         classes = sorted({v.item() if isinstance(v, np.generic) else v for v in train_values}, key=str)
@@ -148,10 +257,7 @@ def _fit_grid(x_train, train_values, x_val, val_values, categorical: bool, seed:
         y_train = np.array([index[str(v)] for v in train_values])
         val_str = np.array([str(v) for v in val_values])
         if len(classes) == 1:  # one class: nothing to learn, the trees would refuse
-            from sklearn.dummy import DummyClassifier
-
-            model = DummyClassifier(strategy="most_frequent").fit(x_train, y_train)
-            return TreeProbe("classification", model, {"constant": True}, classes,
+            return TreeProbe("classification", None, {"constant": True}, classes,
                              {"accuracy": float(np.mean(val_str == str(classes[0])))})
         estimator = HistGradientBoostingClassifier
         score = lambda predicted: float(np.mean(np.array([str(classes[i]) for i in predicted]) == val_str))  # noqa: E731
@@ -176,4 +282,5 @@ def _fit_grid(x_train, train_values, x_val, val_values, categorical: bool, seed:
     params = best[1]
     model = estimator(early_stopping=False, random_state=seed, **params).fit(x_train, y_train)
     validation = score(model.predict(x_val))
-    return TreeProbe("classification" if categorical else "regression", model, params, classes, {metric: validation})
+    return TreeProbe("classification" if categorical else "regression", TreeEnsemble.from_sklearn(model), params,
+                     classes, {metric: validation})

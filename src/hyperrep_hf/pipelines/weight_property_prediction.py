@@ -1,8 +1,10 @@
 """`pipeline("weight-property-prediction", model=CHECKPOINT)`: predict a model's properties from its weights.
 
 A checkpoint with a fine-tuned property head (`hyperrep finetune`; its config names `properties`)
-predicts with the head (SaneForPropertyPrediction); any other with the checkpoint's "sane" probe set
-(`hyperrep probe fit`, saved under CHECKPOINT/probes/), or the probes passed as `probes=`. The
+predicts with the head (SaneForPropertyPrediction), blended with the s(W) trees where the checkpoint
+holds a saved blend (`hyperrep probe fit --features sane-finetuned+stats-gbt`, downstream.blend); any
+other with the checkpoint's "sane" probe set (`hyperrep probe fit`, saved under CHECKPOINT/probes/),
+or the probes passed as `probes=`. The
 output per model is a dict keyed by the zoo's column names, e.g.
 {"test_acc": 0.91, "epoch": 7.8, "ggap": 0.02, "activation": "tanh"}. Inputs as for
 "weight-embedding"; on a zoo split, rows of diverged checkpoints (NaN / inf weights) get None for
@@ -19,12 +21,12 @@ from .weight_embedding import WeightEmbeddingPipeline
 
 
 class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
-    """The fine-tuned head, or SANE embedding + linear probes. `probes=` takes a ProbeSet (default:
-    the checkpoint's), used instead of a head."""
+    """The fine-tuned head (and its saved blend with the s(W) trees), or SANE embedding + linear
+    probes. `probes=` takes a ProbeSet (default: the checkpoint's), used instead of a head."""
 
     def __init__(self, *args, probes: ProbeSet | None = None, **kwargs):
         self._probes = probes
-        self._head = None
+        self._head = self._blend = None
         super().__init__(*args, **kwargs)
 
     @property
@@ -42,6 +44,20 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
                     self.model.name_or_path, revision=checkpoint_revision(self.model)).to(self.model.device, self.model.dtype)
             self._head.eval()
         return self._head
+
+    @property
+    def blend(self):
+        """The head's saved blend with the s(W) trees (a BlendedProbeSet; None: no head, or none saved)."""
+        if self.head is None:
+            return None
+        if self._blend is None:
+            from ..downstream.blend import BlendedProbeSet, has_blend
+            from ..downstream.head import FinetunedHead
+
+            where, revision = self.model.name_or_path, checkpoint_revision(self.model)
+            self._blend = (BlendedProbeSet.load(where, FinetunedHead(self.head, self.feature_extractor), revision)
+                           if has_blend(where, revision) else False)
+        return self._blend or None
 
     def _check_head_properties(self, properties) -> None:
         unknown = [n for n in properties if n not in self.head.property_names]
@@ -82,7 +98,7 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         """Flat weights [B, P] -> the head's inputs: tokens, positions, attention_mask (and s(W))."""
         enc = self.feature_extractor.tokenize_flat(flat, layout_id=layout_id)
         inputs = {k: enc[k] for k in ("tokens", "positions", "attention_mask")}
-        if self.head.config.head_statistics:
+        if self.head.config.head_statistics or self.blend is not None:  # s(W): the head's input, the trees'
             from ..weightspace.statistics import weight_statistics
 
             inputs["statistics"] = weight_statistics(flat, self.feature_extractor.layouts[layout_id].weights)[0]
@@ -92,15 +108,17 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
         if self.head is not None:
             inputs = {k: torch.as_tensor(v).to(self.head.device) for k, v in model_inputs.items()}
             inputs["tokens"] = inputs["tokens"].to(self.head.dtype)
+            statistics = inputs.pop("statistics", None)
             with torch.no_grad():
-                return {"logits": self.head(**inputs).logits.float().cpu()}
+                logits = self.head(**inputs, statistics=statistics if self.head.config.head_statistics else None).logits
+            return {"logits": logits.float().cpu(), **({} if statistics is None else {"statistics": statistics.cpu()})}
         return super()._forward(model_inputs, self.probes.info.get("pooling", "mean"), window_size, halo,
                                 self.probes.info.get("permutations", 0))
 
     def postprocess(self, model_outputs, properties=None):
         if "logits" in model_outputs:
-            predicted = self.head.predictions(model_outputs["logits"][:1])
-            return {name: predicted[name][0] for name in (properties or self.head.property_names)}
+            outputs = {k: v[:1] for k, v in model_outputs.items()}
+            return {name: values[0] for name, values in self._head_predictions(outputs, properties).items()}
         embedding = self._unbatch(model_outputs).reshape(1, -1)
         return {name: values[0] for name, values in self.probes.predict(embedding, properties).items()}
 
@@ -122,6 +140,15 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
             k += ok
         return out
 
+    def _head_predictions(self, outputs: dict, properties=None) -> dict[str, list]:
+        """{property: predictions} from the head's outputs (logits [B, K], with a blend statistics [B, d])."""
+        names = list(properties or self.head.property_names)
+        blended = [n for n in names if self.blend is not None and n in self.blend.probes]
+        out = self.blend.predict(torch.cat([outputs["logits"], outputs["statistics"].float()], 1), blended) if blended else {}
+        if len(out) < len(names):
+            out = {**self.head.predictions(outputs["logits"]), **out}
+        return {n: out[n] for n in names}
+
     def _predict_dataset(self, ds, properties=None, batch_size=None) -> list[dict]:
         """A zoo split through the fine-tuned head, in slices; rows of diverged checkpoints get None."""
         import numpy as np
@@ -136,7 +163,8 @@ class WeightPropertyPredictionPipeline(WeightEmbeddingPipeline):
             flat = flat.reshape(flat.shape[0], -1)
             diverged = ~torch.isfinite(flat).all(1)
             flat[diverged] = 0.0
-            predicted = self.head.predictions(self._forward(self._head_inputs(flat, self.layout_for_size(flat.shape[1])))["logits"])
+            predicted = self._head_predictions(self._forward(self._head_inputs(flat, self.layout_for_size(flat.shape[1]))),
+                                               names)
             out += [dict.fromkeys(names) if bad else {n: predicted[n][i] for n in names}
                     for i, bad in enumerate(diverged.tolist())]
         return out
