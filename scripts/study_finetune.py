@@ -30,6 +30,7 @@ SETTINGS = {
     "frozen-layer-mlp64": {"pooling": "layer", "head_hidden_dim": 64, "freeze_encoder": True},
     "mean-stats": {"statistics_features": True},
     "mean-stats-mlp64": {"statistics_features": True, "head_hidden_dim": 64},
+    "layer-stats-mlp64": {"pooling": "layer", "statistics_features": True, "head_hidden_dim": 64},
 }
 COLUMNS = ["features", "property", "metric", "value", "kendall_tau", "validation", "ci", "vs_stats", "vs_stats_ci",
            "vs_stats-gbt", "vs_stats-gbt_ci"]
