@@ -251,7 +251,9 @@ def test_cli_embed_probe_sample(zoo, checkpoint, tmp_path, capsys):
     assert cli(["probe", "eval", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--bootstrap", "-1"]) == 2
     assert "--bootstrap must be >= 0" in capsys.readouterr().err
     assert cli(["probe", "predict", "--checkpoint", str(checkpoint), "--zoo", str(zoo.path), "--out", str(tmp_path / "p.json")]) == 0
-    assert set(json.loads((tmp_path / "p.json").read_text())[0]) == {"model_id", "epoch", "test_acc"}
+    first = json.loads((tmp_path / "p.json").read_text())[0]
+    assert set(first) == {"model_id", "epoch", "predicted"} and set(first["predicted"]) == {"test_acc", "epoch"}
+    assert first["epoch"] == zoo.metadata("test", ["epoch"])["epoch"].iloc[0]  # the row's, not the predicted one
 
     samples = tmp_path / "samples"
     assert cli(["sample", "--checkpoint", str(checkpoint), "--num-samples", "2", "--seed", "3", "--out", str(samples)]) == 0

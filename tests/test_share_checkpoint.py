@@ -159,7 +159,7 @@ WITH_PACKAGE = textwrap.dedent(
     assert torch.allclose(load_file(f"{out}/emb.safetensors")["embeddings"], io["embedding"], atol=1e-6)
     assert cli(["probe", "predict", "--checkpoint", repo, "--revision", first, "--models", *models,
                 "--out", f"{out}/pred.json"]) == 0
-    assert set(json.load(open(f"{out}/pred.json"))[0]) == {"model", "test_acc", "epoch"}
+    assert set(json.load(open(f"{out}/pred.json"))[0]["predicted"]) == {"test_acc", "epoch"}
     assert cli(["sample", "--checkpoint", repo, "--num-samples", "2", "--out", f"{out}/samples"]) == 0
     assert load_file(f"{out}/samples/sample-001.safetensors").keys() == io["samples"][1].keys()
     print("with package ok")

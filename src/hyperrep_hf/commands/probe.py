@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     src.add_argument("--models", nargs="+", metavar="FILE", help=".safetensors state_dict files")
     pred.add_argument("--split", default="test", help="zoo split (default: test)")
     pred.add_argument("--properties", nargs="+", default=None, help="properties to predict (default: all fitted)")
-    pred.add_argument("--out", default=None, help="write predictions as JSON here (default: print JSON lines)")
+    pred.add_argument("--out", default=None, help="write predictions as JSON here, a record per row: its model_id and "
+                      "epoch (or the model file) and \"predicted\": {property: value} (default: print JSON lines)")
     pred.set_defaults(func=run_predict)
 
     ev = sub.add_parser("eval", help="score saved probes on a zoo split: R^2 / Kendall tau / accuracy table")
@@ -128,13 +129,14 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"the zoo has no split {args.split!r}; splits: {list(zoo.dataset)}")
         predictions = pipe(zoo.dataset[args.split], properties=args.properties)
         ids = zoo.metadata(args.split, ["model_id", "epoch"]).to_dict("records")
-        records = [{**i, **p} for i, p in zip(ids, predictions) if any(v is not None for v in p.values())]
+        # the row's own model_id and epoch beside the predictions (which may include a predicted "epoch")
+        records = [{**i, "predicted": p} for i, p in zip(ids, predictions) if any(v is not None for v in p.values())]
         if len(records) < len(ids):
             print(f"left out {len(ids) - len(records)} of {len(ids)} rows of {args.split!r}: non-finite weights "
                   "(diverged checkpoints)")
     else:
         predictions = pipe(list(args.models), properties=args.properties)
-        records = [{"model": m, **p} for m, p in zip(args.models, predictions)]
+        records = [{"model": m, "predicted": p} for m, p in zip(args.models, predictions)]
     if args.out:
         atomic_write_json(args.out, records)
         print(f"{len(records)} predictions written to {args.out}")
