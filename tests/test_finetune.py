@@ -241,7 +241,7 @@ def test_probe_table_and_the_cli_blend_the_head_with_the_trees(head_dir, zoo_dir
     assert scored == pytest.approx({n: rows["sane-finetuned+stats-gbt", n]["value"] for n in ("test_acc", "epoch")})
 
 
-def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_dir, tmp_path, capsys):
+def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_dir, tmp_path, capsys, hub_repo_id):
     from transformers import pipeline
 
     from hyperrep_hf.downstream.blend import BlendedProbeSet, has_blend
@@ -252,10 +252,13 @@ def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_d
         usable_rows,
         zoo_features,
     )
+    from hyperrep_hf.hub import push_checkpoint
 
     own = tmp_path / "head"
     shutil.copytree(head_dir, own)
     assert not has_blend(own)
+    before = push_checkpoint(own, hub_repo_id).oid  # a head without a blend, by repo id
+    assert not has_blend(hub_repo_id, before)
     assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned"]) == 2
     assert "--features sane-finetuned+stats-gbt" in capsys.readouterr().err
     assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 0
@@ -283,6 +286,12 @@ def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_d
     weights = [b.hyperparameters["head_weight"] for b in saved.probes.values()]
     if min(weights) < 1:
         assert [r for r in head_only if r["epoch"] is not None] != predicted
+    # by repo id: pushed with its head, the blend is what the Hub pipeline predicts with
+    push_checkpoint(own, hub_repo_id)
+    by_id = pipeline("weight-property-prediction", model=hub_repo_id)
+    assert by_id.blend is not None
+    assert [r["epoch"] for r in by_id(zoo.dataset["test"]) if r["epoch"] is not None] == pytest.approx(expected["epoch"], abs=1e-5)
+    assert pipeline("weight-property-prediction", model=hub_repo_id, revision=before).blend is None
     # the checkpoint's own code predicts the same without hyperrep_hf and without scikit-learn
     torch.save({"x": zoo.weights("test")[rows[0]], "expected": {n: v[0] for n, v in expected.items()}}, tmp_path / "io.pt")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
