@@ -264,6 +264,17 @@ def test_a_saved_blend_is_what_the_pipeline_of_its_head_predicts(head_dir, zoo_d
     assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 0
     assert has_blend(own) and {p.name for p in (own / "probes").iterdir()} == {
         "sane-finetuned+stats-gbt.json", "sane-finetuned+stats-gbt-trees.json", "sane-finetuned+stats-gbt-trees.safetensors"}
+    # the head's card keeps its own results and gains the blend's validation scores, once after a refit
+    from huggingface_hub import ModelCard
+
+    card_before = ModelCard.load(Path(head_dir) / "README.md")
+    assert cli(["probe", "fit", "--checkpoint", str(own), "--zoo", zoo_dir, "--features", "sane-finetuned+stats-gbt"]) == 0
+    card = ModelCard.load(own / "README.md")
+    blend_meta = json.loads((own / "probes" / "sane-finetuned+stats-gbt.json").read_text())["probes"]
+    entries = {r.metric_name: r.metric_value for r in card.data.eval_results if r.metric_name.endswith("(blend)")}
+    assert entries == pytest.approx({f"R^2 {n} (blend)": m["validation"]["r2"] for n, m in blend_meta.items()})
+    assert [r for r in card.data.eval_results if not r.metric_name.endswith("(blend)")] == card_before.data.eval_results
+    assert card.text.count("## Blend with s(W)+GBT") == 1 and "R^2 epoch (blend)" in card.text
     # the saved blend is the one probe tables build in memory: same weights, same predictions
     zoo = load_zoo(zoo_dir)
     head = finetuned_head(zoo, own)

@@ -177,9 +177,43 @@ def check_model_card(card: ModelCard) -> None:
         raise ValueError("Model card metadata rejected: " + "; ".join(problems) + ".")
 
 
+FINETUNED_TASK = "Fine-tuned SANE property prediction"  # a fine-tuned head's model-index entries (and its blend's)
+BLEND_SECTION = "## Blend with s(W)+GBT"
+BLEND_SUFFIX = " (blend)"  # the blend's model-index entries: "R^2 test_acc (blend)", ...
+
+
+def add_blend_results(folder: str | os.PathLike, blend, dataset: str) -> Path | None:
+    """The fine-tuned head's card (folder/README.md) gains its saved blend (downstream.blend): the
+    blend's validation scores in the model-index (metric names ending in BLEND_SUFFIX; the Hub groups
+    entries by task and zoo, so they share the head's task) and a section saying what the pipeline
+    now predicts with. A refitted blend replaces the earlier entries. None: no card."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return None
+    card = ModelCard(path.read_text(encoding="utf-8"))
+    labels = {"r2": ("r_squared", "R^2"), "accuracy": ("accuracy", "accuracy")}
+    new = [EvalResult(task_type="feature-extraction", task_name=FINETUNED_TASK,
+                      dataset_type=dataset, dataset_name=dataset, dataset_split="validation", metric_type=labels[m][0],
+                      metric_name=f"{labels[m][1]} {name}{BLEND_SUFFIX}", metric_value=float(v))
+           for name, probe in blend.probes.items() for m, v in probe.validation.items() if m in labels and v == v]
+    kept = [r for r in (card.data.eval_results or []) if not r.metric_name.endswith(BLEND_SUFFIX)]
+    card.data.eval_results = kept + new
+    card.data.metrics = sorted({*(card.data.metrics or []), *(r.metric_type for r in new)})
+    weights = ", ".join(f"{n} {p.hyperparameters['head_weight']:g}" for n, p in blend.probes.items())
+    section = (f"{BLEND_SECTION}\nThis folder also holds the head blended with gradient-boosted trees on the s(W) "
+               "statistics (`probes/sane-finetuned+stats-gbt.json`, trees as arrays), and the "
+               "weight-property-prediction pipeline predicts with the blend: w * head + (1 - w) * trees, the "
+               f"head's weight w chosen per property on validation ({weights}).\n\n{results_table(new)}\n")
+    head, sep, tail = card.text.partition(BLEND_SECTION)
+    rest = tail.partition("\n## ")[1:] if sep else ("", "")
+    card.text = head.rstrip("\n") + "\n\n" + section + "".join(rest)
+    check_model_card(card)
+    return save_model_card(card, folder)
+
+
 def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write the card as folder/README.md atomically (temp file, then rename)."""
     return atomic_save(Path(folder) / "README.md", card.save)
 
 
-__all__ = ["check_model_card", "probe_eval_results", "sane_model_card", "save_model_card"]
+__all__ = ["add_blend_results", "check_model_card", "probe_eval_results", "sane_model_card", "save_model_card"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..modeling_sane import POOLINGS
 from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
@@ -108,6 +109,11 @@ def run_fit(args: argparse.Namespace) -> int:
             probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
                                 progress=True, permutations=args.permutations, epochs=args.epochs)
         path = probes.save(args.checkpoint)
+        if features == BLEND:
+            from ..cards import add_blend_results
+
+            hub_id = args.zoo.count("/") == 1 and not Path(args.zoo).exists()
+            add_blend_results(args.checkpoint, probes, args.zoo if hub_id else Path(args.zoo).name)
         scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
         print(f"{features}: validation {scores}; saved to {path}")
         for split, counts in probes.info.get("left_out", {}).items():

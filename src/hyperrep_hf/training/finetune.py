@@ -474,7 +474,7 @@ def write_finetuned_card(output_dir: Path, args: SaneFinetuningArguments, model,
     """README.md of a fine-tuned checkpoint: the run, and the validation and test scores (model-index)."""
     from huggingface_hub import EvalResult
 
-    from ..cards import check_model_card, sane_model_card, save_model_card
+    from ..cards import FINETUNED_TASK, check_model_card, sane_model_card, save_model_card
 
     zoo = args.zoo if args.zoo.count("/") == 1 and not Path(args.zoo).exists() else Path(args.zoo).name
     entries = []
@@ -484,7 +484,7 @@ def write_finetuned_card(output_dir: Path, args: SaneFinetuningArguments, model,
                 if isinstance(value, float) and math.isfinite(value):
                     label = {"r2": "R^2", "kendall_tau": "Kendall tau", "accuracy": "accuracy"}[metric]
                     entries.append(EvalResult(
-                        task_type="feature-extraction", task_name="Fine-tuned SANE property prediction",
+                        task_type="feature-extraction", task_name=FINETUNED_TASK,
                         dataset_type=zoo, dataset_name=zoo, dataset_split=split,
                         metric_type={"r2": "r_squared"}.get(metric, metric), metric_name=f"{label} {spec['name']}",
                         metric_value=value))
