@@ -177,6 +177,12 @@ def check_model_card(card: ModelCard) -> None:
         raise ValueError("Model card metadata rejected: " + "; ".join(problems) + ".")
 
 
+def zoo_card_name(zoo: str | os.PathLike) -> str:
+    """A zoo as a card names it: a Hub id (org/name, not a local folder) as given, a folder by its name."""
+    zoo = str(zoo)
+    return zoo if zoo.count("/") == 1 and not Path(zoo).exists() else Path(zoo).name
+
+
 FINETUNED_TASK = "Fine-tuned SANE property prediction"  # a fine-tuned head's model-index entries (and its blend's)
 BLEND_SECTION = "## Blend with s(W)+GBT"
 BLEND_SUFFIX = " (blend)"  # the blend's model-index entries: "R^2 test_acc (blend)", ...
@@ -216,4 +222,5 @@ def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     return atomic_save(Path(folder) / "README.md", card.save)
 
 
-__all__ = ["add_blend_results", "check_model_card", "probe_eval_results", "sane_model_card", "save_model_card"]
+__all__ = ["add_blend_results", "check_model_card", "probe_eval_results", "sane_model_card", "save_model_card",
+           "zoo_card_name"]

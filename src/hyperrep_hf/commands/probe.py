@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..modeling_sane import POOLINGS
 from . import add_checkpoint_arguments, add_device_argument, open_pipeline, resolve_device
@@ -100,20 +99,18 @@ def run_fit(args: argparse.Namespace) -> int:
     model, tokenizer = _checkpoint_parts(args, args.features)
     for features in args.features:
         if features == BLEND:  # the checkpoint is the fine-tuned head; the trees are fitted on its properties
+            from ..cards import add_blend_results, zoo_card_name
             from ..downstream.evaluation import blended_head, finetuned_head
 
             head = finetuned_head(zoo, args.checkpoint, args.properties, args.epochs)
             trees = fit_probes(zoo, "stats-gbt", properties=head.properties, epochs=args.epochs)
             probes = blended_head(zoo, head, trees, args.epochs)
+            path = probes.save(args.checkpoint)
+            add_blend_results(args.checkpoint, probes, zoo_card_name(args.zoo))
         else:
             probes = fit_probes(zoo, features, args.checkpoint, model, tokenizer, args.properties, args.pooling,
                                 progress=True, permutations=args.permutations, epochs=args.epochs)
-        path = probes.save(args.checkpoint)
-        if features == BLEND:
-            from ..cards import add_blend_results
-
-            hub_id = args.zoo.count("/") == 1 and not Path(args.zoo).exists()
-            add_blend_results(args.checkpoint, probes, args.zoo if hub_id else Path(args.zoo).name)
+            path = probes.save(args.checkpoint)
         scores = ", ".join(f"{n} {k} {v:.3f}" for n, p in probes.probes.items() for k, v in p.validation.items())
         print(f"{features}: validation {scores}; saved to {path}")
         for split, counts in probes.info.get("left_out", {}).items():

@@ -25,7 +25,7 @@ from ..zoo.architectures import build_model, init_weights
 from .blend import BLEND_FEATURES, BlendedProbeSet
 from .embedding import embed_flat
 from .generation import ModelGenerator, find_layout, load_checkpoint
-from .head import FINETUNED_FEATURES, FinetunedHead, HeadProperty  # noqa: F401 (re-exported)
+from .head import FINETUNED_FEATURES, FinetunedHead
 from .probes import FEATURE_SETS, ProbeSet, missing_targets, property_score
 from .scores import bootstrap_means, model_bootstrap, num_nonfinite, percentile_interval
 from .trees import GBT_FEATURES, TreeProbeSet

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-# The property head of a fine-tuned checkpoint (`hyperrep finetune`), scored beside the probes: its
-# "features" are the head's outputs, which it decodes into predictions itself.
 FINETUNED_FEATURES = "sane-finetuned"
 
 

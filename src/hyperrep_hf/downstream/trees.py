@@ -65,16 +65,16 @@ class TreeEnsemble:
     @classmethod
     def from_sklearn(cls, model) -> TreeEnsemble:
         """The trees of a fitted sklearn HistGradientBoostingRegressor / -Classifier (numeric features)."""
-        parts, offsets, roots = [], [], []
+        parts, offsets, roots, start = [], [], [], 0
         for iteration in model._predictors:
             roots.append([])
             for tree in iteration:
                 if tree.nodes["is_categorical"].any():
                     raise ValueError("categorical splits are not supported: s(W) features are numeric")
-                start = sum(len(p) for p in parts)
                 roots[-1].append(start)
                 parts.append(tree.nodes)
                 offsets.append(np.full(len(tree.nodes), start))
+                start += len(tree.nodes)
         nodes, base = np.concatenate(parts), np.concatenate(offsets)  # a tree's child indices are its own
         return cls(feature=nodes["feature_idx"].astype(np.int64), threshold=nodes["num_threshold"].astype(np.float64),
                    left=nodes["left"].astype(np.int64) + base, right=nodes["right"].astype(np.int64) + base,

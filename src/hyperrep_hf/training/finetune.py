@@ -474,9 +474,15 @@ def write_finetuned_card(output_dir: Path, args: SaneFinetuningArguments, model,
     """README.md of a fine-tuned checkpoint: the run, and the validation and test scores (model-index)."""
     from huggingface_hub import EvalResult
 
-    from ..cards import FINETUNED_TASK, check_model_card, sane_model_card, save_model_card
+    from ..cards import (
+        FINETUNED_TASK,
+        check_model_card,
+        sane_model_card,
+        save_model_card,
+        zoo_card_name,
+    )
 
-    zoo = args.zoo if args.zoo.count("/") == 1 and not Path(args.zoo).exists() else Path(args.zoo).name
+    zoo = zoo_card_name(args.zoo)
     entries = []
     for split in ("validation", "test"):
         for spec in model.config.properties:
