@@ -7,9 +7,11 @@ Every setting is fine-tuned on the train split (`finetune_sane`, early stopping 
 loss); per property, the setting with the best validation score (R^2 or accuracy; `--choose joint`:
 one setting for all, the lowest mean standardised validation loss) is the one scored on the test
 split, beside SANE's linear probe, s(W), s(W)+GBT and the head blended with s(W)+GBT (the head's
-weight chosen on validation; `probe_table`, paired intervals over 1,000 bootstrap resamples of the
-test models). A rerun resumes: finished settings are
-read back, an interrupted one resumes from its last checkpoint. OUT/summary.json keeps everything.
+weight chosen on validation; `probe_table`, paired intervals of the differences in R^2 or accuracy
+and in Kendall's tau over 1,000 bootstrap resamples of the test models), then the issue's verdicts:
+the head and the blend against each baseline, per property and metric, "ahead" (the interval of the
+difference above 0), "behind" (below 0) or "level". A rerun resumes: finished settings are read
+back, an interrupted one resumes from its last checkpoint. OUT/summary.json keeps everything.
 """
 
 from __future__ import annotations
@@ -33,7 +35,29 @@ SETTINGS = {
     "layer-stats-mlp64": {"pooling": "layer", "statistics_features": True, "head_hidden_dim": 64},
 }
 COLUMNS = ["features", "property", "metric", "value", "kendall_tau", "validation", "ci", "vs_stats", "vs_stats_ci",
-           "vs_stats-gbt", "vs_stats-gbt_ci"]
+           "vs_stats-gbt", "vs_stats-gbt_ci", "vs_stats_tau", "vs_stats_tau_ci", "vs_stats-gbt_tau", "vs_stats-gbt_tau_ci"]
+
+
+def verdict(interval) -> str:
+    """"ahead", "behind" or "level": where the 95% interval [low, high] of a difference lies against 0."""
+    low, high = interval
+    return "ahead" if low > 0 else "behind" if high < 0 else "level"
+
+
+def verdicts(rows: list[dict]) -> list[dict]:
+    """The head's and the blend's verdicts against s(W) and s(W)+GBT, one row per (features, property):
+    {"features", "property", "<metric> vs <baseline>", "tau vs <baseline>" (regressions)}."""
+    out = []
+    for r in rows:
+        if r["features"] not in ("sane-finetuned", "sane-finetuned+stats-gbt"):
+            continue
+        row = {"features": r["features"], "property": r["property"]}
+        for baseline in ("stats", "stats-gbt"):
+            row[f"{r['metric']} vs {baseline}"] = verdict(r[f"vs_{baseline}_ci"])
+            if f"vs_{baseline}_tau_ci" in r:
+                row[f"tau vs {baseline}"] = verdict(r[f"vs_{baseline}_tau_ci"])
+        out.append(row)
+    return out
 
 
 def validation_score(scores: dict) -> float:
@@ -88,9 +112,10 @@ def main(argv=None) -> int:
                             feature_sets=["sane-finetuned", "sane", "stats", "stats-gbt", "sane-finetuned+stats-gbt"],
                             properties=[p for p in args.properties if chosen[p] == name], bootstrap=1000)
     command = " ".join(["python scripts/study_finetune.py", *(sys.argv[1:] if argv is None else argv)])
-    summary = {"command": command, "settings": settings, "chosen": chosen, "table": rows}
+    summary = {"command": command, "settings": settings, "chosen": chosen, "table": rows, "verdicts": verdicts(rows)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     print(format_table(rows, COLUMNS))
+    print(format_table(summary["verdicts"], ["features", "property", *sorted({c for v in summary["verdicts"] for c in v} - {"features", "property"})]))
     return 0
 
 

@@ -401,6 +401,12 @@ def test_the_study_script_chooses_on_validation_scores_on_test_and_resumes(zoo_d
                                                          "sane-finetuned+stats-gbt"}
     finetuned = next(r for r in summary["table"] if r["features"] == "sane-finetuned")
     assert finetuned["validation"] == pytest.approx(max(r2.values()), abs=0.01)  # bf16 in training, fp32 here
+    # the verdicts read the paired intervals of R^2 and of Kendall's tau
+    head = next(v for v in summary["verdicts"] if v["features"] == "sane-finetuned")
+    low, high = finetuned["vs_stats-gbt_tau_ci"]
+    assert head["tau vs stats-gbt"] == ("ahead" if low > 0 else "behind" if high < 0 else "level")
+    assert head["r2 vs stats"] == study.verdict(finetuned["vs_stats_ci"])
+    assert [study.verdict(i) for i in ([0.01, 0.2], [-0.2, -0.01], [-0.1, 0.0], [0.0, 0.0])] == ["ahead", "behind", "level", "level"]
     done = (tmp_path / "mean" / "training_complete.json").stat().st_mtime_ns
     capsys.readouterr()
     assert study.main(argv) == 0  # a rerun reads the finished settings back

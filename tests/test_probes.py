@@ -136,14 +136,23 @@ def test_paired_bootstrap_intervals_separate_a_better_probe():
     predictions = {("sane", "acc"): y + 0.2 * rng.normal(size=80), ("stats", "acc"): y + 0.8 * rng.normal(size=80),
                    ("weights", "acc"): y + 0.8 * rng.normal(size=80)}
     predictions["same", "acc"] = predictions["stats", "acc"]
-    rows = [{"features": f, "property": "acc", "metric": "r2",
-             "value": property_score("regression", y, predictions[f, "acc"])["r2"]} for f in ("sane", "stats", "same")]
+    predictions["ranked", "acc"] = np.exp(predictions["sane", "acc"])  # sane's order, a worse R^2
+    scores = {f: property_score("regression", y, predictions[f, "acc"]) for f in ("sane", "stats", "same", "ranked")}
+    rows = [{"features": f, "property": "acc", "metric": "r2", "value": s["r2"], "kendall_tau": s["kendall_tau"]}
+            for f, s in scores.items()]
     add_bootstrap_intervals(rows, predictions, {"acc": y}, groups, resamples=200)
-    sane, stats, same = rows
+    sane, stats, same, ranked = rows
     assert sane["ci"][0] < sane["value"] < sane["ci"][1] and "vs_stats" not in stats
     assert sane["vs_stats"] == pytest.approx(sane["value"] - stats["value"])
     assert sane["vs_stats_ci"][0] > 0  # clearly better on every resample of the models
     assert same["vs_stats"] == 0 and same["vs_stats_ci"] == [0, 0]
+    # Kendall's tau gets its own intervals on the same resamples: it sees the order only
+    assert sane["kendall_tau_ci"][0] < sane["kendall_tau"] < sane["kendall_tau_ci"][1]
+    assert sane["vs_stats_tau"] == pytest.approx(sane["kendall_tau"] - stats["kendall_tau"])
+    assert sane["vs_stats_tau_ci"][0] > 0 and same["vs_stats_tau_ci"] == [0, 0]
+    assert ranked["vs_stats_ci"][1] < sane["vs_stats_ci"][0]  # a monotone map: far worse R^2 ...
+    assert ranked["kendall_tau"] == pytest.approx(sane["kendall_tau"])  # ... the same tau
+    assert ranked["vs_stats_tau_ci"] == pytest.approx(sane["vs_stats_tau_ci"])
     assert np.isnan(percentile_interval([np.nan, -np.inf])).all()  # no finite value: no interval
 
 

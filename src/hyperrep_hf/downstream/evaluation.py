@@ -271,7 +271,8 @@ def probe_table(zoo, checkpoint=None, feature_sets: Sequence[str] = FEATURE_SETS
     With `bootstrap=B` > 0 every row also gets "ci", the 95% interval of its value over B resamples of
     the split's models (`add_bootstrap_intervals`) and "nonfinite" (resamples without a finite
     value, not in "ci"), and rows of the other feature sets the paired difference to each s(W)
-    baseline scored: "vs_stats", "vs_stats_ci", "vs_stats_nonfinite" (and "vs_stats-gbt", ...).
+    baseline scored: "vs_stats", "vs_stats_ci", "vs_stats_nonfinite" (and "vs_stats-gbt", ...), and for
+    regressions the same in Kendall's tau: "kendall_tau_ci", "vs_stats_tau", "vs_stats_tau_ci", ....
     """
     model = tokenizer = None
     asked = properties
@@ -368,28 +369,41 @@ def add_bootstrap_intervals(rows: list[dict], predictions: dict, targets: dict, 
     `baseline` also gets "vs_<baseline>" (its value minus the baseline's), "vs_<baseline>_ci", the
     interval of that difference on the same resamples (paired: it is narrower than the two "ci"
     suggest, and excludes 0 where the difference holds beyond the choice of test models) and
-    "vs_<baseline>_nonfinite".
+    "vs_<baseline>_nonfinite". Regression rows get the same for Kendall's tau on the same
+    resamples: "kendall_tau_ci", "vs_<baseline>_tau" and "vs_<baseline>_tau_ci".
     """
     draws = model_bootstrap(groups, resamples, seed)
     cache = {}
 
-    def resampled(features: str, name: str, metric: str) -> np.ndarray:
+    def resampled(features: str, name: str, metric: str) -> dict[str, np.ndarray]:
+        """{score: its value on each resample}: the row's metric, and Kendall's tau for a regression."""
         if (features, name) not in cache:
             kind = "classification" if metric == "accuracy" else "regression"
             y, p = np.asarray(targets[name]), np.asarray(predictions[features, name])
-            cache[features, name] = np.array([property_score(kind, y[d], p[d], kendall=False)[metric] for d in draws])
+            scores = [property_score(kind, y[d], p[d], kendall=kind == "regression") for d in draws]
+            cache[features, name] = {k: np.array([s[k] for s in scores]) for k in scores[0]}
         return cache[features, name]
 
-    values = {(r["features"], r["property"]): r["value"] for r in rows}
+    def difference(own: np.ndarray, other: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):  # -inf - -inf: a resample neither could score, counted
+            return own - other
+
+    values = {(r["features"], r["property"]): r for r in rows}
     for row in rows:
         own = resampled(row["features"], row["property"], row["metric"])
-        row["ci"], row["nonfinite"] = percentile_interval(own, level), num_nonfinite(own)
-        if row["features"] != baseline and (baseline, row["property"]) in predictions:
-            with np.errstate(invalid="ignore"):  # -inf - -inf: a resample neither could score, counted below
-                difference = own - resampled(baseline, row["property"], row["metric"])
-            row[f"vs_{baseline}"] = row["value"] - values[baseline, row["property"]]
-            row[f"vs_{baseline}_ci"] = percentile_interval(difference, level)
-            row[f"vs_{baseline}_nonfinite"] = num_nonfinite(difference)
+        row["ci"], row["nonfinite"] = percentile_interval(own[row["metric"]], level), num_nonfinite(own[row["metric"]])
+        if "kendall_tau" in own:
+            row["kendall_tau_ci"] = percentile_interval(own["kendall_tau"], level)
+        if row["features"] == baseline or (baseline, row["property"]) not in predictions:
+            continue
+        base = resampled(baseline, row["property"], row["metric"])
+        gap = difference(own[row["metric"]], base[row["metric"]])
+        row[f"vs_{baseline}"] = row["value"] - values[baseline, row["property"]]["value"]
+        row[f"vs_{baseline}_ci"], row[f"vs_{baseline}_nonfinite"] = percentile_interval(gap, level), num_nonfinite(gap)
+        if "kendall_tau" in own:
+            tau = values[baseline, row["property"]].get("kendall_tau")
+            row[f"vs_{baseline}_tau"] = row["kendall_tau"] - tau if row.get("kendall_tau") is not None and tau is not None else None
+            row[f"vs_{baseline}_tau_ci"] = percentile_interval(difference(own["kendall_tau"], base["kendall_tau"]), level)
     return rows
 
 
