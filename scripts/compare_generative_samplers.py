@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     from hyperrep_hf.downstream.generation import (
         ModelGenerator,
         SamplingAnchors,
+        format_trials,
         nearest_anchor_distance,
         prepare_sampling,
         train_generative_sampler,
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
                    help="train the samplers again: all (no KIND) or those named (gan, diffusion)")
     p.add_argument("--steps", nargs="+", type=int, default=None,
                    help="training steps tried for the samplers trained here (default GENERATIVE_STEPS of each kind)")
+    p.add_argument("--predictions", nargs="+", choices=("epsilon", "sample"), default=None,
+                   help="diffusion trained here: what its denoiser predicts, the grid validation chooses from "
+                   "(default GENERATIVE_PREDICTIONS: both)")
     p.add_argument("--diversity", default=None,
                    help="training: 'kde', '1.5kde' or a distance, the diversity floor of train_generative_sampler "
                    "(default none)")
@@ -73,17 +77,16 @@ def main(argv=None) -> int:
     for kind in ("gan", "diffusion"):
         if (args.retrain is not None and kind in (args.retrain or ("gan", "diffusion"))) or kind not in gen.anchors.samplers:
             start = time.time()
-            train_generative_sampler(gen, kind, steps=args.steps, seed=args.seed, diversity=args.diversity)
+            grid = {"predictions": args.predictions} if args.predictions and kind == "diffusion" else {}
+            train_generative_sampler(gen, kind, steps=args.steps, seed=args.seed, diversity=args.diversity, **grid)
             timings[f"train_{kind}_s"] = time.time() - start
             gen.anchors.save(args.checkpoint)
     choices = {kind: {"settings": s.settings, "trials": s.config["choice"]["trials"], "num_anchors": s.config["num_anchors"],
                       "rank": s.config["rank"], "diversity_floor": s.config["choice"]["diversity_floor"]}
                for kind, s in gen.anchors.samplers.items()}
     for kind, c in choices.items():
-        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}" + (f" x eta {t['eta']:g}" if "eta" in t else "")
-                           + f": {t['validation_accuracy']:.3f}"
-                           + (f" (distance {t['distance']:.3f})" if "distance" in t else "") for t in c["trials"])
-        print(f"{kind}: {c['num_anchors']} anchors, {c['rank']} components; validation accuracy of 8 draws: {trials}")
+        print(f"{kind}: {c['num_anchors']} anchors, {c['rank']} components; validation accuracy of 8 draws: "
+              f"{format_trials(c['trials'])}")
     print(f"bandwidth scale {gen.anchors.info['bandwidth_scale']:g}: {gen.anchors.info.get('bandwidth_choice')}")
 
     groups, distance = {}, {}

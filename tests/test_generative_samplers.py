@@ -47,7 +47,10 @@ def mixture():
 
 
 @pytest.mark.parametrize("kind, settings", [("gan", {"steps": 600, "hidden": 64, "lr": 1e-3}),
-                                            ("diffusion", {"steps": 500, "batch_size": 128, "hidden": 128})])
+                                            ("diffusion", {"steps": 500, "batch_size": 128, "hidden": 128}),
+                                            # predicting the clean sample under-spreads early: three times the steps
+                                            ("diffusion", {"steps": 1500, "batch_size": 128, "hidden": 128,
+                                                           "prediction": "sample"})])
 def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     torch.set_num_threads(1)
     sampler = train_sampler(mixture, kind, settings, seed=0)
@@ -64,7 +67,7 @@ def test_samplers_learn_a_gaussian_mixture(mixture, kind, settings):
     # same generator state, same draws; another seed, other draws
     torch.testing.assert_close(sampler.sample(5, _gen(3)), sampler.sample(5, _gen(3)), rtol=0, atol=0)
     assert not torch.equal(sampler.sample(5, _gen(3)), sampler.sample(5, _gen(4)))
-    if kind == "diffusion":  # with the ancestral sampler's noise (eta 1) it learns the mixture as well
+    if kind == "diffusion" and "prediction" not in settings:  # with the ancestral noise (eta 1) as well
         sampler.settings["eta"] = 1.0
         noisy = sampler.sample(2000, _gen(1)).flatten(1)
         assert ((noisy.mean(0) - data.mean(0)).abs() / std).max() < 0.2
@@ -108,6 +111,12 @@ def test_training_is_seeded_and_a_saved_sampler_draws_the_same(mixture, kind, tm
     loaded = load_sampler(tmp_path, kind, "train it")
     assert torch.equal(loaded.sample(4, _gen(0)), a.sample(4, _gen(0)))
     assert loaded.config["settings"] == a.config["settings"]
+    if kind == "diffusion":  # a file from before the prediction setting: its default, the noise predictor
+        config = json.loads((tmp_path / "sampling" / "diffusion.json").read_text())
+        del config["settings"]["prediction"]
+        (tmp_path / "sampling" / "diffusion.json").write_text(json.dumps(config))
+        older = load_sampler(tmp_path, kind, "train it")
+        assert older.settings["prediction"] == "epsilon" and torch.equal(older.sample(4, _gen(0)), a.sample(4, _gen(0)))
     # SUB over a generative sampler: the best of the draws by a score
     best, scores = sub_sample(loaded, lambda z: z.flatten(1)[:, 0], 3, 20, _gen(2))
     assert best.shape == (3, 2, 2) and scores.tolist() == sorted(scores.tolist(), reverse=True)
@@ -133,6 +142,8 @@ def test_basis_and_settings_errors(mixture):
     for bad in (-0.5, 2, True):
         with pytest.raises(ValueError, match=r"diffusion setting eta must be a number in \[0, 1\]"):
             train_sampler(mixture, "diffusion", {"eta": bad})
+    with pytest.raises(ValueError, match=r"prediction must be one of \['epsilon', 'sample'\] \(the noise or the clean"):
+        train_sampler(mixture, "diffusion", {"prediction": "x0"})
     with pytest.raises(ValueError, match="unknown sampling method 'ganz'"):
         parse_method("ganz")
     assert parse_method("sub-diffusion") == ("sub-diffusion", 0.3)
@@ -183,9 +194,11 @@ def test_cli_trains_samplers_and_the_pipeline_samples_them(zoo, checkpoint, tmp_
         assert sampler.kind == kind
         trials = sampler.config["choice"]["trials"]
         grid = [(20, 0.5), (20, 1.0), (60, 0.5), (60, 1.0)]
-        if kind == "diffusion":  # and each with deterministic draws and with ancestral noise
-            grid = [(n, scale, eta) for n, scale in grid for eta in (0.0, 1.0)]
-        keys = ("steps", "noise_scale", "eta")[: len(grid[0])]
+        keys = ("steps", "noise_scale")
+        if kind == "diffusion":  # a noise and a sample predictor, each with deterministic and noisy draws
+            grid = [(n, p, scale, eta) for n in (20, 60) for p in ("epsilon", "sample") for scale in (0.5, 1.0)
+                    for eta in (0.0, 1.0)]
+            keys = ("steps", "prediction", "noise_scale", "eta")
         assert [tuple(t[k] for k in keys) for t in trials] == grid
         best = max(t["validation_accuracy"] for t in trials)
         chosen = next(t for t in reversed(trials) if t["validation_accuracy"] == best)

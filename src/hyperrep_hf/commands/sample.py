@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                         "default: accuracy alone")
     p.add_argument("--sampler-steps", nargs="+", type=int, default=None, metavar="N",
                    help="--train-samplers: training steps to choose from on validation (default: GAN 1000, 1100, ..., 8000, "
-                   "snapshots of one run; diffusion 2000 8000)")
+                   "snapshots of one run; diffusion 2000 4000 6000 8000, each with a noise and a sample predictor)")
     p.add_argument("--prompts", nargs="+", default=None, metavar="FILE", help=".safetensors models to sample around")
     p.add_argument("--num-draws", type=int, default=None, help="SUB/BOOT: models drawn per round (default 5 x samples)")
     p.add_argument("--rounds", type=int, default=2, help="BOOT: rounds (default 2)")
@@ -145,6 +145,7 @@ def _train_samplers(args: argparse.Namespace) -> None:
     from ..downstream.generation import (
         ModelGenerator,
         check_diversity,
+        format_trials,
         train_generative_sampler,
     )
 
@@ -161,11 +162,10 @@ def _train_samplers(args: argparse.Namespace) -> None:
         sampler = train_generative_sampler(gen, kind, args.sampler_fraction, steps=steps, seed=args.seed,
                                            diversity=diversity)
         choice = sampler.config["choice"]
-        trials = ", ".join(f"{t['steps']} steps x noise {t['noise_scale']:g}" + (f" x eta {t['eta']:g}" if "eta" in t else "")
-                           + f": {t['validation_accuracy']:.3f}" + (f" at distance {t['distance']:.3f}" if "distance" in t else "") for t in choice["trials"])
         floor = "" if choice["diversity_floor"] is None else f" at distance >= {choice['diversity_floor']:.3f} where any reaches it"
-        eta = f", eta {sampler.settings['eta']:g}" if kind == "diffusion" else ""
-        print(f"{kind}: {sampler.settings['steps']} steps, noise scale {sampler.settings['noise_scale']:g}{eta} on the best "
-              f"{args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws{floor} ({trials})")
+        diffusion = f", {sampler.settings['prediction']} predictor, eta {sampler.settings['eta']:g}" if kind == "diffusion" else ""
+        print(f"{kind}: {sampler.settings['steps']} steps{diffusion}, noise scale {sampler.settings['noise_scale']:g} on the "
+              f"best {args.sampler_fraction:.0%} of the anchors, chosen by validation accuracy of decoded draws{floor} "
+              f"({format_trials(choice['trials'])})")
     gen.anchors.save(args.checkpoint)
     print(f"samplers {sorted(gen.anchors.samplers)} stored in {args.checkpoint}/sampling/")

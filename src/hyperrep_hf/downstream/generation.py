@@ -66,9 +66,10 @@ BANDWIDTH_CHOICE_FRACTION = 0.3
 # its anchors 0.33) to copying them (6,000: 0.93, 0.011) within 1,000 steps, and only a finer grid
 # finds the steps in between (5,500: 0.92 at 0.040); a 100-step grid finds more of them (README,
 # issue 20). Each diffusion setting is a run of its own.
-GENERATIVE_STEPS: dict[str, tuple[int, ...]] = {"gan": tuple(range(1000, 8001, 100)), "diffusion": (2000, 8000)}
+GENERATIVE_STEPS: dict[str, tuple[int, ...]] = {"gan": tuple(range(1000, 8001, 100)), "diffusion": (2000, 4000, 6000, 8000)}
 GENERATIVE_NOISE_SCALES: tuple[float, ...] = (0.5, 1.0)
 GENERATIVE_ETAS: tuple[float, ...] = (0.0, 1.0)  # diffusion draws: deterministic DDIM, or with ancestral noise
+GENERATIVE_PREDICTIONS: tuple[str, ...] = ("epsilon", "sample")  # what a diffusion denoiser predicts
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -545,15 +546,18 @@ def choose_bandwidth_scale(generator: ModelGenerator, scales: Sequence[float] = 
 def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: float = BANDWIDTH_CHOICE_FRACTION,
                              steps: Sequence[int] | None = None,
                              noise_scales: Sequence[float] = GENERATIVE_NOISE_SCALES,
-                             etas: Sequence[float] = GENERATIVE_ETAS, num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
+                             etas: Sequence[float] = GENERATIVE_ETAS,
+                             predictions: Sequence[str] = GENERATIVE_PREDICTIONS,
+                             num_samples: int = BANDWIDTH_CHOICE_SAMPLES, seed: int = 0, progress: bool = True,
                              diversity: float | str | None = None, **settings) -> GenerativeSampler:
     """Train a "gan" or "diffusion" sampler on the best `fraction` of the generator's anchors and
     choose its settings on validation data, as `choose_bandwidth_scale` does: for each number of
-    training `steps` (a sampler trained with `seed`), each of `noise_scales` and, for diffusion, each
-    of `etas` (its draws' noise, downstream.generative), draw `num_samples` latents with a fixed seed,
+    training `steps` (a sampler trained with `seed`; for diffusion, one for each of `predictions`,
+    what its denoiser predicts), each of `noise_scales` and, for diffusion, each of `etas` (its
+    draws' noise, downstream.generative), draw `num_samples` latents with a fixed seed,
     decode and build them, and score them by accuracy on the task's validation split (the test
-    split is never read). The highest mean wins; ties go to more steps, then the larger noise scale,
-    then the larger eta. `steps` None: GENERATIVE_STEPS[kind] (a GAN's steps are snapshots of
+    split is never read). The highest mean wins; ties go to more steps, then the later prediction,
+    then the larger noise scale, then the larger eta. `steps` None: GENERATIVE_STEPS[kind] (a GAN's steps are snapshots of
     one training run). `settings` fix other options (downstream.generative.DEFAULTS).
 
     `diversity` weighs novelty: a setting whose validation draws lie, on average, closer to their
@@ -570,8 +574,10 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     steps = GENERATIVE_STEPS[kind] if steps is None else steps
     steps, scales = sorted(int(s) for s in steps), sorted(float(s) for s in noise_scales)
     etas = sorted(float(e) for e in etas) if kind == "diffusion" else [None]
-    if not steps or not scales or not etas:
-        raise ValueError("train_generative_sampler needs at least one value of steps, of noise_scales and of etas")
+    predictions = list(dict.fromkeys(predictions)) if kind == "diffusion" else [None]
+    if not steps or not scales or not etas or not predictions:
+        raise ValueError("train_generative_sampler needs at least one value of steps, of noise_scales, of etas and of "
+                         "predictions")
     best = best_fraction(generator.anchors.latents, generator.anchors.scores, fraction)
     if len(best) < 2:
         raise ValueError(f"the best {fraction:.0%} of the {len(generator.anchors.scores)} anchors is {len(best)} model; a "
@@ -581,15 +587,16 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
     trials, candidates = [], []
     config = {"fraction": float(fraction)}
     if kind == "gan":
-        trained = train_gan_steps(best, steps, settings, seed, progress, config)
+        trained = {(n, None): s for n, s in train_gan_steps(best, steps, settings, seed, progress, config).items()}
     else:
-        trained = {n: train_sampler(best, kind, {**settings, "steps": n}, seed, progress, config) for n in steps}
-    for n, sampler in sorted(trained.items()):
+        trained = {(n, p): train_sampler(best, kind, {**settings, "steps": n, "prediction": p}, seed, progress, config)
+                   for p in predictions for n in steps}
+    for (n, prediction), sampler in sorted(trained.items(), key=lambda item: item[0][0]):
         for scale, eta in itertools.product(scales, etas):
             draw = {"noise_scale": scale} | ({} if eta is None else {"eta": eta})
             sampler.settings.update(draw)
             latents = sampler.sample(num_samples, torch.Generator().manual_seed(int(seed)))
-            trial = {"steps": n, **draw,
+            trial = {"steps": n, **({} if prediction is None else {"prediction": prediction}), **draw,
                      "validation_accuracy": float(generator.score(latents, torch.Generator().manual_seed(int(seed) + 1)).mean())}
             if floor is not None:
                 trial["distance"] = float(nearest_anchor_distance(generator, latents, fraction).mean())
@@ -603,6 +610,15 @@ def train_generative_sampler(generator: ModelGenerator, kind: str, fraction: flo
                                 "split": "validation", "diversity_floor": floor}
     generator.anchors.samplers[kind] = sampler
     return sampler
+
+
+def format_trials(trials: Sequence[dict]) -> str:
+    """The validation trials of `train_generative_sampler` as one line: "8000 steps x sample x noise 1 x
+    eta 1: 0.918 at distance 0.029, ..."."""
+    return ", ".join(f"{t['steps']} steps" + (f" x {t['prediction']}" if "prediction" in t else "")
+                     + f" x noise {t['noise_scale']:g}" + (f" x eta {t['eta']:g}" if "eta" in t else "")
+                     + f": {t['validation_accuracy']:.3f}" + (f" at distance {t['distance']:.3f}" if "distance" in t else "")
+                     for t in trials)
 
 
 def check_diversity(diversity) -> float | str | None:

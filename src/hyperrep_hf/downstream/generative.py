@@ -15,10 +15,13 @@ anchors, as p-diff's autoencoder gives its diffusion model a small latent space.
   MLP discriminator, with an R1 gradient penalty on real data and a moving average of the generator
   (without them the generator under-spreads: on an 8-D Gaussian mixture spectral normalisation alone
   left per-component variances of 0.2-1.3 instead of 1).
-- `DiffusionSampler`: a DDPM (epsilon prediction, linear beta schedule over `timesteps`) with an MLP
-  denoiser; draws run DDIM over `sampling_steps` with noise `eta`: 0 (the default) is deterministic
-  (a draw depends on its initial noise only), 1 adds the ancestral sampler's fresh noise at every
-  step, which corrects some of the denoiser's errors on the way (Song et al. 2021, DDIM's eta).
+- `DiffusionSampler`: a DDPM (linear beta schedule over `timesteps`) with an MLP denoiser that
+  predicts the noise (`prediction` "epsilon", DDPM's choice) or the clean coordinates ("sample");
+  draws run DDIM over `sampling_steps` with noise `eta`: 0 (the default) is deterministic (a draw
+  depends on its initial noise only), 1 adds the ancestral sampler's fresh noise at every step,
+  which corrects some of the denoiser's errors on the way (Song et al. 2021, DDIM's eta). On a few
+  dozen anchors the two behave differently: a noise predictor's draws land between anchors (a blur
+  of them), a sample predictor's move from the anchors' mean towards copies of them as it trains.
 
 `noise_scale` multiplies the noise a draw starts from (the GAN's input, the diffusion's x_T): below 1
 draws stay nearer the anchors' densest region (the truncation trick of GANs), 1 is the trained
@@ -57,8 +60,9 @@ DEFAULTS: dict[str, dict] = {
     # them (decoded draws at 0.45 validation accuracy on mnist-seed, 16,000 steps), at 512 0.72
     "diffusion": {"rank": None, "hidden": 512, "depth": 3, "steps": 2000, "batch_size": 64, "lr": 1e-3,
                   "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "sampling_steps": 50,
-                  "noise_scale": 1.0, "eta": 0.0},
+                  "noise_scale": 1.0, "eta": 0.0, "prediction": "epsilon"},
 }
+PREDICTIONS = ("epsilon", "sample")  # what the denoiser predicts: the noise, or the clean coordinates
 _TIME_FEATURES = 32
 R1_GAMMA = 1.0  # the GAN discriminator's gradient penalty on real data
 GAN_EMA = 0.99  # the generator kept: a moving average of the trained weights
@@ -83,6 +87,10 @@ def check_settings(kind: str, settings: dict | None) -> dict:
         if name == "noise_scale":
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
                 raise ValueError(f"{kind} setting noise_scale must be a finite number > 0, got {value!r}")
+        elif name == "prediction":
+            if value not in PREDICTIONS:
+                raise ValueError(f"{kind} setting prediction must be one of {list(PREDICTIONS)} (the noise or the "
+                                 f"clean coordinates), got {value!r}")
         elif name == "eta":
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
                 raise ValueError(f"{kind} setting eta must be a number in [0, 1] (0: deterministic DDIM, 1: "
@@ -161,7 +169,8 @@ def _time_features(t: torch.Tensor, timesteps: int) -> torch.Tensor:
 
 
 class Denoiser(nn.Module):
-    """The diffusion model's network: (noisy coordinates [k, r], steps [k]) -> predicted noise [k, r]."""
+    """The diffusion model's network: (noisy coordinates [k, r], steps [k]) -> predicted noise or clean
+    coordinates [k, r] (the sampler's `prediction`)."""
 
     def __init__(self, rank: int, hidden: int, depth: int, timesteps: int):
         super().__init__()
@@ -254,8 +263,9 @@ class DiffusionSampler(GenerativeSampler):
         for i, t in enumerate(steps):
             a = alpha_bar[t]
             a_prev = alpha_bar[steps[i + 1]] if i + 1 < len(steps) else torch.tensor(1.0)
-            eps = self.net(x, t.expand(num_samples))
-            x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-self.clip, self.clip)
+            out = self.net(x, t.expand(num_samples))
+            x0 = out if s["prediction"] == "sample" else (x - (1 - a).sqrt() * out) / a.sqrt()
+            x0 = x0.clamp(-self.clip, self.clip)
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             sigma = s["eta"] * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
@@ -374,7 +384,8 @@ def _train_gan(accelerator, basis, data, settings, generator, progress, keep: Se
 
 
 def _train_diffusion(accelerator, basis, data, settings, generator, progress) -> nn.Module:
-    """DDPM: noise prediction MSE at uniformly drawn steps; Adam with a cosine decay of the rate."""
+    """DDPM: the MSE of the predicted noise (or clean coordinates) at uniformly drawn steps; Adam with
+    a cosine decay of the rate."""
     net = DiffusionSampler.build(basis, settings)
     opt = torch.optim.Adam(net.parameters(), lr=settings["lr"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings["steps"])
@@ -386,7 +397,8 @@ def _train_diffusion(accelerator, basis, data, settings, generator, progress) ->
         eps = torch.randn(x0.shape, generator=generator)
         a = alpha_bar[t][:, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        loss = (net(xt.to(device), t.to(device)) - eps.to(device)).pow(2).mean()
+        target = x0 if settings["prediction"] == "sample" else eps
+        loss = (net(xt.to(device), t.to(device)) - target.to(device)).pow(2).mean()
         opt.zero_grad()
         accelerator.backward(loss)
         opt.step()
@@ -406,7 +418,8 @@ def load_sampler(folder_or_repo: str | os.PathLike, kind: str, missing_hint: str
     dim = math.prod(shape)
     basis = LatentBasis(torch.zeros(dim), torch.zeros(rank, dim), torch.ones(rank), shape)
     cls = SAMPLERS[kind]
-    sampler = cls(basis, cls.build(basis, check_settings(kind, config["settings"])), config)
+    config["settings"] = check_settings(kind, config["settings"])  # files from before a setting existed: its default
+    sampler = cls(basis, cls.build(basis, config["settings"]), config)
     sampler.load_state_dict(tensors)
     return sampler.eval()
 
