@@ -23,7 +23,11 @@ from transformers import pipeline
 from hyperrep_hf import WeightTokenizer
 from hyperrep_hf.cli import main as cli
 from hyperrep_hf.downstream.evaluation import fit_probes
-from hyperrep_hf.downstream.generation import prepare_sampling
+from hyperrep_hf.downstream.generation import (
+    ModelGenerator,
+    prepare_sampling,
+    train_generative_sampler,
+)
 from hyperrep_hf.hub import push_checkpoint
 from hyperrep_hf.training import SaneTrainingArguments, train_sane
 from hyperrep_hf.zoo import build_zoo, push_zoo
@@ -49,6 +53,10 @@ def shared(tmp_path_factory, hub_server):
                                      batch_size=4, report_to=["tensorboard"], progress=False))
     fit_probes(zoo, "sane", folder, properties=["test_acc", "epoch"], permutations=0).save(folder)
     prepare_sampling(folder, zoo, progress=False, bandwidth_scale=0.25)  # the choice on validation: tested elsewhere
+    gen = ModelGenerator.from_pretrained(folder)
+    for kind, grid in (("gan", {}), ("diffusion", {"predictions": ("sample",)})):  # tiny runs: mechanics only
+        train_generative_sampler(gen, kind, fraction=1.0, steps=(5,), progress=False, **grid)
+    gen.anchors.save(folder)
     repo, zoo_repo = hub_server.new_repo_id("sane-digits"), hub_server.new_repo_id("digits-resnet-zoo")
     first = push_checkpoint(folder, repo)
     x = zoo.weights("test")[:2]
@@ -59,8 +67,9 @@ def shared(tmp_path_factory, hub_server):
         "prediction": pipeline("weight-property-prediction", model=str(folder), device="cpu")(x[0]),
         "samples": [s["state_dict"] for s in pipeline("weight-generation", model=str(folder), device="cpu")(
             num_samples=2, method="kde30", seed=0)],
-        "decoded": [s["state_dict"] for s in pipeline("weight-generation", model=str(folder), device="cpu")(
-            num_samples=2, method="kde30", seed=0, condition_bn=False)],
+        # without BatchNorm conditioning, as remote code without hyperrep_hf's task data draws
+        **{method: [s["state_dict"] for s in pipeline("weight-generation", model=str(folder), device="cpu")(
+            num_samples=2, method=method, seed=0, condition_bn=False)] for method in ("kde30", "gan", "diffusion")},
     }
     torch.save(expected, root / "io.pt")
     for i, row in enumerate(x):
@@ -203,9 +212,12 @@ WITHOUT_PACKAGE = textwrap.dedent(
         warnings.simplefilter("always")
         samples = generate(num_samples=2, method="kde30", seed=0)
     assert any("BatchNorm statistics are the decoded ones" in str(w.message) for w in caught)
-    for got, want in zip(samples, io["decoded"]):  # the shipped ResNet builder makes ready models
+    for got, want in zip(samples, io["kde30"]):  # the shipped ResNet builder makes ready models
         assert isinstance(got["model"], torch.nn.Module)
         assert all(torch.allclose(got["state_dict"][k], want[k], atol=1e-5) for k in want)
+    for method in ("gan", "diffusion"):  # the samplers saved with the checkpoint draw with torch alone
+        for got, want in zip(generate(num_samples=2, method=method, seed=0, condition_bn=False), io[method]):
+            assert all(torch.allclose(got["state_dict"][k], want[k], atol=1e-5) for k in want)
     assert not [m for m, v in sys.modules.items() if v is not None and m.startswith(("hyperrep_hf", "scipy", "datasets"))]
     print("without package ok")
     """
